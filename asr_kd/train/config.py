@@ -1,0 +1,99 @@
+"""The training config: one YAML file per experiment, validated into ``TrainConfig``.
+
+Units of every length are stated in the field's description; unknown keys are errors that name the
+key (see ``asr_kd.config``). The same schema serves teachers (CTC on labeled data), baseline students
+(CTC) and distilled students (a ``kd`` section naming a soft-target store).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from asr_kd.config import StrictModel
+from asr_kd.data.features import FbankConfig
+from asr_kd.data.specaug import SpecAugmentConfig
+from asr_kd.models import ModelConfig
+
+
+class UnitsConfig(StrictModel):
+    """Output units. A student must reuse its teacher's units: set ``from_model`` to the teacher dir."""
+
+    kind: Literal["char", "bpe"] = "char"
+    bpe_vocab_size: int = Field(256, ge=8, description="sentencepiece vocabulary size (kind=bpe)")
+    from_model: str | None = Field(None, description="model dir whose tokens.txt (and bpe.model) to reuse")
+
+
+class DataConfig(StrictModel):
+    train: list[str] = Field(default_factory=list, description="labeled data dirs (with text): CTC loss")
+    dev: str | None = Field(None, description="labeled data dir scored by WER after each epoch")
+    unlabeled: list[str] = Field(default_factory=list, description="data dirs trained only on soft targets (needs kd)")
+    max_seconds: float = Field(30.0, gt=0, description="longer utterances are excluded and listed in rejects.tsv")
+    min_seconds: float = Field(0.1, ge=0, description="shorter utterances are excluded and listed in rejects.tsv")
+    allow_pipes: bool = Field(False, description="allow 'command |' entries in wav.scp (runs programs)")
+    cmvn_max_utts: int = Field(2000, ge=1, description="utterances sampled to estimate global CMVN")
+
+
+class BatchConfig(StrictModel):
+    max_frames: int = Field(12000, ge=100, description="padded 10 ms input frames per batch (batch size x longest)")
+    max_utts: int | None = Field(None, ge=1, description="cap on utterances per batch")
+    num_workers: int = Field(1, ge=0, description="DataLoader processes that read audio and compute fbank")
+    shuffle: bool = True
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-3, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = Field(200, ge=0, description="linear warmup, in optimizer steps")
+    schedule: Literal["cosine", "noam", "constant"] = Field("cosine", description="decay after warmup")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="cosine floor as a fraction of lr")
+    grad_clip: float = Field(5.0, gt=0, description="max global gradient norm")
+
+
+class LoopConfig(StrictModel):
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (all epochs)")
+    checkpoint_every_steps: int = Field(500, ge=1)
+    keep_last_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk")
+    keep_best: int = Field(3, ge=1, description="epoch checkpoints kept by best dev WER")
+    final: Literal["average_last", "best"] = Field("average_last", description="weights of the final model dir")
+    average_last: int = Field(1, ge=1, description="epoch checkpoints averaged into the final model (final=average_last)")
+    log_every_steps: int = Field(10, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: keep the environment's)")
+
+
+class KDConfig(StrictModel):
+    """Distillation from a soft-target store (see asr_kd.train.losses for the exact loss)."""
+
+    store: str = Field(description="soft-target store made by 'asr-kd label'")
+    ctc_weight: float = Field(0.3, ge=0, le=1, description="alpha: loss = alpha*CTC(labeled) + (1-alpha)*KD")
+    temperature: float = Field(1.0, gt=0, description="must equal the store's temperature")
+    target_delay: int = Field(0, ge=0, description="shift teacher targets this many 40 ms output frames later")
+    unlabeled_per_labeled: float = Field(4.0, gt=0, description="unlabeled batches per labeled batch")
+    kd_on_labeled: bool = Field(True, description="also distill on labeled utterances the store holds")
+    pseudo_ctc_weight: float = Field(0.0, ge=0, description="CTC weight on the teacher's 1-best (store text.pseudo)")
+
+
+class TrainConfig(StrictModel):
+    model: ModelConfig
+    units: UnitsConfig = Field(default_factory=UnitsConfig)
+    fbank: FbankConfig = Field(default_factory=FbankConfig)
+    specaug: SpecAugmentConfig | None = Field(default_factory=SpecAugmentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: LoopConfig = Field(default_factory=LoopConfig)
+    kd: KDConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if not self.data.train and not self.data.unlabeled:
+            raise ValueError("data.train (labeled dirs) or data.unlabeled must name at least one data dir")
+        if self.data.unlabeled and self.kd is None:
+            raise ValueError("data.unlabeled needs a kd section naming a soft-target store")
+        return self

@@ -1,0 +1,164 @@
+"""Training input: utterance tables, rejects, and a DataLoader that yields padded fbank batches.
+
+Audio is read and fbank computed in DataLoader worker processes (``batch.num_workers``), one planned
+batch per item, so the training step never waits on decoding when a worker is free. Features are
+computed on the fly (DESIGN.md); nothing is cached on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from asr_kd.data.audio import audio_duration, load_audio
+from asr_kd.data.datadir import DataDir, read_data_dir
+from asr_kd.data.features import Fbank, FbankConfig
+from asr_kd.data.units import Tokenizer, normalize_text
+from asr_kd.errors import AsrKdError, AudioError, DataDirError
+from asr_kd.train.batching import BatchPlanItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Utterance:
+    """What the trainer knows of one utterance before reading its audio."""
+
+    utt_id: str
+    data: DataDir
+    frames: int  # 10 ms fbank frames (Kaldi snip_edges rule)
+    tokens: list[int] | None  # None when unlabeled
+
+
+@dataclasses.dataclass
+class Batch:
+    utt_ids: list[str]
+    feats: torch.Tensor  # (B, T, F) log-mel, not yet normalized
+    feat_lens: torch.Tensor  # (B,) 10 ms frames
+    tokens: list[list[int] | None]
+    source: str  # "labeled" | "unlabeled" | "dev"
+    rejects: list[tuple[str, str]]  # (utt_id, reason) found while reading this batch
+
+
+class UtteranceTable:
+    """Utterances of several data dirs with lengths and tokens; bad ones go to ``rejects``."""
+
+    def __init__(self) -> None:
+        self.utts: dict[str, Utterance] = {}
+        self.dirs: list[DataDir] = []
+        self.rejects: list[tuple[str, str]] = []
+
+    def add_dir(
+        self,
+        path: str,
+        fbank: FbankConfig,
+        tokenizer: Tokenizer | None,
+        need_text: bool,
+        min_seconds: float,
+        max_seconds: float,
+        allow_pipes: bool = False,
+    ) -> DataDir:
+        data = read_data_dir(path, allow_pipes=allow_pipes)
+        if need_text and data.text is None:
+            raise DataDirError("this data dir has no 'text' but is listed as labeled (data.train/data.dev)", path)
+        self.dirs.append(data)
+        for utt in data.utt_ids:
+            if utt in self.utts:
+                raise DataDirError(f"utterance id {utt!r} occurs in two training data dirs; ids must be unique", path)
+            dur = data.duration(utt)
+            if dur is None:
+                try:
+                    dur = audio_duration(data.source(utt).path) if data.segments is None else None
+                except AudioError as exc:
+                    self.rejects.append((utt, f"{exc.reason}: {exc.detail}"))
+                    continue
+            if dur is None or dur < min_seconds or dur > max_seconds:
+                self.rejects.append((utt, f"duration {dur} s outside [{min_seconds}, {max_seconds}] (data.min_seconds/max_seconds)"))
+                continue
+            tokens = None
+            if need_text and tokenizer is not None:
+                tokens = tokenizer.encode(normalize_text(data.text[utt]))
+                if not tokens:
+                    self.rejects.append((utt, "transcript is empty after normalization"))
+                    continue
+            frames = fbank.num_frames(int(round(dur * fbank.sample_rate)))
+            self.utts[utt] = Utterance(utt, data, frames, tokens)
+        return data
+
+    def lengths(self, utt_ids: list[str] | None = None) -> dict[str, int]:
+        ids = self.utts.keys() if utt_ids is None else utt_ids
+        return {u: self.utts[u].frames for u in ids}
+
+
+def write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
+    """Append-or-create ``rejects.tsv`` (utt, reason), keeping earlier lines (resume-safe)."""
+    if not rejects:
+        return
+    seen: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            utt, _, reason = line.partition("\t")
+            seen[utt] = reason
+    for utt, reason in rejects:
+        seen[utt] = reason
+    path.write_text("".join(f"{u}\t{r}\n" for u, r in sorted(seen.items())), encoding="utf-8")
+
+
+class _PlannedBatches(Dataset):
+    """Map-style dataset: item ``i`` is the ``i``-th planned batch, loaded and featurized."""
+
+    def __init__(self, table: UtteranceTable, plan: list[tuple[str, BatchPlanItem]], fbank: FbankConfig, allow_pipes: bool):
+        self.table = table
+        self.plan = plan
+        self.fbank_config = fbank
+        self.allow_pipes = allow_pipes
+        self._fbank: Fbank | None = None
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> Batch:
+        if self._fbank is None:
+            torch.set_num_threads(1)
+            self._fbank = Fbank(self.fbank_config)
+        source, item = self.plan[index]
+        waves, utt_ids, tokens, rejects = [], [], [], []
+        for utt in item.utt_ids:
+            u = self.table.utts[utt]
+            try:
+                wave = load_audio(u.data.source(utt), sample_rate=self.fbank_config.sample_rate, allow_pipes=self.allow_pipes)
+            except AudioError as exc:
+                rejects.append((utt, f"{exc.reason}: {exc.detail}"))
+                continue
+            waves.append(wave)
+            utt_ids.append(utt)
+            tokens.append(u.tokens)
+        if not waves:
+            return Batch([], torch.zeros(0, 0, self.fbank_config.num_mel_bins), torch.zeros(0, dtype=torch.long), [], source, rejects)
+        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+        padded = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            padded[i, : w.numel()] = w
+        with torch.no_grad():
+            feats, feat_lens = self._fbank(padded, lengths)
+        return Batch(utt_ids, feats, feat_lens, tokens, source, rejects)
+
+
+def make_loader(table: UtteranceTable, plan: list[tuple[str, BatchPlanItem]], fbank: FbankConfig, num_workers: int, allow_pipes: bool = False) -> DataLoader:
+    """A DataLoader over planned batches, in plan order (the plan already holds the shuffle)."""
+    return DataLoader(
+        _PlannedBatches(table, plan, fbank, allow_pipes),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        multiprocessing_context="fork" if num_workers > 0 else None,
+    )
+
+
+__all__ = ["Utterance", "Batch", "UtteranceTable", "make_loader", "write_rejects", "AsrKdError"]

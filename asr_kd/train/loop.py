@@ -1,0 +1,383 @@
+"""The training loop shared by teachers, baseline students and distilled students.
+
+``train(config, out_dir, resume)`` is the one entry point (``asr-kd train`` calls it). It writes a
+complete model dir (see ``asr_kd.models.model_dir``) plus the experiment record: ``config.yaml``
+(resolved), ``env.json`` (git commit, versions, command), ``metrics.csv``, ``tb/``,
+``training_curve.png``, ``rejects.tsv``, ``oov.tsv`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asr_kd.config import dump_config
+from asr_kd.data.cmvn import GlobalCMVN, compute_global_cmvn
+from asr_kd.data.datadir import combine_data_dirs, read_data_dir
+from asr_kd.data.specaug import SpecAugment
+from asr_kd.data.units import BpeTokenizer, CharTokenizer, Tokenizer, find_oov, load_tokenizer, normalize_text
+from asr_kd.decode import greedy_ctc
+from asr_kd.errors import AsrKdError, ConfigError, StoreError
+from asr_kd.models import build_model
+from asr_kd.models.model_dir import save_model_dir
+from asr_kd.provenance import environment_info
+from asr_kd.scoring import score
+from asr_kd.train.batching import BatchPlanItem, mix_batches, plan_batches
+from asr_kd.train.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from asr_kd.train.config import TrainConfig
+from asr_kd.train.data import Batch, UtteranceTable, make_loader, write_rejects
+from asr_kd.train.losses import ctc_loss, kd_loss, pad_targets
+from asr_kd.train.metrics import MetricsLog, plot_training_curve
+
+log = logging.getLogger(__name__)
+
+KILL_HOOK_ENV = "ASR_KD_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after this step
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    epochs: int
+    dev_wer: float | None
+    params: int
+    wall_s: float
+
+
+def choose_device(pref: str) -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible")
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(pref)
+
+
+def lr_lambda(config: TrainConfig, total_steps: int):
+    o = config.optim
+
+    def f(step: int) -> float:
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        if o.schedule == "noam":
+            return math.sqrt(max(o.warmup_steps, 1) / max(step + 1, 1))
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _build_tokenizer(config: TrainConfig, texts: dict[str, str], out_dir: Path) -> Tokenizer:
+    if config.units.from_model:
+        return load_tokenizer(config.units.from_model)
+    normalized = [normalize_text(t) for t in texts.values()]
+    if config.units.kind == "bpe":
+        return BpeTokenizer.train(normalized, config.units.bpe_vocab_size, out_dir)
+    return CharTokenizer.build(normalized)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.progress = progress
+        self.ckpt = CheckpointManager(self.out, config.train.keep_last_checkpoints, config.train.keep_best, config.train.average_last)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        c = self.config
+        if c.train.threads:
+            torch.set_num_threads(c.train.threads)
+        if not self.resume and self.ckpt.latest() is not None:
+            raise AsrKdError(f"{self.out} already holds checkpoints; pass --resume to continue, or choose another --out")
+        random.seed(c.train.seed)
+        np.random.seed(c.train.seed)
+        torch.manual_seed(c.train.seed)
+        self.device = choose_device(c.train.device)
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_config(c, self.out / "config.yaml")
+        (self.out / "env.json").write_text(json.dumps(environment_info(), indent=2) + "\n")
+
+        # units
+        self.table = UtteranceTable()
+        labeled_dirs = [read_data_dir(p, allow_pipes=c.data.allow_pipes) for p in c.data.train]
+        texts = {u: t for d in labeled_dirs for u, t in (d.text or {}).items()}
+        self.tokenizer = _build_tokenizer(c, texts, self.out)
+        oov = find_oov({u: normalize_text(t) for u, t in texts.items()}, self.tokenizer)
+        if oov:
+            with open(self.out / "oov.tsv", "w", encoding="utf-8") as fh:
+                for ch, utts in sorted(oov.items()):
+                    fh.write(f"{ch}\t{len(utts)}\t{' '.join(utts[:20])}\n")
+            log.warning("%d character(s) outside the units occur in the transcripts (mapped to <unk>): %s; see %s",
+                        len(oov), " ".join(sorted(oov))[:200], self.out / "oov.tsv")
+
+        d = c.data
+        for p in d.train:
+            self.table.add_dir(p, c.fbank, self.tokenizer, True, d.min_seconds, d.max_seconds, d.allow_pipes)
+        self.labeled_ids = sorted(self.table.utts)
+        for p in d.unlabeled:
+            self.table.add_dir(p, c.fbank, None, False, d.min_seconds, d.max_seconds, d.allow_pipes)
+        self.unlabeled_ids = sorted(set(self.table.utts) - set(self.labeled_ids))
+        self.dev_table = None
+        if d.dev:
+            self.dev_table = UtteranceTable()
+            self.dev_table.add_dir(d.dev, c.fbank, self.tokenizer, True, 0.0, 10 * d.max_seconds, d.allow_pipes)
+        write_rejects(self.out / "rejects.tsv", self.table.rejects)
+        if self.table.rejects:
+            log.warning("%d training utterance(s) excluded; reasons in %s", len(self.table.rejects), self.out / "rejects.tsv")
+        if not self.table.utts:
+            raise AsrKdError("no usable training utterances (all rejected); see rejects.tsv")
+
+        # soft targets
+        self.store = None
+        if c.kd is not None:
+            self._open_store()
+
+        # model, CMVN
+        self.model = build_model(c.model, self.tokenizer.vocab_size).to(self.device)
+        if self.resume and self.ckpt.latest() is not None and (self.out / "cmvn.json").exists():
+            self.cmvn = GlobalCMVN.load(self.out / "cmvn.json")
+        else:
+            train_data = combine_data_dirs(self.table.dirs).subset(sorted(self.table.utts))
+            self.cmvn = compute_global_cmvn(train_data, c.fbank, max_utts=d.cmvn_max_utts, seed=c.train.seed, progress=self.progress)
+            self.cmvn.save(self.out / "cmvn.json")
+        self.cmvn = self.cmvn.to(self.device)
+        self.specaug = SpecAugment(c.specaug, seed=c.train.seed) if c.specaug is not None else None
+
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, betas=c.optim.betas, weight_decay=c.optim.weight_decay)
+        self.batches_per_epoch = len(self._plan(0))
+        self.total_steps = c.train.max_steps or self.batches_per_epoch * c.train.max_epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(c, self.total_steps))
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        if self.resume:
+            self._restore()
+
+    def _open_store(self) -> None:
+        from asr_kd.targets.store import StoreReader, check_compatible
+
+        c = self.config
+        self.store = StoreReader(c.kd.store)
+        meta = self.store.meta
+        check_compatible(meta, self.tokenizer.units_hash(), 40 if c.model.subsampling == 4 else c.model.subsampling * 10,
+                         self.tokenizer.vocab_size)
+        if abs(meta.temperature - c.kd.temperature) > 1e-6:
+            raise StoreError(f"{c.kd.store}: targets were made at temperature {meta.temperature} but kd.temperature is "
+                             f"{c.kd.temperature}; set kd.temperature={meta.temperature} or relabel")
+        in_store = set(self.store.utt_ids)
+        store_rejects = self.store.rejects()
+        missing = [u for u in self.unlabeled_ids if u not in in_store]
+        excused = [u for u in missing if u in store_rejects]
+        unexplained = [u for u in missing if u not in store_rejects]
+        if unexplained:
+            raise StoreError(f"{c.kd.store}: {len(unexplained)} unlabeled utterance(s) have no soft targets and are not "
+                             f"listed as teacher rejects, e.g. {unexplained[:5]}; label them with 'asr-kd label' (it resumes)")
+        if excused:
+            self.table.rejects.extend((u, f"teacher reject: {store_rejects[u]}") for u in excused)
+            for u in excused:
+                del self.table.utts[u]
+            self.unlabeled_ids = [u for u in self.unlabeled_ids if u in in_store]
+            write_rejects(self.out / "rejects.tsv", self.table.rejects)
+
+    def _restore(self) -> None:
+        path = self.ckpt.latest()
+        if path is None:
+            log.info("--resume: no checkpoint in %s, starting from scratch", self.ckpt.dir)
+            return
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        set_rng_state(state["rng"])
+        if self.specaug is not None and "specaug_rng" in state:
+            self.specaug.generator.set_state(state["specaug_rng"])
+        log.info("resumed from %s (epoch %d, step %d, batch %d of the epoch)", path.name, self.epoch, self.step, self.batch_in_epoch)
+
+    def _state(self) -> dict:
+        s = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng_state(),
+        }
+        if self.specaug is not None:
+            s["specaug_rng"] = self.specaug.generator.get_state()
+        return s
+
+    # ------------------------------------------------------------------ plan
+    def _plan(self, epoch: int) -> list[tuple[str, BatchPlanItem]]:
+        c = self.config
+        seed = c.train.seed
+        lab = plan_batches(self.table.lengths(self.labeled_ids), c.batch.max_frames, seed, epoch, c.batch.shuffle, c.batch.max_utts)
+        unl = plan_batches(self.table.lengths(self.unlabeled_ids), c.batch.max_frames, seed + 1, epoch, c.batch.shuffle, c.batch.max_utts)
+        ratio = c.kd.unlabeled_per_labeled if c.kd is not None else 1.0
+        return mix_batches(lab, unl, ratio, seed, epoch)
+
+    # ------------------------------------------------------------------ steps
+    def _losses(self, batch: Batch, log_probs: torch.Tensor, out_lens: torch.Tensor) -> tuple[torch.Tensor, float | None, float | None]:
+        c = self.config
+        terms: list[tuple[float, torch.Tensor]] = []
+        ctc_val = kd_val = None
+        labeled = [i for i, t in enumerate(batch.tokens) if t is not None]
+        if labeled:
+            idx = torch.tensor(labeled, device=log_probs.device)
+            l_ctc = ctc_loss(log_probs.index_select(0, idx), out_lens.index_select(0, idx), [batch.tokens[i] for i in labeled])
+            terms.append((c.kd.ctc_weight if c.kd is not None else 1.0, l_ctc))
+            ctc_val = float(l_ctc)
+        if self.store is not None:
+            in_store = [i for i, u in enumerate(batch.utt_ids)
+                        if (batch.tokens[i] is None or c.kd.kd_on_labeled) and u in self.store]
+            if in_store:
+                idx = torch.tensor(in_store, device=log_probs.device)
+                items = [self.store.get_sparse(batch.utt_ids[i]) for i in in_store]
+                items = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in items]
+                ids, probs, mask = pad_targets(items, out_lens.index_select(0, idx).cpu(), [batch.utt_ids[i] for i in in_store],
+                                               delay=c.kd.target_delay)
+                sub = log_probs.index_select(0, idx)[:, : ids.shape[1]]
+                l_kd = kd_loss(sub, ids.to(sub.device), probs.to(sub.device), mask.to(sub.device), c.kd.temperature)
+                terms.append((1.0 - c.kd.ctc_weight, l_kd))
+                kd_val = float(l_kd)
+        if not terms:
+            return log_probs.sum() * 0.0, None, None
+        total = sum(w * t for w, t in terms) / max(sum(w for w, _ in terms), 1e-8)
+        return total, ctc_val, kd_val
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.train.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _evaluate_dev(self) -> tuple[float | None, float | None]:
+        if self.dev_table is None or not self.dev_table.utts:
+            return None, None
+        c = self.config
+        self.model.eval()
+        plan = [("dev", b) for b in plan_batches(self.dev_table.lengths(), c.batch.max_frames, 0, 0, shuffle=False)]
+        hyps, refs = {}, {}
+        with torch.no_grad():
+            for batch in make_loader(self.dev_table, plan, c.fbank, 0, c.data.allow_pipes):
+                if not batch.utt_ids:
+                    continue
+                feats = self.cmvn(batch.feats.to(self.device))
+                with self._autocast():
+                    log_probs, out_lens = self.model(feats, batch.feat_lens.to(self.device))
+                for utt, ids in zip(batch.utt_ids, greedy_ctc(log_probs.float().cpu(), out_lens.cpu())):
+                    hyps[utt] = self.tokenizer.decode(ids)
+                    refs[utt] = normalize_text(self.dev_table.utts[utt].data.text[utt])
+        self.model.train()
+        report = score(refs, hyps)
+        return report.wer, report.cer
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> TrainResult:
+        t0 = time.time()
+        self._setup()
+        c = self.config
+        kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
+        metrics = MetricsLog(self.out, resume_step=self.step)
+        self.model.train()
+        dev_wer = None
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s, %.2f M parameters, %d units, device %s; %d labeled + %d unlabeled utterances, %d batches/epoch",
+                 c.model.kind, n_params / 1e6, self.tokenizer.vocab_size, self.device, len(self.labeled_ids),
+                 len(self.unlabeled_ids), self.batches_per_epoch)
+        done = self.step >= self.total_steps
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.out.name}", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        while not done and self.epoch < c.train.max_epochs:
+            plan = self._plan(self.epoch)
+            loader = make_loader(self.table, plan[self.batch_in_epoch:], c.fbank, c.batch.num_workers, c.data.allow_pipes)
+            t_last, frames_since = time.time(), 0
+            for batch in loader:
+                self.batch_in_epoch += 1
+                if batch.rejects:
+                    self.table.rejects.extend(batch.rejects)
+                    write_rejects(self.out / "rejects.tsv", batch.rejects)
+                    log.warning("skipped unreadable audio: %s", "; ".join(f"{u} ({r})" for u, r in batch.rejects))
+                if not batch.utt_ids:
+                    continue
+                feats = self.cmvn(batch.feats.to(self.device))
+                lens = batch.feat_lens.to(self.device)
+                if self.specaug is not None:
+                    feats = self.specaug(feats, lens)
+                with self._autocast():
+                    log_probs, out_lens = self.model(feats, lens)
+                loss, ctc_val, kd_val = self._losses(batch, log_probs.float(), out_lens)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip))
+                if math.isfinite(grad_norm):
+                    self.optimizer.step()
+                else:
+                    log.warning("step %d: non-finite gradient norm, update skipped (batch %s...)", self.step, batch.utt_ids[:3])
+                self.scheduler.step()
+                self.step += 1
+                frames_since += int(batch.feat_lens.sum())
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}", epoch=self.epoch + 1)
+                if self.step % c.train.log_every_steps == 0:
+                    now = time.time()
+                    metrics.log("train", self.epoch + 1, self.step, loss=float(loss), ctc_loss=ctc_val, kd_loss=kd_val,
+                                lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                                frames_per_s=frames_since / max(now - t_last, 1e-9), wall_s=now - t0)
+                    t_last, frames_since = now, 0
+                if self.step % c.train.checkpoint_every_steps == 0:
+                    self.ckpt.save_step(self._state(), self.step)
+                if kill_after and self.step == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.step >= self.total_steps:
+                    done = True
+                    break
+            epoch_finished = self.batch_in_epoch >= len(plan)
+            if epoch_finished:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            dev_wer, dev_cer = self._evaluate_dev()
+            metrics.log("dev", self.epoch, self.step, dev_wer=dev_wer, dev_cer=dev_cer, wall_s=time.time() - t0)
+            if dev_wer is not None:
+                bar.write(f"epoch {self.epoch}: step {self.step}, dev WER {dev_wer:.2f}% CER {dev_cer:.2f}%")
+            self.ckpt.save_epoch(self._state(), self.epoch if epoch_finished else self.epoch + 1, dev_wer)
+        bar.close()
+        metrics.close()
+        self._write_final_model()
+        plot_training_curve(self.out, f"{self.out.name}: {c.model.kind}")
+        wall = time.time() - t0
+        best = self.ckpt.ranking()
+        best_wer = best[0][1] if best and math.isfinite(best[0][1]) else None
+        print(f"trained {self.out}: {self.step} steps, {self.epoch} epochs, {n_params / 1e6:.2f} M params, "
+              f"best dev WER {best_wer if best_wer is None else f'{best_wer:.2f}%'}, "
+              f"{len(self.table.rejects)} rejects, {wall / 60:.1f} min")
+        return TrainResult(self.out, self.step, self.epoch, best_wer, n_params, wall)
+
+    def _write_final_model(self) -> None:
+        c = self.config.train
+        if c.final == "best" and self.ckpt.best_path() is not None:
+            state = load_checkpoint(self.ckpt.best_path())["model"]
+            source = [self.ckpt.best_path().name]
+        else:
+            state, source = self.ckpt.averaged_model_state(c.average_last)
+        self.model.load_state_dict(state)
+        self.model.eval()
+        save_model_dir(self.out, self.model.cpu(), self.config.model, self.tokenizer, self.cmvn.cpu(), self.config.fbank,
+                       extra_meta={"weights_from": source, "steps": self.step, "epochs": self.epoch,
+                                   "kd": self.config.kd.model_dump() if self.config.kd else None})
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    return Trainer(config, out_dir, resume, progress).run()

@@ -1,0 +1,112 @@
+"""Training losses: CTC on transcripts and frame-level KL distillation from stored top-k targets.
+
+Distillation loss (per frame ``t`` at the 40 ms output rate, temperature ``T``)::
+
+    p_t   = stored teacher top-k probabilities at temperature T, renormalized over the k ids
+    q_t   = softmax(student_logits_t / T)               (over all V units)
+    KD_t  = T^2 * sum_k p_t[k] * (log p_t[k] - log q_t[id_k])
+
+Missing mass: the store keeps only the k most probable units; the remaining ``1 - sum(p)`` is
+dropped and the k probabilities renormalized to sum to 1 (Amazon's million-hour student kept only
+the highest teacher outputs the same way). The student is thus not pushed toward any particular
+shape outside the teacher's top k; with k=8 the missing mass of a trained CTC teacher is typically
+below 1e-3. The ``T^2`` factor keeps gradient magnitudes comparable across temperatures (Hinton et al.).
+
+Target delay ``d`` (output frames): the student at frame ``t`` is trained toward the teacher's frame
+``t - d``, so a causal student may emit a token ``d`` frames (``d * 40`` ms) after the full-context
+teacher did. Student frames ``t < d`` have no target and are masked out; the teacher's last ``d``
+frames are not used. ``d = 0`` is plain frame-synchronous distillation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from asr_kd.errors import StoreError
+
+
+def ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, targets: list[list[int]], blank: int = 0) -> torch.Tensor:
+    """Mean CTC loss per utterance (sum over its frames), zero_infinity for impossible alignments.
+
+    ``log_probs`` (B, T, V) log-softmax outputs; ``out_lens`` (B,) valid output frames;
+    ``targets`` token ids per utterance (no blanks).
+    """
+    target_lens = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    flat = torch.tensor([i for t in targets for i in t], dtype=torch.long)
+    loss = F.ctc_loss(
+        log_probs.transpose(0, 1).float(), flat, out_lens.cpu(), target_lens, blank=blank, reduction="sum", zero_infinity=True
+    )
+    return loss / max(len(targets), 1)
+
+
+def delay_targets(ids: torch.Tensor, probs: torch.Tensor, delay: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shift one utterance's teacher targets ``delay`` frames later.
+
+    ``ids``/``probs`` are (T, k). Returns ``(ids, probs, valid)`` of the same length T where row ``t``
+    holds teacher frame ``t - delay`` and ``valid[t]`` is False for ``t < delay`` (no target).
+    """
+    if delay < 0:
+        raise ValueError(f"target delay must be >= 0 output frames, got {delay}")
+    T = ids.shape[0]
+    valid = torch.ones(T, dtype=torch.bool)
+    if delay == 0:
+        return ids, probs, valid
+    shifted_ids = torch.zeros_like(ids)
+    shifted_probs = torch.zeros_like(probs)
+    if delay < T:
+        shifted_ids[delay:] = ids[: T - delay]
+        shifted_probs[delay:] = probs[: T - delay]
+    valid[: min(delay, T)] = False
+    return shifted_ids, shifted_probs, valid
+
+
+def pad_targets(
+    items: list[tuple[torch.Tensor, torch.Tensor]], out_lens: torch.Tensor, utt_ids: list[str], delay: int = 0, tolerance: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch per-utterance top-k targets to the student's output frames.
+
+    ``items[i] = (ids (T_i, k), probs (T_i, k))`` from the store; ``out_lens`` are the student's
+    output frames. Teacher and student frame counts may differ by ``tolerance`` frames (front ends
+    round the last partial frame differently); the shorter one wins. A larger difference means the
+    store was made with another frame rate or front end and is an error naming the utterance.
+    Returns ``ids (B, T, k)``, ``probs (B, T, k)``, ``mask (B, T)``.
+    """
+    B = len(items)
+    T = int(out_lens.max()) if B else 0
+    k = items[0][0].shape[1]
+    ids_b = torch.zeros(B, T, k, dtype=torch.long)
+    probs_b = torch.zeros(B, T, k, dtype=torch.float32)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, (ids, probs) in enumerate(items):
+        n_student = int(out_lens[b])
+        n_teacher = ids.shape[0]
+        if abs(n_student - n_teacher) > tolerance:
+            raise StoreError(
+                f"utterance {utt_ids[b]!r}: the store has {n_teacher} frames but the student produces {n_student}; "
+                "the store was made with a different frame rate or front end — relabel with a matching teacher"
+            )
+        ids_d, probs_d, valid = delay_targets(ids.long(), probs.float(), delay)
+        n = min(n_student, n_teacher)
+        ids_b[b, :n] = ids_d[:n]
+        probs_b[b, :n] = probs_d[:n]
+        mask[b, :n] = valid[:n]
+    return ids_b, probs_b, mask
+
+
+def kd_loss(
+    student_log_probs: torch.Tensor, teacher_ids: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Frame-level KL(teacher_T || student_T) * T^2 on top-k targets, averaged over valid frames.
+
+    ``student_log_probs`` (B, T, V) log-probabilities (any temperature-1 log-softmax output);
+    ``teacher_ids``/``teacher_probs`` (B, T, k) stored top-k at temperature ``T``; ``mask`` (B, T).
+    """
+    student_t = torch.log_softmax(student_log_probs.float() / temperature, dim=-1)
+    p = teacher_probs.clamp_min(0.0)
+    p = p / p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    log_q = student_t.gather(-1, teacher_ids)
+    log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
+    per_frame = (p * (log_p - log_q)).sum(dim=-1) * temperature**2
+    m = mask.to(per_frame.dtype)
+    return (per_frame * m).sum() / m.sum().clamp_min(1.0)

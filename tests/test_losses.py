@@ -1,0 +1,84 @@
+"""KD loss equals a hand computation (top-k renormalization, temperature); target delay shifts frames."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asr_kd.errors import StoreError
+from asr_kd.train.losses import ctc_loss, delay_targets, kd_loss, pad_targets
+
+
+def test_kd_loss_matches_hand_computation_with_renormalization_and_temperature():
+    T = 2.0
+    # one utterance, two frames, V = 4 units; the student's temperature-1 log-probs
+    student_logits = torch.tensor([[[1.0, 2.0, 0.5, -1.0], [0.0, 0.0, 3.0, 1.0]]])
+    student_log_probs = torch.log_softmax(student_logits, dim=-1)
+    # stored top-2 at temperature T: ids and probs that do not sum to 1 (missing mass 0.1 and 0.3)
+    ids = torch.tensor([[[1, 0], [2, 3]]])
+    probs = torch.tensor([[[0.6, 0.3], [0.5, 0.2]]])
+    mask = torch.tensor([[True, True]])
+    got = kd_loss(student_log_probs, ids, probs, mask, temperature=T)
+
+    expected = 0.0
+    for t, (frame_ids, frame_p) in enumerate([([1, 0], [0.6, 0.3]), ([2, 3], [0.5, 0.2])]):
+        z = [x / T for x in student_logits[0, t].tolist()]
+        lse = math.log(sum(math.exp(v) for v in z))
+        s = sum(frame_p)
+        for i, p in zip(frame_ids, frame_p):
+            p_norm = p / s
+            expected += p_norm * (math.log(p_norm) - (z[i] - lse))
+    expected = expected / 2 * T * T
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_is_zero_when_student_matches_renormalized_teacher():
+    p = torch.tensor([0.7, 0.2, 0.1, 0.0])
+    student = torch.log(p.clamp_min(1e-12)).view(1, 1, 4)
+    ids = torch.tensor([[[0, 1, 2]]])
+    probs = torch.tensor([[[0.7, 0.2, 0.1]]])
+    assert kd_loss(student, ids, probs, torch.ones(1, 1, dtype=torch.bool)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_ignores_masked_frames():
+    student = torch.log_softmax(torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(0)), -1)
+    ids = torch.tensor([[[0], [1], [2]]])
+    probs = torch.ones(1, 3, 1)
+    only_first = kd_loss(student, ids, probs, torch.tensor([[True, False, False]]))
+    assert only_first.item() == pytest.approx(-student[0, 0, 0].item(), rel=1e-5)
+
+
+def test_target_delay_shifts_frames_and_masks_the_start():
+    ids = torch.arange(5).view(5, 1)
+    probs = torch.linspace(0.1, 0.5, 5).view(5, 1)
+    d_ids, d_probs, valid = delay_targets(ids, probs, 2)
+    assert valid.tolist() == [False, False, True, True, True]
+    assert d_ids[2:, 0].tolist() == [0, 1, 2]  # student frame t learns teacher frame t - 2
+    assert torch.allclose(d_probs[2:, 0], probs[:3, 0])
+    same_ids, _, all_valid = delay_targets(ids, probs, 0)
+    assert torch.equal(same_ids, ids) and bool(all_valid.all())
+    with pytest.raises(ValueError):
+        delay_targets(ids, probs, -1)
+
+
+def test_pad_targets_tolerates_one_frame_and_refuses_more():
+    items = [(torch.zeros(10, 2, dtype=torch.long), torch.full((10, 2), 0.5)), (torch.zeros(7, 2, dtype=torch.long), torch.full((7, 2), 0.5))]
+    ids, probs, mask = pad_targets(items, torch.tensor([11, 7]), ["a", "b"])
+    assert ids.shape == (2, 11, 2)
+    assert mask.sum(1).tolist() == [10, 7]
+    with pytest.raises(StoreError, match="'b'.*7 frames but the student produces 12"):
+        pad_targets(items, torch.tensor([10, 12]), ["a", "b"])
+
+
+def test_ctc_loss_is_lower_for_the_right_transcript():
+    V = 6
+    logits = torch.full((1, 8, V), -5.0)
+    path = [1, 1, 0, 2, 0, 3, 3, 0]
+    for t, u in enumerate(path):
+        logits[0, t, u] = 5.0
+    lp = torch.log_softmax(logits, -1)
+    good = ctc_loss(lp, torch.tensor([8]), [[1, 2, 3]])
+    bad = ctc_loss(lp, torch.tensor([8]), [[4, 5, 1]])
+    assert good.item() < 0.1 < bad.item()

@@ -1,0 +1,46 @@
+"""``asr-kd label --model TEACHER [--model T2 --weights 0.6 0.4] --data DATA --out STORE ...``"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True, help="teacher model dir (repeat for an ensemble)")
+    parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
+    parser.add_argument("--data", required=True, help="data dir to label (text not needed)")
+    parser.add_argument("--out", required=True, help="soft-target store dir; rerunning resumes it")
+    parser.add_argument("--top-k", type=int, default=8, help="units kept per 40 ms frame (1-64)")
+    parser.add_argument("--quantization", choices=["log8", "float16"], default="log8",
+                        help="log8: 1-byte log-probability codes; float16: 2-byte probabilities")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature applied to the teachers")
+    parser.add_argument("--shard-size", type=int, default=256, help="utterances per shard (the unit of resume)")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="longer utterances are rejected as too_long")
+    parser.add_argument("--batch-max-frames", type=int, default=40000, help="padded 10 ms frames per teacher batch")
+    parser.add_argument("--actors", type=int, default=2, help="teacher actors in the Ray pool")
+    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per actor")
+    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
+    parser.add_argument("--min-max-prob", type=float, help="reject utterances whose mean per-frame max probability is lower")
+    parser.add_argument("--max-entropy", type=float, help="reject utterances whose mean per-frame entropy (nats) is higher")
+    parser.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: a local Ray)")
+    parser.add_argument("--allow-pipes", action="store_true", help="allow 'command |' entries in wav.scp")
+    parser.add_argument("--local", action="store_true", help="no Ray: a single-process loop (debugging, reference)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from asr_kd.label.pipeline import LabelOptions, label, label_local
+
+    options = LabelOptions(
+        top_k=args.top_k, quantization=args.quantization, temperature=args.temperature, shard_size=args.shard_size,
+        max_seconds=args.max_seconds, batch_max_frames=args.batch_max_frames, actors=args.actors,
+        actor_num_cpus=args.actor_cpus, num_gpus_per_actor=args.gpus_per_actor, min_max_prob=args.min_max_prob,
+        max_entropy=args.max_entropy, weights=args.weights, allow_pipes=args.allow_pipes, address=args.address,
+        progress=not args.no_progress,
+    )
+    if args.local:
+        summary = label_local(args.model, args.data, args.out, options)
+        print(summary.line())
+    else:
+        label(args.model, args.data, args.out, options)
+    return 0

@@ -1,0 +1,407 @@
+"""Label a data dir with teacher soft targets: a Ray Data pipeline writing a sharded store.
+
+Plan: utterances are sorted by duration (ties by id) and cut into shards of ``shard_size``
+utterances — a pure function of the data dir, so a rerun plans the same shards. Shards already
+complete in the store (their completion marker exists) are skipped: that is the resume. The rest
+flow through Ray Data::
+
+    from_items(rows) ─▶ map_batches(read_audio)  CPU tasks: decode + resample audio, catch bad files
+                     ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
+                                                 fbank + teachers (num_gpus=1 each when GPUs exist)
+                     ─▶ driver: group rows by shard; a shard is written (atomically) once all its
+                                utterances are back, rejects first, then targets, then its marker.
+
+Ray retries a task whose actor died and restarts the actor, and the driver keys results by
+utterance id, so a crash loses nothing and writes nothing twice. Bad utterances (unreadable, empty,
+NaN, too long, NaN teacher output, low confidence) are listed in ``rejects.tsv`` with reasons;
+everything else is labeled. The teachers' 1-best transcripts go to ``text.pseudo``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asr_kd.data.audio import audio_duration, load_audio
+from asr_kd.data.datadir import DataDir, read_data_dir
+from asr_kd.errors import AsrKdError, AudioError
+from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
+
+log = logging.getLogger(__name__)
+
+KILL_ACTOR_ENV = "ASR_KD_TEST_KILL_ACTOR_AFTER_BATCHES"  # test hook: an actor dies once after N batches
+KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the dying actor (die only once)
+STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
+
+
+@dataclasses.dataclass
+class LabelOptions:
+    top_k: int = 8
+    quantization: str = "log8"  # "log8" (1-byte log-probability codes) or "float16"
+    temperature: float = 1.0
+    shard_size: int = 256  # utterances per shard
+    max_seconds: float = 60.0  # longer utterances are rejected as too_long
+    batch_max_frames: int = 40000  # padded 10 ms frames per teacher forward
+    read_batch_size: int = 16  # utterances per audio-reading task / actor call
+    actors: int = 2
+    actor_num_cpus: float = 1.0
+    num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    min_max_prob: float | None = None  # confidence filter: mean per-frame max probability below -> rejected
+    max_entropy: float | None = None  # confidence filter: mean per-frame entropy (nats) above -> rejected
+    weights: list[float] | None = None  # teacher weights (probabilities averaged with these)
+    allow_pipes: bool = False
+    address: str | None = None  # None: local Ray; "auto" or HOST:PORT joins a cluster
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class LabelSummary:
+    utterances: int  # labeled in this run
+    rejects: int  # rejected in this run
+    hours: float  # audio hours labeled in this run
+    wall_s: float
+    shards_written: list[int]
+    shards_skipped: list[int]
+
+    @property
+    def audio_hours_per_wall_hour(self) -> float:
+        return self.hours / (self.wall_s / 3600) if self.wall_s > 0 else float("nan")
+
+    def line(self) -> str:
+        return (f"labeled {self.utterances} utterances ({self.hours:.3f} h) in {len(self.shards_written)} shards "
+                f"({len(self.shards_skipped)} already done), {self.rejects} rejects, wall {self.wall_s:.1f} s, "
+                f"{self.audio_hours_per_wall_hour:.1f} audio-hours per wall-hour")
+
+
+# --------------------------------------------------------------------------------------- planning
+
+
+def utterance_seconds(data: DataDir, utt: str) -> float:
+    """Duration from utt2dur/segments, else from the file header; 0 when unreadable (rejected later)."""
+    d = data.duration(utt)
+    if d is not None:
+        return d
+    try:
+        return audio_duration(data.source(utt).path)
+    except (AudioError, OSError):
+        return 0.0
+
+
+def plan_shards(data: DataDir, shard_size: int) -> list[list[str]]:
+    """Utterance ids sorted by (duration, id) and cut into shards of ``shard_size``."""
+    if shard_size < 1:
+        raise AsrKdError(f"label: shard size must be >= 1, got {shard_size}")
+    order = sorted(data.utt_ids, key=lambda u: (utterance_seconds(data, u), u))
+    return [order[i: i + shard_size] for i in range(0, len(order), shard_size)]
+
+
+def _rows(data: DataDir, shards: list[list[str]], todo: Iterable[int]) -> list[dict[str, Any]]:
+    rows = []
+    for s in todo:
+        for utt in shards[s]:
+            src = data.source(utt)
+            rows.append({"utt_id": utt, "shard": s, "path": src.path,
+                         "start": math.nan if src.start is None else src.start,
+                         "end": math.nan if src.end is None else src.end})
+    return rows
+
+
+# --------------------------------------------------------------------------------------- workers
+
+
+def read_audio_batch(batch: dict[str, np.ndarray], sample_rate: int, max_seconds: float, allow_pipes: bool) -> dict[str, Any]:
+    """Ray task: decode the audio of a batch of rows; bad files become rows with an ``error``."""
+    from asr_kd.data.datadir import AudioSource
+
+    torch.set_num_threads(1)
+    waves, errors = [], []
+    for utt, path, start, end in zip(batch["utt_id"], batch["path"], batch["start"], batch["end"]):
+        src = AudioSource(str(utt), str(path), None if math.isnan(start) else float(start), None if math.isnan(end) else float(end))
+        try:
+            wave = load_audio(src, sample_rate=sample_rate, max_seconds=max_seconds, allow_pipes=allow_pipes)
+            waves.append(wave.numpy().astype(np.float32))
+            errors.append("")
+        except AudioError as exc:
+            waves.append(np.zeros(0, dtype=np.float32))
+            errors.append(f"{exc.reason}: {exc.detail}")
+    return {"utt_id": batch["utt_id"], "shard": batch["shard"], "wave": waves, "error": np.array(errors, dtype=object)}
+
+
+def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
+    """Indices grouped (longest first) so that count x longest stays within ``max_frames`` samples/160."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups, cur, longest = [], [], 0
+    for i in order:
+        n = max(lengths[i] // 160, 1)
+        if cur and max(longest, n) * (len(cur) + 1) > max_frames:
+            groups.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+class TeacherActor:
+    """Ray Data actor: fbank + teacher ensemble on batches of decoded audio."""
+
+    def __init__(self, model_dirs: list[str], weights: list[float] | None, top_k: int, temperature: float,
+                 batch_max_frames: int, threads: int = 1):
+        torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.ensemble = TeacherEnsemble(model_dirs, weights, device=device, top_k=top_k, temperature=temperature)
+        self.batch_max_frames = batch_max_frames
+        self.calls = 0
+        self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
+        self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        if self.kill_after and self.calls == self.kill_after and self.kill_marker and not os.path.exists(self.kill_marker):
+            Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
+            os._exit(1)  # simulate a crash mid-run (test hook)
+        return label_rows(self.ensemble, list(batch["utt_id"]), list(batch["shard"]), list(batch["wave"]),
+                          list(batch["error"]), self.batch_max_frames)
+
+
+def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int) -> dict[str, Any]:
+    """Run the ensemble over decoded rows; returns one output row per input row (errors kept)."""
+    n = len(utt_ids)
+    out_ids: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.int64)] * n
+    out_probs: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.float32)] * n
+    pseudo = [""] * n
+    max_prob = np.full(n, np.nan)
+    entropy = np.full(n, np.nan)
+    errs = [str(e) for e in errors]
+    ok = [i for i in range(n) if not errs[i]]
+    for group in _sub_batches([len(waves[i]) for i in ok], batch_max_frames):
+        idx = [ok[j] for j in group]
+        results: list[SoftTargets] = ensemble([str(utt_ids[i]) for i in idx], [torch.from_numpy(np.asarray(waves[i])) for i in idx])
+        for i, r in zip(idx, results):
+            if r.ids.shape[0] == 0:
+                errs[i] = "too_short: fewer samples than one output frame"
+            elif not torch.isfinite(r.probs).all():
+                errs[i] = "nan_output: the teacher produced NaN/inf probabilities"
+            else:
+                out_ids[i] = r.ids.numpy()
+                out_probs[i] = r.probs.numpy()
+                pseudo[i] = r.pseudo_text
+                max_prob[i] = r.mean_max_prob
+                entropy[i] = r.mean_entropy
+    return {"utt_id": np.asarray(utt_ids, dtype=object), "shard": np.asarray(shards), "ids": out_ids, "probs": out_probs,
+            "pseudo": np.asarray(pseudo, dtype=object), "max_prob": max_prob, "entropy": entropy,
+            "error": np.asarray(errs, dtype=object), "samples": np.asarray([len(w) for w in waves])}
+
+
+# --------------------------------------------------------------------------------------- driver
+
+
+class _ShardCollector:
+    """Groups result rows by shard and writes a shard once all its utterances are back."""
+
+    def __init__(self, writer, shards: list[list[str]], options: LabelOptions, sample_rate: int):
+        self.writer = writer
+        self.shards = shards
+        self.options = options
+        self.sample_rate = sample_rate
+        self.pending: dict[int, dict[str, tuple]] = {}
+        self.written: list[int] = []
+        self.labeled = 0
+        self.rejected = 0
+        self.seconds = 0.0
+        self.stop_after = int(os.environ.get(STOP_DRIVER_ENV, "0") or 0)
+
+    def add(self, batch: dict[str, Any]) -> int:
+        n = len(batch["utt_id"])
+        for i in range(n):
+            shard = int(batch["shard"][i])
+            utt = str(batch["utt_id"][i])
+            row = (batch["ids"][i], batch["probs"][i], str(batch["pseudo"][i]), float(batch["max_prob"][i]),
+                   float(batch["entropy"][i]), str(batch["error"][i]), int(batch["samples"][i]))
+            self.pending.setdefault(shard, {})[utt] = row  # keyed by id: a retried task cannot duplicate
+            if len(self.pending[shard]) == len(self.shards[shard]):
+                self._write(shard)
+        return n
+
+    def _reject_reason(self, row: tuple) -> str | None:
+        _, _, _, max_prob, entropy, error, _ = row
+        o = self.options
+        if error:
+            return error
+        if o.min_max_prob is not None and max_prob < o.min_max_prob:
+            return f"low_confidence: mean max probability {max_prob:.3f} < {o.min_max_prob}"
+        if o.max_entropy is not None and entropy > o.max_entropy:
+            return f"low_confidence: mean entropy {entropy:.3f} nats > {o.max_entropy}"
+        return None
+
+    def _write(self, shard: int) -> None:
+        rows = self.pending.pop(shard)
+        items, rejects, pseudo = [], [], []
+        for utt in self.shards[shard]:
+            row = rows[utt]
+            reason = self._reject_reason(row)
+            if reason is not None:
+                rejects.append((utt, reason))
+                continue
+            items.append((utt, np.asarray(row[0]), np.asarray(row[1], dtype=np.float32)))
+            pseudo.append((utt, row[2]))
+            self.seconds += row[6] / self.sample_rate
+        self.writer.write_rejects(rejects)
+        write_pseudo_part(self.writer.out_dir, shard, pseudo)
+        self.writer.write_shard(shard, items)
+        self.written.append(shard)
+        self.labeled += len(items)
+        self.rejected += len(rejects)
+        if self.stop_after and len(self.written) >= self.stop_after:
+            raise KeyboardInterrupt(f"test hook {STOP_DRIVER_ENV}={self.stop_after}")
+
+
+def write_pseudo_part(store_dir: Path, shard: int, rows: list[tuple[str, str]]) -> None:
+    """Teacher 1-best transcripts of one shard, ``pseudo/shard-NNNNN.txt`` (written before the shard)."""
+    d = Path(store_dir) / "pseudo"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f"shard-{shard:05d}.txt.tmp"
+    tmp.write_text("".join(f"{u} {t}\n" for u, t in rows), encoding="utf-8")
+    os.replace(tmp, d / f"shard-{shard:05d}.txt")
+
+
+def merge_pseudo(store_dir: Path) -> Path:
+    """Merge the per-shard 1-best files into ``text.pseudo`` (Kaldi text format, sorted by id)."""
+    lines = []
+    for part in sorted((Path(store_dir) / "pseudo").glob("shard-*.txt")):
+        lines.extend(line for line in part.read_text(encoding="utf-8").splitlines() if line)
+    out = Path(store_dir) / "text.pseudo"
+    out.write_text("".join(line + "\n" for line in sorted(lines)), encoding="utf-8")
+    return out
+
+
+def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOptions):
+    from asr_kd.targets.store import StoreMeta, StoreWriter
+
+    meta = StoreMeta(**ensemble_meta)
+    return StoreWriter(out_dir, meta, shard_size_utts=options.shard_size)
+
+
+def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any]:
+    return dict(
+        teacher_fingerprints=ensemble.fingerprints,
+        teacher_weights=ensemble.weights,
+        units_hash=ensemble.tokenizer.units_hash(),
+        vocab_size=ensemble.tokenizer.vocab_size,
+        frame_shift_ms=ensemble.frame_shift_ms,
+        subsampling=ensemble.subsampling,
+        k=options.top_k,
+        quantization=options.quantization,
+        temperature=options.temperature,
+        fbank=ensemble.fbank_config.model_dump(mode="json"),
+    )
+
+
+def init_ray(address: str | None) -> bool:
+    """Start (or join) Ray unless already initialized; returns True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # dashboard off: nothing listens beyond what Ray needs, and nothing on a public interface
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             configure_logging=True, ignore_reinit_error=True)
+    return True
+
+
+def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
+    """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    o = options or LabelOptions()
+    t0 = time.time()
+    data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
+    # the driver loads the teachers once to check them and to fill the store's meta
+    ensemble = TeacherEnsemble(model_dirs, o.weights, device="cpu", top_k=o.top_k, temperature=o.temperature)
+    writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
+    shards = plan_shards(data, o.shard_size)
+    done = sorted(writer.completed_shards())
+    todo = [s for s in range(len(shards)) if s not in set(done)]
+    sample_rate = ensemble.fbank_config.sample_rate
+    collector = _ShardCollector(writer, shards, o, sample_rate)
+    log.info("label: %d utterances in %d shards, %d already done, %d to do", len(data), len(shards), len(done), len(todo))
+    started_ray = False
+    if todo:
+        started_ray = init_ray(o.address)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        gpus = o.num_gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        rows = _rows(data, shards, todo)
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // o.read_batch_size, 200)))
+        ds = ds.map_batches(read_audio_batch, batch_size=o.read_batch_size, num_cpus=0.25,
+                            fn_kwargs=dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes))
+        ds = ds.map_batches(TeacherActor, batch_size=o.read_batch_size, compute=ActorPoolStrategy(size=o.actors),
+                            num_cpus=o.actor_num_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
+                            fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
+                                                       top_k=o.top_k, temperature=o.temperature,
+                                                       batch_max_frames=o.batch_max_frames))
+        bar = tqdm(total=len(rows), desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(collector.add(batch))
+                bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}", shards=f"{len(done) + len(collector.written)}/{len(shards)}")
+        finally:
+            bar.close()
+            if started_ray:
+                ray.shutdown()
+        if collector.pending:
+            missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
+            raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. {next(iter(missing.values()))[:3]} "
+                             "missing); rerun the same command to finish them")
+    writer.finalize()
+    merge_pseudo(Path(out_dir))
+    summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
+                           sorted(collector.written), done)
+    print(summary.line())
+    return summary
+
+
+def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None,
+                one_at_a_time: bool = False) -> LabelSummary:
+    """The same store from a plain single-process loop (no Ray): the reference for equality tests
+    and, with ``one_at_a_time=True`` (batch 1, no pipelining), the naive baseline of the benchmark."""
+    o = options or LabelOptions()
+    t0 = time.time()
+    data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
+    ensemble = TeacherEnsemble(model_dirs, o.weights, device="cuda" if torch.cuda.is_available() else "cpu",
+                               top_k=o.top_k, temperature=o.temperature)
+    writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
+    shards = plan_shards(data, o.shard_size)
+    done = sorted(writer.completed_shards())
+    sample_rate = ensemble.fbank_config.sample_rate
+    collector = _ShardCollector(writer, shards, o, sample_rate)
+    todo = [s for s in range(len(shards)) if s not in set(done)]
+    rows = _rows(data, shards, todo)
+    step = 1 if one_at_a_time else o.read_batch_size
+    for i in tqdm(range(0, len(rows), step), desc="label (local)", disable=not o.progress):
+        chunk = rows[i: i + step]
+        batch = {k: np.asarray([r[k] for r in chunk], dtype=object if k in ("utt_id", "path") else None) for k in chunk[0]}
+        read = read_audio_batch(batch, sample_rate, o.max_seconds, o.allow_pipes)
+        collector.add(label_rows(ensemble, list(read["utt_id"]), list(read["shard"]), read["wave"], list(read["error"]),
+                                 1 if one_at_a_time else o.batch_max_frames))
+    writer.finalize()
+    merge_pseudo(Path(out_dir))
+    summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
+                           sorted(collector.written), done)
+    log.info(summary.line())
+    return summary

@@ -1,0 +1,51 @@
+# Shared helpers for recipes/*/run.sh (sourced, not executed).
+#   parse options:  --stage N --stop-stage N --force  and  --name value  for any variable already set
+#   run_stage N NAME : true when stage N is in [stage, stop_stage] and not done (or --force)
+#   mark_done NAME   : writes $exp/.done/NAME (icefall-style marker) so a rerun skips the stage
+#   log_run CMD...   : prints the exact command, appends it to $exp/commands.log, runs it
+#   need PATH...     : fails with a clear message when an input of the stage is missing
+
+force=${force:-false}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --force) force=true; shift ;;
+    --help|-h) sed -n '2,/^set -/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --*=*) opt=${1%%=*}; opt=${opt#--}; opt=${opt//-/_}; val=${1#*=}
+           if [ -z "${!opt+x}" ]; then echo "$0: unknown option --${opt//_/-}" >&2; exit 2; fi
+           printf -v "$opt" '%s' "$val"; shift ;;
+    --*) opt=${1#--}; opt=${opt//-/_}
+         if [ -z "${!opt+x}" ]; then echo "$0: unknown option $1" >&2; exit 2; fi
+         [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 2; }
+         printf -v "$opt" '%s' "$2"; shift 2 ;;
+    *) echo "$0: unexpected argument $1" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[$(date '+%F %T')] $*" >&2; }
+
+run_stage() {
+  local n=$1 name=$2
+  [ "$n" -ge "$stage" ] && [ "$n" -le "$stop_stage" ] || return 1
+  if [ "$force" != true ] && [ -f "$exp/.done/$name" ]; then
+    log "stage $n ($name): done before, skipping (delete $exp/.done/$name or pass --force to redo)"
+    return 1
+  fi
+  log "stage $n ($name)"
+  return 0
+}
+
+mark_done() { mkdir -p "$exp/.done"; date -u '+%FT%TZ' > "$exp/.done/$1"; }
+
+log_run() {
+  mkdir -p "$exp"
+  echo "$*" >> "$exp/commands.log"
+  log "+ $*"
+  "$@"
+}
+
+need() {
+  local p
+  for p in "$@"; do
+    [ -e "$p" ] || { echo "$0: stage input $p is missing — run the earlier stage first (see --stage)" >&2; exit 1; }
+  done
+}

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("asr_kd.evaluate", "decode a data dir and score WER/CER (sclite-compatible output)"),
     "transcribe": ("asr_kd.decode.cli", "transcribe audio files, streaming partial results"),
     "export": ("asr_kd.export.cli", "export a streaming student to ONNX (float or int8)"),
+    "report": ("asr_kd.report", "results table and figures of a recipe's experiment dir"),
 }
 
 

@@ -1,0 +1,174 @@
+"""``asr-kd report``: the results table of a recipe's experiment dir, with figures.
+
+Reads ``<exp>/{teacher,baseline,kd}/eval_{dev,test}[_streaming]/wer.json`` and the model dirs, and
+writes ``report.md``, ``results.json`` (keyed ``teacher``, ``baseline``, ``kd``, each with
+``test_wer``, ``dev_wer`` in percent, ``params``, ``latency_ms``, ``rtf``), ``training_curves.png``
+and ``posteriorgram.png`` (one test utterance through the teacher and both students).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MODELS = ("teacher", "baseline", "kd")
+LABELS = {"teacher": "teacher (full context)", "baseline": "baseline student (CTC, labeled only)", "kd": "KD student"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exp", required=True, help="experiment dir holding teacher/, baseline/, kd/")
+    parser.add_argument("--data", help="data dir root (for the posteriorgram utterance from test/)")
+    parser.add_argument("--out", required=True, help="report.md path; results.json and PNGs go beside it")
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect(exp: Path) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    for name in MODELS:
+        mdir = exp / name
+        if not (mdir / "model.pt").exists():
+            continue
+        test = _read(mdir / "eval_test" / "wer.json") or {}
+        dev = _read(mdir / "eval_dev" / "wer.json") or {}
+        test_s = _read(mdir / "eval_test_streaming" / "wer.json")
+        params = test.get("params")
+        if params is None:
+            import torch
+
+            params = int(sum(v.numel() for v in torch.load(mdir / "model.pt", weights_only=True).values() if v.is_floating_point()))
+        results[name] = {
+            "test_wer": test.get("wer"), "test_cer": test.get("cer"), "dev_wer": dev.get("wer"),
+            "test_wer_streaming": test_s.get("wer") if test_s else None,
+            "params": params, "size_mb": (mdir / "model.pt").stat().st_size / 1e6,
+            "latency_ms": (test_s or test).get("latency_ms"), "rtf": (test_s or test).get("rtf"),
+            "rtf_offline": test.get("rtf"),
+        }
+    return results
+
+
+def _fmt(v, spec=".2f", none="–"):
+    return none if v is None else format(v, spec)
+
+
+def render(results: dict[str, dict], figures: list[str]) -> str:
+    lines = ["# Results", "",
+             "| model | test WER % | test CER % | streaming test WER % | dev WER % | params | size MB | latency ms | RTF (1 thread) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {LABELS[name]} | {_fmt(r['test_wer'])} | {_fmt(r['test_cer'])} | {_fmt(r['test_wer_streaming'])} | "
+                     f"{_fmt(r['dev_wer'])} | {r['params'] / 1e6:.2f} M | {r['size_mb']:.1f} | "
+                     f"{_fmt(r['latency_ms'], '.0f', 'full utt.')} | {_fmt(r['rtf'], '.4f')} |")
+    t, b, k = (results.get(n, {}).get("test_wer") for n in MODELS)
+    lines.append("")
+    if b is not None and k is not None and b > 0:
+        lines.append(f"- KD vs baseline: **{100 * (b - k) / b:.1f} % relative WER reduction** "
+                     f"(KD / baseline = {k / b:.3f}).")
+    if t is not None and b is not None and k is not None and b != t:
+        lines.append(f"- Share of the teacher–baseline gap that KD recovers: **{100 * (b - k) / (b - t):.0f} %** "
+                     f"(KD / teacher = {k / t:.2f})." if t else "")
+    if "teacher" in results and "kd" in results:
+        lines.append(f"- Student parameters: {100 * results['kd']['params'] / results['teacher']['params']:.0f} % of the teacher's.")
+    lines.append("- Latency is the student's algorithmic latency (chunk + lookahead); RTF counts fbank, model and greedy "
+                 "decoding on one thread (streaming RTF for students).")
+    lines.append("")
+    for f in figures:
+        lines.append(f"![{Path(f).stem}]({Path(f).name})")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(exp: Path, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr_kd.train.metrics import read_metrics
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    any_curve = False
+    for name in MODELS:
+        f = exp / name / "metrics.csv"
+        if not f.exists():
+            continue
+        rows = read_metrics(f)
+        tr = [(int(r["step"]), float(r["loss"])) for r in rows if r["kind"] == "train" and r["loss"]]
+        dv = [(int(r["epoch"]), float(r["dev_wer"])) for r in rows if r["kind"] == "dev" and r["dev_wer"]]
+        if tr:
+            ax1.plot(*zip(*tr), label=name)
+            any_curve = True
+        if dv:
+            ax2.plot(*zip(*dv), marker="o", label=name)
+    if not any_curve:
+        plt.close(fig)
+        return None
+    ax1.set(xlabel="step", ylabel="training loss", yscale="log")
+    ax2.set(xlabel="epoch", ylabel="dev WER (%)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_posteriorgrams(exp: Path, data_root: Path, out: Path) -> Path | None:
+    """Per-frame unit posteriors of the teacher and the students on the first test utterance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from asr_kd.data.audio import load_audio
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.models.model_dir import load_model_dir
+
+    test_dir = data_root / "test"
+    names = [n for n in MODELS if (exp / n / "model.pt").exists()]
+    if not test_dir.exists() or not names:
+        return None
+    data = read_data_dir(test_dir)
+    utt = data.utt_ids[0]
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.4 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        loaded = load_model_dir(exp / name)
+        wave = load_audio(data.source(utt), sample_rate=loaded.fbank_config.sample_rate)
+        with torch.inference_mode():
+            feats, lens = loaded.featurize(wave.unsqueeze(0), torch.tensor([wave.numel()]))
+            lp, _ = loaded.model(feats, lens)
+        post = lp[0].exp().T.numpy()
+        ax.imshow(post, aspect="auto", origin="lower", interpolation="nearest", cmap="magma", vmin=0, vmax=1)
+        ax.set_ylabel(f"{name}\nunit id")
+    axes[-1, 0].set_xlabel("output frame (40 ms)")
+    fig.suptitle(f"posteriors of test utterance {utt}: {data.text[utt]}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    exp = Path(args.exp)
+    out = Path(args.out)
+    results = collect(exp)
+    if not results:
+        from asr_kd.errors import AsrKdError
+
+        raise AsrKdError(f"{exp}: no trained models (teacher/, baseline/, kd/) with eval results found")
+    figures = []
+    curves = plot_curves(exp, out.with_name("training_curves.png"))
+    if curves:
+        figures.append(str(curves))
+    if args.data:
+        post = plot_posteriorgrams(exp, Path(args.data), out.with_name("posteriorgram.png"))
+        if post:
+            figures.append(str(post))
+    out.write_text(render(results, figures))
+    out.with_name("results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(out.read_text())
+    return 0

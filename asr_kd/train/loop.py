@@ -89,11 +89,15 @@ def _build_tokenizer(config: TrainConfig, texts: dict[str, str], out_dir: Path) 
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
+    def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                 rank: int = 0, world_size: int = 1):
         self.config = config
         self.out = Path(out_dir)
         self.resume = resume
-        self.progress = progress
+        self.rank = rank
+        self.world_size = world_size
+        self.is_main = rank == 0  # only rank 0 writes files; every rank computes the same setup
+        self.progress = progress and self.is_main
         self.ckpt = CheckpointManager(self.out, config.train.keep_last_checkpoints, config.train.keep_best, config.train.average_last)
 
     # ------------------------------------------------------------------ setup
@@ -108,8 +112,10 @@ class Trainer:
         torch.manual_seed(c.train.seed)
         self.device = choose_device(c.train.device)
         self.out.mkdir(parents=True, exist_ok=True)
-        dump_config(c, self.out / "config.yaml")
-        (self.out / "env.json").write_text(json.dumps(environment_info(), indent=2) + "\n")
+        if self.is_main:
+            dump_config(c, self.out / "config.yaml")
+            info = environment_info() | {"world_size": self.world_size}
+            (self.out / "env.json").write_text(json.dumps(info, indent=2) + "\n")
 
         # units
         self.table = UtteranceTable()
@@ -117,7 +123,7 @@ class Trainer:
         texts = {u: t for d in labeled_dirs for u, t in (d.text or {}).items()}
         self.tokenizer = _build_tokenizer(c, texts, self.out)
         oov = find_oov({u: normalize_text(t) for u, t in texts.items()}, self.tokenizer)
-        if oov:
+        if oov and self.is_main:
             with open(self.out / "oov.tsv", "w", encoding="utf-8") as fh:
                 for ch, utts in sorted(oov.items()):
                     fh.write(f"{ch}\t{len(utts)}\t{' '.join(utts[:20])}\n")
@@ -135,28 +141,33 @@ class Trainer:
         if d.dev:
             self.dev_table = UtteranceTable()
             self.dev_table.add_dir(d.dev, c.fbank, self.tokenizer, True, 0.0, 10 * d.max_seconds, d.allow_pipes)
-        write_rejects(self.out / "rejects.tsv", self.table.rejects)
-        if self.table.rejects:
+        if self.is_main:
+            write_rejects(self.out / "rejects.tsv", self.table.rejects)
+        if self.table.rejects and self.is_main:
             log.warning("%d training utterance(s) excluded; reasons in %s", len(self.table.rejects), self.out / "rejects.tsv")
         if not self.table.utts:
             raise AsrKdError("no usable training utterances (all rejected); see rejects.tsv")
 
-        # soft targets
+        # model; soft targets (checked against the model's units and frame rate); CMVN
+        self.model = build_model(c.model, self.tokenizer.vocab_size).to(self.device)
         self.store = None
         if c.kd is not None:
             self._open_store()
-
-        # model, CMVN
-        self.model = build_model(c.model, self.tokenizer.vocab_size).to(self.device)
         if self.resume and self.ckpt.latest() is not None and (self.out / "cmvn.json").exists():
             self.cmvn = GlobalCMVN.load(self.out / "cmvn.json")
         else:
             train_data = combine_data_dirs(self.table.dirs).subset(sorted(self.table.utts))
             self.cmvn = compute_global_cmvn(train_data, c.fbank, max_utts=d.cmvn_max_utts, seed=c.train.seed, progress=self.progress)
-            self.cmvn.save(self.out / "cmvn.json")
+            if self.is_main:
+                self.cmvn.save(self.out / "cmvn.json")
         self.cmvn = self.cmvn.to(self.device)
         self.specaug = SpecAugment(c.specaug, seed=c.train.seed) if c.specaug is not None else None
 
+        self.core = self.model  # the unwrapped model: state_dict, evaluation, saving
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, betas=c.optim.betas, weight_decay=c.optim.weight_decay)
         self.batches_per_epoch = len(self._plan(0))
         self.total_steps = c.train.max_steps or self.batches_per_epoch * c.train.max_epochs
@@ -171,8 +182,7 @@ class Trainer:
         c = self.config
         self.store = StoreReader(c.kd.store)
         meta = self.store.meta
-        check_compatible(meta, self.tokenizer.units_hash(), 40 if c.model.subsampling == 4 else c.model.subsampling * 10,
-                         self.tokenizer.vocab_size)
+        check_compatible(meta, self.tokenizer.units_hash(), self.model.frame_shift_ms, self.tokenizer.vocab_size)
         if abs(meta.temperature - c.kd.temperature) > 1e-6:
             raise StoreError(f"{c.kd.store}: targets were made at temperature {meta.temperature} but kd.temperature is "
                              f"{c.kd.temperature}; set kd.temperature={meta.temperature} or relabel")
@@ -197,7 +207,7 @@ class Trainer:
             log.info("--resume: no checkpoint in %s, starting from scratch", self.ckpt.dir)
             return
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
@@ -208,7 +218,7 @@ class Trainer:
 
     def _state(self) -> dict:
         s = {
-            "model": self.model.state_dict(),
+            "model": self.core.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -227,7 +237,14 @@ class Trainer:
         lab = plan_batches(self.table.lengths(self.labeled_ids), c.batch.max_frames, seed, epoch, c.batch.shuffle, c.batch.max_utts)
         unl = plan_batches(self.table.lengths(self.unlabeled_ids), c.batch.max_frames, seed + 1, epoch, c.batch.shuffle, c.batch.max_utts)
         ratio = c.kd.unlabeled_per_labeled if c.kd is not None else 1.0
-        return mix_batches(lab, unl, ratio, seed, epoch)
+        plan = mix_batches(lab, unl, ratio, seed, epoch)
+        if self.world_size > 1:
+            # rank r takes batches r, r+W, ...; every rank gets the same count (DDP steps in lockstep)
+            per_rank = len(plan) // self.world_size
+            if per_rank == 0:
+                raise AsrKdError(f"{len(plan)} batches per epoch cannot feed {self.world_size} workers; lower batch.max_frames")
+            plan = plan[self.rank::self.world_size][:per_rank]
+        return plan
 
     # ------------------------------------------------------------------ steps
     def _losses(self, batch: Batch, log_probs: torch.Tensor, out_lens: torch.Tensor) -> tuple[torch.Tensor, float | None, float | None]:
@@ -267,7 +284,7 @@ class Trainer:
         if self.dev_table is None or not self.dev_table.utts:
             return None, None
         c = self.config
-        self.model.eval()
+        self.core.eval()
         plan = [("dev", b) for b in plan_batches(self.dev_table.lengths(), c.batch.max_frames, 0, 0, shuffle=False)]
         hyps, refs = {}, {}
         with torch.no_grad():
@@ -276,11 +293,11 @@ class Trainer:
                     continue
                 feats = self.cmvn(batch.feats.to(self.device))
                 with self._autocast():
-                    log_probs, out_lens = self.model(feats, batch.feat_lens.to(self.device))
+                    log_probs, out_lens = self.core(feats, batch.feat_lens.to(self.device))
                 for utt, ids in zip(batch.utt_ids, greedy_ctc(log_probs.float().cpu(), out_lens.cpu())):
                     hyps[utt] = self.tokenizer.decode(ids)
                     refs[utt] = normalize_text(self.dev_table.utts[utt].data.text[utt])
-        self.model.train()
+        self.core.train()
         report = score(refs, hyps)
         return report.wer, report.cer
 
@@ -290,10 +307,10 @@ class Trainer:
         self._setup()
         c = self.config
         kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
-        metrics = MetricsLog(self.out, resume_step=self.step)
+        metrics = MetricsLog(self.out, resume_step=self.step) if self.is_main else None
         self.model.train()
         dev_wer = None
-        n_params = sum(p.numel() for p in self.model.parameters())
+        n_params = sum(p.numel() for p in self.core.parameters())
         log.info("model: %s, %.2f M parameters, %d units, device %s; %d labeled + %d unlabeled utterances, %d batches/epoch",
                  c.model.kind, n_params / 1e6, self.tokenizer.vocab_size, self.device, len(self.labeled_ids),
                  len(self.unlabeled_ids), self.batches_per_epoch)
@@ -308,17 +325,21 @@ class Trainer:
                 self.batch_in_epoch += 1
                 if batch.rejects:
                     self.table.rejects.extend(batch.rejects)
-                    write_rejects(self.out / "rejects.tsv", batch.rejects)
+                    if self.is_main:
+                        write_rejects(self.out / "rejects.tsv", batch.rejects)
                     log.warning("skipped unreadable audio: %s", "; ".join(f"{u} ({r})" for u, r in batch.rejects))
-                if not batch.utt_ids:
+                if not batch.utt_ids and self.world_size == 1:
                     continue
-                feats = self.cmvn(batch.feats.to(self.device))
-                lens = batch.feat_lens.to(self.device)
-                if self.specaug is not None:
-                    feats = self.specaug(feats, lens)
-                with self._autocast():
-                    log_probs, out_lens = self.model(feats, lens)
-                loss, ctc_val, kd_val = self._losses(batch, log_probs.float(), out_lens)
+                if batch.utt_ids:
+                    feats = self.cmvn(batch.feats.to(self.device))
+                    lens = batch.feat_lens.to(self.device)
+                    if self.specaug is not None:
+                        feats = self.specaug(feats, lens)
+                    with self._autocast():
+                        log_probs, out_lens = self.model(feats, lens)
+                    loss, ctc_val, kd_val = self._losses(batch, log_probs.float(), out_lens)
+                else:  # DDP: a batch whose audio all failed still joins the gradient all-reduce, with zero loss
+                    loss, ctc_val, kd_val = sum(p.sum() for p in self.model.parameters()) * 0.0, None, None
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip))
@@ -331,15 +352,15 @@ class Trainer:
                 frames_since += int(batch.feat_lens.sum())
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss):.3f}", epoch=self.epoch + 1)
-                if self.step % c.train.log_every_steps == 0:
+                if self.is_main and self.step % c.train.log_every_steps == 0:
                     now = time.time()
                     metrics.log("train", self.epoch + 1, self.step, loss=float(loss), ctc_loss=ctc_val, kd_loss=kd_val,
                                 lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
                                 frames_per_s=frames_since / max(now - t_last, 1e-9), wall_s=now - t0)
                     t_last, frames_since = now, 0
-                if self.step % c.train.checkpoint_every_steps == 0:
+                if self.is_main and self.step % c.train.checkpoint_every_steps == 0:
                     self.ckpt.save_step(self._state(), self.step)
-                if kill_after and self.step == kill_after:
+                if kill_after and self.step == kill_after and self.is_main:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.step >= self.total_steps:
                     done = True
@@ -348,16 +369,20 @@ class Trainer:
             if epoch_finished:
                 self.epoch += 1
                 self.batch_in_epoch = 0
+            if not self.is_main:
+                continue
             dev_wer, dev_cer = self._evaluate_dev()
             metrics.log("dev", self.epoch, self.step, dev_wer=dev_wer, dev_cer=dev_cer, wall_s=time.time() - t0)
             if dev_wer is not None:
                 bar.write(f"epoch {self.epoch}: step {self.step}, dev WER {dev_wer:.2f}% CER {dev_cer:.2f}%")
             self.ckpt.save_epoch(self._state(), self.epoch if epoch_finished else self.epoch + 1, dev_wer)
         bar.close()
+        wall = time.time() - t0
+        if not self.is_main:
+            return TrainResult(self.out, self.step, self.epoch, None, n_params, wall)
         metrics.close()
         self._write_final_model()
         plot_training_curve(self.out, f"{self.out.name}: {c.model.kind}")
-        wall = time.time() - t0
         best = self.ckpt.ranking()
         best_wer = best[0][1] if best and math.isfinite(best[0][1]) else None
         print(f"trained {self.out}: {self.step} steps, {self.epoch} epochs, {n_params / 1e6:.2f} M params, "
@@ -372,12 +397,14 @@ class Trainer:
             source = [self.ckpt.best_path().name]
         else:
             state, source = self.ckpt.averaged_model_state(c.average_last)
-        self.model.load_state_dict(state)
-        self.model.eval()
-        save_model_dir(self.out, self.model.cpu(), self.config.model, self.tokenizer, self.cmvn.cpu(), self.config.fbank,
+        self.core.load_state_dict(state)
+        self.core.eval()
+        save_model_dir(self.out, self.core.cpu(), self.config.model, self.tokenizer, self.cmvn.cpu(), self.config.fbank,
                        extra_meta={"weights_from": source, "steps": self.step, "epochs": self.epoch,
                                    "kd": self.config.kd.model_dump() if self.config.kd else None})
 
 
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    return Trainer(config, out_dir, resume, progress).run()
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          rank: int = 0, world_size: int = 1) -> TrainResult:
+    """Train per ``config`` into the model dir ``out_dir``; ``rank``/``world_size`` for DDP workers."""
+    return Trainer(config, out_dir, resume, progress, rank, world_size).run()

@@ -108,12 +108,37 @@ def test_beam_decoder_batch_beats_greedy_on_crafted_case():
     assert BeamSearchDecoder(Units(), beam_size=4).decode(lp) == [[3]]
 
 
-@pytest.mark.skipif(flashlight_available(), reason="flashlight-text installed: LM decoding is available")
-def test_lm_without_flashlight_is_a_clear_error(tmp_path):
-    lm = tmp_path / "lm.arpa"
-    lm.write_text("\\data\\\n")
-    with pytest.raises(ConfigError, match="flashlight-text"):
-        BeamSearchDecoder(Units(), lm_path=lm)
+ARPA = """\\data\\
+ngram 1=4
+ngram 2=2
+
+\\1-grams:
+-0.3\t<s>\t-0.1
+-0.3\t</s>
+-0.3\tab\t-0.1
+-3.0\tca\t-0.1
+
+\\2-grams:
+-0.1\t<s> ab
+-0.1\tab </s>
+
+\\end\\
+"""
+
+
+def test_kenlm_lexicon_fusion_overrides_ambiguous_acoustics(tmp_path):
+    assert flashlight_available(), "flashlight-text is a pinned dependency"
+    (tmp_path / "lm.arpa").write_text(ARPA)
+    (tmp_path / "lexicon.txt").write_text("ab a b ▁\nca c a ▁\n")
+    # 'a' is clear; the second letter is slightly more 'c' than 'b' acoustically
+    rows = [[0.05, 0, 0, 0.9, 0.025, 0.025], [0.9, 0, 0, 0.05, 0.025, 0.025],
+            [0.1, 0, 0, 0.0, 0.42, 0.48], [0.9, 0, 0.05, 0, 0.025, 0.025]]
+    lp = torch.tensor(rows).clamp_min(1e-6).log().log_softmax(-1).unsqueeze(0)
+    assert greedy_ctc(lp) == [[3, 5]]  # "ac"
+    dec = BeamSearchDecoder(Units(), beam_size=8, lm_path=tmp_path / "lm.arpa",
+                            lexicon_path=tmp_path / "lexicon.txt", lm_weight=1.0)
+    assert dec.backend == "flashlight"
+    assert dec.decode_text(lp) == ["ab"]  # the LM knows "ab", not "ac"
     with pytest.raises(ConfigError, match="not found"):
         BeamSearchDecoder(Units(), lm_path=tmp_path / "missing.arpa")
 

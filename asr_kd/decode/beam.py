@@ -110,7 +110,10 @@ class BeamSearchDecoder:
         for name, path in (("lm", lm_path), ("lexicon", lexicon_path)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{path}: {name} file not found")
-        if flashlight_available():
+        # Lexicon-free search uses our CTC prefix beam search (tested against exhaustive search):
+        # flashlight's lexicon-free mode treats the word-boundary unit as "silence" with its own
+        # scoring, which is not plain CTC for character units. flashlight is used for LM fusion only.
+        if (lm_path is not None or lexicon_path is not None) and flashlight_available():
             from torchaudio.models.decoder import ctc_decoder
 
             symbols = list(tokenizer.symbols)

@@ -1,0 +1,210 @@
+"""``asr-kd targets stats|verify|export-kaldi|import-kaldi|plot``: inspect and convert a soft-target store.
+
+::
+
+    asr-kd targets stats STORE [--json]
+    asr-kd targets verify STORE [--data DATA_DIR] [--student-config CONF.yaml] [--no-checksums]
+    asr-kd targets export-kaldi STORE --out DIR
+    asr-kd targets import-kaldi ARK_OR_SCP --out STORE --meta-from STORE_OR_META_JSON [--shard-size N]
+    asr-kd targets plot STORE --utt ID --out plot.png [--tokens tokens.txt]
+
+``verify`` exits 0 printing one ``OK ...`` line, or 1 listing every problem (store errors, ids that
+differ from the data dir, frame counts off by more than one frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from asr_kd.errors import AsrKdError, StoreError
+
+FRAME_TOLERANCE = 1  # frames; utt2dur durations are rounded (3 decimals = 48 samples at 16 kHz)
+SHOW = 50  # ids listed per problem (then a count of the rest)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = sub.add_parser("stats", help="size, hours, bytes per frame, top-k mass, entropy histogram")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+
+    p = sub.add_parser("verify", help="checksums, index vs shards, ids and frame counts vs a data dir")
+    p.add_argument("store")
+    p.add_argument("--data", help="data dir the store should label (ids and utt2dur frame counts are compared)")
+    p.add_argument("--student-config", help="training YAML whose units, fbank and kd.temperature must match the store")
+    p.add_argument("--no-checksums", action="store_true", help="skip the sha256 pass (sizes and indexes only)")
+
+    p = sub.add_parser("export-kaldi", help="write a Kaldi Posterior ark + scp (kaldi-io)")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="output dir for post.ark and post.scp")
+
+    p = sub.add_parser("import-kaldi", help="build a store from a Kaldi Posterior ark or scp")
+    p.add_argument("source", help="X.ark, X.scp, ark:X or scp:X")
+    p.add_argument("--out", required=True, help="new store dir")
+    p.add_argument("--meta-from", required=True, help="store dir or meta.json whose settings describe the input")
+    p.add_argument("--shard-size", type=int, default=256, help="utterances per shard")
+
+    p = sub.add_parser("plot", help="posteriorgram PNG of one utterance")
+    p.add_argument("store")
+    p.add_argument("--utt", required=True)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--tokens", help="tokens.txt to label rows with unit symbols")
+
+
+def _ids_preview(ids: list[str]) -> str:
+    return " ".join(ids[:SHOW]) + (f" ... (+{len(ids) - SHOW} more)" if len(ids) > SHOW else "")
+
+
+def check_against_data(reader, data_dir: str) -> tuple[list[str], list[str]]:
+    """Problems and notes from comparing a store with a data dir (ids; frames vs utt2dur, +-1 frame)."""
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.targets.stats import expected_frames_for_meta
+
+    data = read_data_dir(data_dir)
+    problems: list[str] = []
+    notes: list[str] = []
+    data_ids = set(data.utt_ids)
+    store_ids = set(reader.utt_ids)
+    rejects = reader.rejects()
+    unlabeled = sorted(data_ids - store_ids - set(rejects))
+    if unlabeled:
+        problems.append(f"{len(unlabeled)} utterance(s) of {data_dir} have no targets and are not in rejects.tsv: "
+                        f"{_ids_preview(unlabeled)} (rerun 'asr-kd label' to label them; it resumes)")
+    foreign = sorted(store_ids - data_ids)
+    if foreign:
+        problems.append(f"{len(foreign)} stored utterance(s) are not in {data_dir}: {_ids_preview(foreign)} "
+                        "(was the store made from another data dir?)")
+    rejected_here = sorted(set(rejects) & data_ids)
+    if rejected_here:
+        notes.append(f"{len(rejected_here)} rejected by the labeler")
+    wrong, unknown_dur = [], 0
+    for utt in sorted(store_ids & data_ids):
+        dur = data.duration(utt)
+        if dur is None:
+            unknown_dur += 1
+            continue
+        want = expected_frames_for_meta(dur, reader.meta)
+        got = reader.num_frames(utt)
+        if abs(got - want) > FRAME_TOLERANCE:
+            wrong.append(f"{utt} (stored {got}, expected {want} for {dur:.3f} s)")
+    if wrong:
+        problems.append(f"{len(wrong)} utterance(s) have frame counts that do not match their duration "
+                        f"(+-{FRAME_TOLERANCE} allowed): {'; '.join(wrong[:SHOW])}"
+                        + (f" ... (+{len(wrong) - SHOW} more)" if len(wrong) > SHOW else "")
+                        + " — was the store labeled with another front end or frame rate?")
+    if unknown_dur:
+        notes.append(f"frame counts not checked for {unknown_dur} utterance(s) without utt2dur/segments")
+    else:
+        notes.append(f"frame counts match utt2dur (+-{FRAME_TOLERANCE})")
+    return problems, notes
+
+
+def check_against_student_config(reader, config_path: str) -> list[str]:
+    """Problems that would stop training this config on the store (units, frame rate, fbank, temperature)."""
+    from asr_kd.config import load_config
+    from asr_kd.train.config import TrainConfig
+
+    conf = load_config(config_path, TrainConfig)
+    meta = reader.meta
+    problems: list[str] = []
+    fbank = conf.fbank.model_dump(mode="json")
+    diff = sorted(k for k in set(fbank) | set(meta.fbank) if meta.fbank and fbank.get(k) != meta.fbank.get(k))
+    if diff:
+        problems.append("fbank settings differ: " + ", ".join(f"{k}: store {meta.fbank.get(k)!r} vs config {fbank.get(k)!r}"
+                                                               for k in diff))
+    shift = conf.fbank.frame_shift_ms * conf.model.subsampling
+    if abs(shift - meta.frame_shift_ms) > 1e-6:
+        problems.append(f"output frame shift differs: store {meta.frame_shift_ms:g} ms vs config {shift:g} ms")
+    if conf.kd is not None and abs(conf.kd.temperature - meta.temperature) > 1e-6:
+        problems.append(f"temperature differs: store {meta.temperature:g} vs kd.temperature {conf.kd.temperature:g}")
+    if conf.units.from_model:
+        from asr_kd.data.units import load_tokenizer
+
+        tok = load_tokenizer(conf.units.from_model)
+        if tok.units_hash() != meta.units_hash or tok.vocab_size != meta.vocab_size:
+            problems.append(f"units differ: store units_hash {meta.units_hash} ({meta.vocab_size} units) vs "
+                            f"{conf.units.from_model} {tok.units_hash()} ({tok.vocab_size} units)")
+    else:
+        problems.append("units.from_model is not set: a distilled student must reuse the teacher's units "
+                        "(units.from_model: TEACHER_DIR)")
+    return problems
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from asr_kd.targets.store import StoreReader
+
+    try:
+        reader = StoreReader(args.store)
+    except StoreError as exc:
+        print(f"FAILED {args.store}: {exc}", file=sys.stderr)
+        return 1
+    problems = reader.problems(checksums=not args.no_checksums)
+    notes = [f"{len(reader)} utterances, {reader.total_frames} frames, {reader.meta.num_shards} shards",
+             "sizes and indexes consistent" if args.no_checksums else "checksums verified"]
+    if args.data:
+        p, n = check_against_data(reader, args.data)
+        problems += p
+        notes += [f"ids match {args.data}"] + n if not p else n
+    if args.student_config:
+        p = check_against_student_config(reader, args.student_config)
+        problems += p
+        if not p:
+            notes.append(f"compatible with {args.student_config}")
+    if problems:
+        print(f"FAILED {args.store}: {len(problems)} problem(s)", file=sys.stderr)
+        for line in problems:
+            print(f"  - {line}", file=sys.stderr)
+        return 1
+    print(f"OK {args.store}: " + "; ".join(notes))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return _verify(args)
+
+    from asr_kd.targets.store import StoreReader
+
+    if args.action == "stats":
+        from asr_kd.targets.stats import format_stats, store_stats
+
+        stats = store_stats(StoreReader(args.store))
+        print(json.dumps(stats.as_json()) if args.json else format_stats(stats))
+        return 0
+    if args.action == "export-kaldi":
+        from asr_kd.targets.kaldi import export_kaldi
+
+        reader = StoreReader(args.store)
+        ark, scp = export_kaldi(reader, args.out)
+        print(f"wrote {len(reader)} utterances to {ark} and {scp} (Posterior pairs are (unit id from tokens.txt, "
+              f"probability), {reader.meta.frame_shift_ms:g} ms frames)")
+        return 0
+    if args.action == "import-kaldi":
+        from asr_kd.targets.kaldi import import_kaldi
+
+        meta = import_kaldi(args.source, args.out, args.meta_from, shard_size_utts=args.shard_size)
+        reader = StoreReader(args.out)
+        print(f"imported {len(reader)} utterances ({reader.total_frames} frames) into {args.out} "
+              f"({meta.num_shards} shards, top-{meta.k} {meta.quantization})")
+        return 0
+    if args.action == "plot":
+        from asr_kd.targets.plot import plot_posteriorgram
+
+        out = plot_posteriorgram(StoreReader(args.store), args.utt, args.out, tokens=args.tokens)
+        print(f"wrote {out}")
+        return 0
+    raise AsrKdError(f"unknown targets action {args.action!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``asr-kd targets ARGV`` (also the entry of ``tools/plot_posteriorgram.py``)."""
+    from asr_kd.cli import main as cli_main
+
+    return cli_main(["targets", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

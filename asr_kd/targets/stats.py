@@ -1,0 +1,178 @@
+"""Statistics of a soft-target store (``asr-kd targets stats``) and the expected-frames rule.
+
+Sizes are reported per stored frame and per audio-second; "hours" are frames x frame shift, i.e.
+the audio the targets cover (rejected utterances excluded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from asr_kd.errors import StoreError
+from asr_kd.targets.store import StoreReader
+
+ENTROPY_BINS = 10
+
+
+def expected_frames(duration_s: float, frame_shift_ms: float = 10.0, subsampling: int = 4, frame_length_ms: float = 25.0,
+                    sample_rate: int = 16000, snip_edges: bool = True) -> int:
+    """Output frames a model produces for ``duration_s`` seconds of audio.
+
+    Rule (Kaldi fbank, then our 4x front end):
+
+    - samples ``S = round(duration_s * sample_rate)``; window ``W`` and shift ``H`` in samples
+      (25 ms / 10 ms at 16 kHz: 400 / 160);
+    - fbank frames (Kaldi ``snip_edges=true``, torchaudio's default): ``0 if S < W else 1 + (S - W) // H``;
+      with ``snip_edges=false``: ``(S + H // 2) // H``;
+    - output frames: ``fbank_frames // subsampling`` (the causal front end drops a trailing 1-3 frames).
+
+    ``utt2dur`` holds durations rounded to a few decimals, so callers allow +-1 frame.
+    """
+    if duration_s < 0:
+        raise StoreError(f"negative duration {duration_s}")
+    s = int(round(duration_s * sample_rate))
+    w = int(round(frame_length_ms * sample_rate / 1000))
+    h = int(round(frame_shift_ms * sample_rate / 1000))
+    if snip_edges:
+        fbank = 0 if s < w else 1 + (s - w) // h
+    else:
+        fbank = (s + h // 2) // h
+    return fbank // max(subsampling, 1)
+
+
+def expected_frames_for_meta(duration_s: float, meta) -> int:
+    """``expected_frames`` with the framing recorded in a store's meta (its ``fbank`` dict and subsampling)."""
+    fb = meta.fbank or {}
+    return expected_frames(duration_s, frame_shift_ms=float(fb.get("frame_shift_ms", 10.0)), subsampling=meta.subsampling,
+                           frame_length_ms=float(fb.get("frame_length_ms", 25.0)),
+                           sample_rate=int(fb.get("sample_rate", 16000)), snip_edges=bool(fb.get("snip_edges", True)))
+
+
+def stored_entropy(probs: np.ndarray) -> np.ndarray:
+    """Per-frame entropy in nats of the stored top-k renormalized to sum to 1, ``(T,)``.
+
+    This is the entropy the student is trained towards when the KD loss renormalizes the top-k; it is
+    at most ``ln k`` and below the teacher's full-distribution entropy when mass was cut off.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    s = p.sum(axis=1, keepdims=True)
+    q = np.divide(p, s, out=np.zeros_like(p), where=s > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, -q * np.log(q), 0.0)
+    return terms.sum(axis=1)
+
+
+def kl_dense_vs_stored(dense_log_probs: Any, ids: Any, probs: Any, floor: float = 1e-10) -> float:
+    """Mean per-frame KL(p_dense || q_stored) in nats.
+
+    ``dense_log_probs``: the teacher's full ``(T, V)`` log-probabilities (natural log, at the store's
+    temperature; torch or numpy). ``q_stored`` is the stored top-k made a distribution the way
+    ``StoreReader.get_dense(fill="uniform")`` does: top-k values in place, the missing mass spread
+    evenly over the other ``V - k`` units (each at least ``floor``, so KL stays finite when the stored
+    mass is >= 1), renormalized. 0 when nothing was lost; grows with the mass cut off by top-k and the
+    quantization error.
+    """
+    lp = np.asarray(dense_log_probs.detach().cpu().numpy() if hasattr(dense_log_probs, "detach") else dense_log_probs,
+                    dtype=np.float64)
+    ids = np.asarray(ids, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if lp.ndim != 2 or ids.shape != probs.shape or ids.shape[0] != lp.shape[0]:
+        raise StoreError(f"kl_dense_vs_stored: shapes do not match: dense {lp.shape}, ids {ids.shape}, probs {probs.shape}")
+    t, v = lp.shape
+    if t == 0:
+        return 0.0
+    k = ids.shape[1]
+    q = np.zeros((t, v), dtype=np.float64)
+    if v > k:
+        rest = np.maximum(1.0 - probs.sum(axis=1, keepdims=True), floor * (v - k)) / (v - k)
+        q += rest
+    np.put_along_axis(q, ids, np.maximum(probs, floor), axis=1)
+    q /= q.sum(axis=1, keepdims=True)
+    p = np.exp(lp)
+    kl = (p * (lp - np.log(q))).sum(axis=1)
+    return float(kl.mean())
+
+
+@dataclasses.dataclass
+class StoreStats:
+    utterances: int
+    frames: int
+    hours: float
+    payload_bytes: int
+    bytes_per_frame: float
+    bytes_per_audio_second: float
+    mean_topk_mass: float
+    mean_entropy: float
+    entropy_edges: list[float]
+    entropy_counts: list[int]
+    k: int
+    quantization: str
+    frame_shift_ms: float
+    rejects: int
+    kl_nats: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``--json`` object: the documented keys first, then the details."""
+        d = {"utterances": self.utterances, "frames": self.frames, "hours": self.hours, "bytes_per_frame": self.bytes_per_frame,
+             "mean_topk_mass": self.mean_topk_mass, "kl_nats": self.kl_nats}
+        d.update({"bytes_per_audio_second": self.bytes_per_audio_second, "payload_bytes": self.payload_bytes,
+                  "mean_entropy_nats": self.mean_entropy, "entropy_histogram": {"edges": self.entropy_edges,
+                                                                               "counts": self.entropy_counts},
+                  "k": self.k, "quantization": self.quantization, "frame_shift_ms": self.frame_shift_ms,
+                  "rejects": self.rejects})
+        return d
+
+
+def store_stats(reader: StoreReader, bins: int = ENTROPY_BINS) -> StoreStats:
+    """One sequential pass over the store: sizes, top-k mass and the entropy histogram."""
+    m = reader.meta
+    edges = np.linspace(0.0, math.log(m.k) if m.k > 1 else 1.0, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    frames = 0
+    mass_sum = 0.0
+    ent_sum = 0.0
+    for _, _, probs in reader.iter_shards():
+        if probs.shape[0] == 0:
+            continue
+        frames += probs.shape[0]
+        mass_sum += float(probs.astype(np.float64).sum())
+        ent = stored_entropy(probs)
+        ent_sum += float(ent.sum())
+        counts += np.histogram(np.clip(ent, edges[0], edges[-1]), bins=edges)[0]
+    payload = reader.payload_bytes()
+    seconds = frames * m.frame_shift_ms / 1000.0
+    return StoreStats(
+        utterances=len(reader), frames=frames, hours=seconds / 3600.0, payload_bytes=payload,
+        bytes_per_frame=payload / frames if frames else 0.0, bytes_per_audio_second=payload / seconds if seconds else 0.0,
+        mean_topk_mass=mass_sum / frames if frames else 0.0, mean_entropy=ent_sum / frames if frames else 0.0,
+        entropy_edges=[float(e) for e in edges], entropy_counts=[int(c) for c in counts], k=m.k,
+        quantization=m.quantization, frame_shift_ms=m.frame_shift_ms, rejects=len(reader.rejects()),
+    )
+
+
+def format_stats(stats: StoreStats, width: int = 40) -> str:
+    """Human-readable report with a text histogram of per-frame entropies."""
+    lines = [
+        f"utterances      {stats.utterances}  ({stats.rejects} rejected by the labeler)",
+        f"frames          {stats.frames}  ({stats.frame_shift_ms:g} ms each)",
+        f"audio           {stats.hours:.3f} h",
+        f"payload         {stats.payload_bytes} bytes: {stats.bytes_per_frame:.2f} B/frame, "
+        f"{stats.bytes_per_audio_second:.1f} B per audio-second (top-{stats.k}, {stats.quantization})",
+        f"top-k mass      {stats.mean_topk_mass:.4f} (mean per-frame sum of stored probabilities)",
+        f"entropy         {stats.mean_entropy:.3f} nats mean (stored top-k renormalized; max ln k = "
+        f"{math.log(stats.k):.3f})",
+    ]
+    if stats.kl_nats is not None:
+        lines.append(f"KL(teacher||stored) {stats.kl_nats:.5f} nats per frame")
+    lines.append("entropy histogram (nats):")
+    top = max(stats.entropy_counts) if stats.entropy_counts and max(stats.entropy_counts) > 0 else 1
+    total = max(sum(stats.entropy_counts), 1)
+    for i, c in enumerate(stats.entropy_counts):
+        lo, hi = stats.entropy_edges[i], stats.entropy_edges[i + 1]
+        bar = "#" * int(round(width * c / top))
+        lines.append(f"  [{lo:5.2f}, {hi:5.2f}) {bar:<{width}} {c} ({100.0 * c / total:.1f}%)")
+    return "\n".join(lines)

@@ -1,0 +1,665 @@
+"""The soft-target store: per-frame top-k teacher distributions, sharded, checksummed, resumable.
+
+On-disk layout (format version 1)::
+
+    STORE/
+      meta.json                  StoreMeta: teachers, units hash, frame rate, k, quantization, T, ...
+      shards/shard-00000.bin     frame records, utterances back to back (see asr_kd.targets.quant)
+      shards/shard-00000.json    the shard's index + checksum; written LAST = its completion marker
+      index.tsv                  utt <TAB> shard <TAB> offset <TAB> frames   (sorted by utt; finalize)
+      rejects.tsv                utt <TAB> reason   (utterances the labeler refused; merged on resume)
+
+Why raw binary shards: a frame is a fixed-size record (``k`` ids + ``k`` codes, 16 bytes at top-8
+log8), so an utterance is one contiguous slice ``[offset, offset + frames)`` of a numpy ``memmap``:
+random access by id costs one page-cache read with no decoding step, sequential training reads
+stream whole shards, and the bytes on disk are exactly the payload (no per-row framing). Parquet
+would add a dependency, row-group decoding and list-column overhead for no gain here. Offsets in
+the index are in *frames* (records), not bytes; output frames are ``meta.frame_shift_ms`` long
+(40 ms for our models).
+
+Atomicity and resume: ``StoreWriter.write_shard`` removes any old marker, writes the ``.bin`` under a
+temporary name, fsyncs and renames it, then writes the marker the same way. The marker holds the
+shard's sha256, byte size and per-utterance index, so a crash at any point leaves either a complete
+shard or one without marker, which ``completed_shards()`` does not count (a marker whose ``.bin`` has
+the wrong size is not counted either) and the labeler redoes. ``finalize()`` merges the markers into
+``index.tsv`` (refusing an utterance that appears in two shards) and records ``num_shards`` in
+``meta.json``; a reader refuses a store that was never finalized.
+
+No pickle anywhere: JSON, TSV and raw little-endian arrays only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import pydantic
+from pydantic import Field, model_validator
+
+from asr_kd.config import StrictModel
+from asr_kd.errors import StoreError
+from asr_kd.targets import quant
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META = "meta.json"
+INDEX = "index.tsv"
+REJECTS = "rejects.tsv"
+SHARDS = "shards"
+RESUME_HINT = "rerun 'asr-kd label' with the same arguments (it resumes and redoes incomplete shards)"
+
+
+def _now_info() -> "CreatedInfo":
+    from asr_kd import __version__
+
+    return CreatedInfo(time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       host=socket.gethostname(), asr_kd_version=__version__)
+
+
+class CreatedInfo(StrictModel):
+    time: str = Field(description="UTC ISO-8601 time the store was started")
+    host: str
+    asr_kd_version: str
+
+
+class StoreMeta(StrictModel):
+    """``meta.json`` of a store: everything a consumer must agree with before using the targets."""
+
+    format_version: int = FORMAT_VERSION
+    teacher_fingerprints: list[str] = Field(default_factory=list, description="model-dir fingerprints of the teachers")
+    teacher_weights: list[float] = Field(default_factory=list, description="ensemble weights (probabilities averaged)")
+    units_hash: str = Field(description="hash of tokens.txt (and BPE model) the ids refer to")
+    vocab_size: int = Field(ge=2, le=65536, description="number of units incl. blank (id 0)")
+    frame_shift_ms: float = Field(gt=0, description="shift of one stored (output) frame, e.g. 40 ms")
+    subsampling: int = Field(4, ge=1, description="output frames = fbank frames // subsampling")
+    k: int = Field(ge=1, le=64, description="top-k entries stored per frame")
+    quantization: Literal["log8", "float16"] = "log8"
+    log8_range: tuple[float, float] = Field(quant.LOG8_RANGE, description="log-odds range (lo, hi) of the log8 codes")
+    temperature: float = Field(1.0, gt=0, description="targets are softmax(logits / temperature)")
+    fbank: dict[str, Any] = Field(default_factory=dict, description="the teachers' FbankConfig")
+    created: CreatedInfo = Field(default_factory=_now_info)
+    num_shards: int | None = Field(None, ge=0, description="set by finalize(); None while being written")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StoreMeta":
+        lo, hi = self.log8_range
+        if not lo < 0 < hi:
+            raise ValueError(f"log8_range must be (lo < 0, hi > 0) in log-odds, got {self.log8_range}")
+        if self.k > self.vocab_size:
+            raise ValueError(f"k={self.k} exceeds vocab_size={self.vocab_size}")
+        if self.teacher_weights and len(self.teacher_weights) != len(self.teacher_fingerprints):
+            raise ValueError(f"{len(self.teacher_weights)} teacher_weights for {len(self.teacher_fingerprints)} teachers")
+        return self
+
+    @property
+    def record_dtype(self) -> np.dtype:
+        return quant.record_dtype(self.vocab_size, self.k, self.quantization)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that defines the targets (what a resumed writer must match)."""
+        return self.model_dump(mode="json", exclude={"created", "num_shards"})
+
+
+def read_meta(path: str | os.PathLike) -> StoreMeta:
+    """``meta.json`` of a store dir (or a meta JSON file) -> StoreMeta, errors naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / META
+    if not p.is_file():
+        raise StoreError(f"{p}: not found; is {p.parent} a soft-target store made by 'asr-kd label'?")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        meta = StoreMeta.model_validate(data)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{p}: not valid JSON ({exc})") from None
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
+        raise StoreError(f"{p}: invalid store meta: {problems}") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise StoreError(f"{p}: store format version {meta.format_version}, this asr-kd reads version {FORMAT_VERSION}")
+    return meta
+
+
+def check_compatible(meta: StoreMeta, units_hash: str, frame_shift_ms: float, vocab_size: int, where: str = "store") -> None:
+    """Refuse targets made for other units or another output frame rate (StoreError naming both values)."""
+    problems = []
+    if meta.units_hash != units_hash:
+        problems.append(f"units differ (store units_hash {meta.units_hash}, model {units_hash}): the student must "
+                        "use the teacher's tokens.txt (units.from_model: TEACHER_DIR)")
+    if meta.vocab_size != vocab_size:
+        problems.append(f"vocabulary size differs (store {meta.vocab_size}, model {vocab_size})")
+    if abs(meta.frame_shift_ms - frame_shift_ms) > 1e-6:
+        problems.append(f"output frame shift differs (store {meta.frame_shift_ms:g} ms, model {frame_shift_ms:g} ms): "
+                        "relabel with a teacher of the same frame rate")
+    if problems:
+        raise StoreError(f"{where}: soft targets are incompatible with the model: " + "; ".join(problems))
+
+
+def topk_from_log_probs(log_probs: Any, k: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of ``softmax(log_probs / temperature)`` per frame.
+
+    ``log_probs``: ``(T, V)`` logits or log-probabilities (torch tensor or numpy array; the softmax makes
+    the two equivalent). Returns ``ids (T, k) int64`` and ``probs (T, k) float32``, largest first.
+    """
+    import torch
+
+    x = torch.as_tensor(log_probs).detach().to("cpu", torch.float64)
+    if x.ndim != 2:
+        raise StoreError(f"topk_from_log_probs: expected (frames, vocab) scores, got shape {tuple(x.shape)}")
+    if not 1 <= k <= x.shape[1]:
+        raise StoreError(f"topk_from_log_probs: k={k} must be in 1..{x.shape[1]} (the vocabulary size)")
+    if temperature <= 0:
+        raise StoreError(f"topk_from_log_probs: temperature must be > 0, got {temperature}")
+    p = torch.softmax(x / temperature, dim=-1)
+    probs, ids = torch.topk(p, k, dim=-1)
+    return ids.numpy().astype(np.int64), probs.numpy().astype(np.float32)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary name + fsync + rename (never a half file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}"
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable shard index ({exc}); delete it and {RESUME_HINT}") from None
+    for key in ("shard", "bytes", "frames", "sha256", "record_bytes", "utts"):
+        if key not in marker:
+            raise StoreError(f"{path}: shard index lacks {key!r}; delete it and {RESUME_HINT}")
+    return marker
+
+
+def _check_utt_id(utt: str, where: str) -> None:
+    if not isinstance(utt, str) or not utt or any(c.isspace() for c in utt):
+        raise StoreError(f"{where}: utterance id {utt!r} must be a non-empty string without whitespace")
+
+
+class StoreWriter:
+    """Writes a store shard by shard. Reopening an existing store resumes it (same settings required).
+
+    The caller (the labeler) plans which utterances go into which shard, deterministically, so a
+    resume writes exactly the shards missing from ``completed_shards()``. ``shard_size_utts`` is the
+    planned maximum of utterances per shard; a bigger shard is refused as a planning error.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, meta: StoreMeta, shard_size_utts: int = 256):
+        if shard_size_utts < 1:
+            raise StoreError(f"shard_size_utts must be >= 1, got {shard_size_utts}")
+        self.out_dir = Path(out_dir)
+        self.shard_dir = self.out_dir / SHARDS
+        self.shard_size_utts = shard_size_utts
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        meta_path = self.out_dir / META
+        if meta_path.exists():
+            old = read_meta(meta_path)
+            new_s, old_s = meta.settings(), old.settings()
+            diff = sorted(k for k in set(new_s) | set(old_s) if new_s.get(k) != old_s.get(k))
+            if diff:
+                details = ", ".join(f"{k}: store {old_s.get(k)!r} vs now {new_s.get(k)!r}" for k in diff)
+                raise StoreError(f"{self.out_dir}: an existing store was made with other settings ({details}); "
+                                 "use a new --out dir, or delete this one to relabel from scratch")
+            self.meta = old
+        else:
+            self.meta = meta.model_copy(update={"num_shards": None})
+            self._write_meta()
+        for stale in self.shard_dir.glob("*.tmp"):  # left by a crash mid-write
+            log.info("removing incomplete temporary file %s", stale)
+            stale.unlink()
+        self._record = self.meta.record_dtype
+        self._dirty = False
+
+    # ---------------------------------------------------------------- helpers
+    def _write_meta(self) -> None:
+        _atomic_write_bytes(self.out_dir / META, (self.meta.model_dump_json(indent=2) + "\n").encode("utf-8"))
+
+    def _invalidate(self) -> None:
+        """The store changes: it is unfinalized until finalize() runs again."""
+        if self._dirty:
+            return
+        if self.meta.num_shards is not None:
+            self.meta = self.meta.model_copy(update={"num_shards": None})
+            self._write_meta()
+        (self.out_dir / INDEX).unlink(missing_ok=True)
+        self._dirty = True
+
+    def topk(self, log_probs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``topk_from_log_probs`` with this store's ``k`` and temperature."""
+        return topk_from_log_probs(log_probs, self.meta.k, self.meta.temperature)
+
+    # ---------------------------------------------------------------- shards
+    def completed_shards(self) -> set[int]:
+        """Shard ids whose marker exists and whose ``.bin`` has the size the marker records."""
+        done = set()
+        for marker_path in self.shard_dir.glob("shard-*.json"):
+            try:
+                marker = _read_marker(marker_path)
+            except StoreError as exc:
+                log.warning("%s; the shard will be redone", exc)
+                continue
+            bin_path = marker_path.with_suffix(".bin")
+            if not bin_path.is_file() or bin_path.stat().st_size != marker["bytes"]:
+                log.warning("%s: size differs from its index (truncated?); the shard will be redone", bin_path)
+                continue
+            done.add(int(marker["shard"]))
+        return done
+
+    def _encode(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> tuple[np.ndarray, list[list]]:
+        m = self.meta
+        where = f"{self.out_dir}: shard {shard_id}"
+        seen: set[str] = set()
+        parts, index, offset = [], [], 0
+        for utt, ids, probs in items:
+            _check_utt_id(utt, where)
+            if utt in seen:
+                raise StoreError(f"{where}: utterance {utt!r} appears twice in the shard")
+            seen.add(utt)
+            ids = np.asarray(ids)
+            probs = np.asarray(probs, dtype=np.float64)
+            if ids.ndim != 2 or ids.shape[1] != m.k or probs.shape != ids.shape:
+                raise StoreError(f"{where}: utterance {utt!r}: ids {ids.shape} and probs {probs.shape} must both be "
+                                 f"(frames, k={m.k})")
+            if ids.size and not np.issubdtype(ids.dtype, np.integer):
+                raise StoreError(f"{where}: utterance {utt!r}: unit ids must be integers, got {ids.dtype}")
+            if ids.size and (ids.min() < 0 or ids.max() >= m.vocab_size):
+                raise StoreError(f"{where}: utterance {utt!r}: unit id out of range 0..{m.vocab_size - 1} "
+                                 f"(got {ids.min()}..{ids.max()})")
+            if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1 + 1e-4):
+                raise StoreError(f"{where}: utterance {utt!r}: probabilities must be finite and in [0, 1]")
+            rec = np.empty(ids.shape[0], dtype=self._record)
+            rec["ids"] = ids
+            rec["codes"] = quant.encode(probs, m.quantization, m.log8_range)
+            parts.append(rec)
+            index.append([utt, offset, int(ids.shape[0])])
+            offset += ids.shape[0]
+        data = np.concatenate(parts) if parts else np.empty(0, dtype=self._record)
+        return data, index
+
+    def write_shard(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> Path:
+        """Write one complete shard atomically; ``items`` = ``[(utt_id, ids (T, k), probs (T, k))]``.
+
+        ``probs`` are probabilities (already at the store's temperature; see ``topk``). Rewriting an
+        existing shard replaces it. Returns the path of the shard's marker.
+        """
+        if shard_id < 0 or int(shard_id) != shard_id:
+            raise StoreError(f"{self.out_dir}: shard id must be a non-negative integer, got {shard_id!r}")
+        if len(items) > self.shard_size_utts:
+            raise StoreError(f"{self.out_dir}: shard {shard_id} has {len(items)} utterances, more than the planned "
+                             f"{self.shard_size_utts} per shard")
+        data, index = self._encode(shard_id, items)
+        payload = data.tobytes()
+        self._invalidate()
+        base = self.shard_dir / shard_name(shard_id)
+        marker_path = base.with_suffix(".json")
+        marker_path.unlink(missing_ok=True)  # from here until the new marker lands, the shard is incomplete
+        _atomic_write_bytes(base.with_suffix(".bin"), payload)
+        marker = {
+            "format_version": FORMAT_VERSION,
+            "shard": int(shard_id),
+            "file": base.with_suffix(".bin").name,
+            "bytes": len(payload),
+            "frames": int(data.shape[0]),
+            "record_bytes": self._record.itemsize,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "utts": index,
+        }
+        _atomic_write_bytes(marker_path, (json.dumps(marker, separators=(",", ":")) + "\n").encode("utf-8"))
+        return marker_path
+
+    # ---------------------------------------------------------------- rejects, finalize
+    def write_rejects(self, rejects: Iterable[tuple[str, str]]) -> Path:
+        """Merge ``(utt, reason)`` pairs into ``rejects.tsv`` (one line per utterance, latest reason wins)."""
+        path = self.out_dir / REJECTS
+        merged = read_rejects(path)
+        for utt, reason in rejects:
+            _check_utt_id(utt, str(path))
+            merged[utt] = " ".join(str(reason).split()) or "rejected"
+        _atomic_write_bytes(path, "".join(f"{u}\t{r}\n" for u, r in sorted(merged.items())).encode("utf-8"))
+        return path
+
+    def finalize(self, expected_shards: int | None = None) -> StoreMeta:
+        """Merge the shard markers into ``index.tsv`` and record ``num_shards``; the store becomes readable.
+
+        Refuses gaps in the shard ids 0..N-1 (N = ``expected_shards``, the plan's shard count, or the
+        highest complete id + 1) and utterances stored twice. Rejects of utterances that a later run
+        did label are dropped from ``rejects.tsv``.
+        """
+        done = self.completed_shards()
+        n = expected_shards if expected_shards is not None else (max(done) + 1 if done else 0)
+        expected = set(range(n))
+        beyond = sorted(done - expected)
+        if beyond:
+            raise StoreError(f"{self.out_dir}: shards {beyond[:10]} are beyond the planned {n} shards; the shard plan "
+                             "changed between runs — relabel into a new --out dir")
+        missing = sorted(expected - done)
+        if missing:
+            raise StoreError(f"{self.out_dir}: shards {missing[:10]} are missing or incomplete; {RESUME_HINT}")
+        entries: dict[str, tuple[int, int, int]] = {}
+        for s in sorted(done):
+            marker = _read_marker(self.shard_dir / f"{shard_name(s)}.json")
+            for utt, offset, frames in marker["utts"]:
+                if utt in entries:
+                    raise StoreError(f"{self.out_dir}: utterance {utt!r} is stored in two shards "
+                                     f"({shard_name(entries[utt][0])} and {shard_name(s)}); the shard plan changed "
+                                     "between runs — relabel into a new --out dir")
+                entries[utt] = (s, int(offset), int(frames))
+        rows = "".join(f"{u}\t{s}\t{o}\t{f}\n" for u, (s, o, f) in sorted(entries.items()))
+        _atomic_write_bytes(self.out_dir / INDEX, rows.encode("utf-8"))
+        rej_path = self.out_dir / REJECTS
+        rejects = read_rejects(rej_path)
+        relabeled = [u for u in rejects if u in entries]
+        if relabeled:
+            log.info("%d earlier reject(s) are now labeled; removing them from %s", len(relabeled), rej_path)
+            kept = {u: r for u, r in rejects.items() if u not in entries}
+            _atomic_write_bytes(rej_path, "".join(f"{u}\t{r}\n" for u, r in sorted(kept.items())).encode("utf-8"))
+        self.meta = self.meta.model_copy(update={"num_shards": len(done)})
+        self._write_meta()
+        self._dirty = False
+        return self.meta
+
+
+def read_rejects(path: str | os.PathLike) -> dict[str, str]:
+    """``rejects.tsv`` -> ``{utt: reason}`` (empty when the file does not exist)."""
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        utt, _, reason = line.partition("\t")
+        if not utt or not reason:
+            raise StoreError(f"{p}:{lineno}: expected 'utt<TAB>reason', got {line!r}")
+        out[utt] = reason
+    return out
+
+
+class StoreReader:
+    """Read a finalized store: random access by utterance id (memmap) and sequential shard streaming."""
+
+    def __init__(self, store_dir: str | os.PathLike):
+        self.store_dir = Path(store_dir)
+        self.meta = read_meta(self.store_dir)
+        if self.meta.num_shards is None or not (self.store_dir / INDEX).is_file():
+            raise StoreError(f"{self.store_dir}: the store was not finalized (labeling did not finish); {RESUME_HINT}")
+        self._record = self.meta.record_dtype
+        self._index = self._read_index()
+        self._utt_ids = sorted(self._index)
+        self._maps: dict[int, np.ndarray] = {}
+        self._markers: dict[int, dict[str, Any]] = {}
+
+    def _read_index(self) -> dict[str, tuple[int, int, int]]:
+        path = self.store_dir / INDEX
+        index: dict[str, tuple[int, int, int]] = {}
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            fields = line.split("\t")
+            try:
+                utt, shard, offset, frames = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+                if len(fields) != 4 or shard < 0 or offset < 0 or frames < 0:
+                    raise ValueError
+            except (ValueError, IndexError):
+                raise StoreError(f"{path}:{lineno}: expected 'utt<TAB>shard<TAB>offset<TAB>frames', got {line!r}; "
+                                 f"{RESUME_HINT} to rebuild the index") from None
+            if utt in index:
+                raise StoreError(f"{path}:{lineno}: utterance {utt!r} is listed twice; {RESUME_HINT} to rebuild the index")
+            if shard >= self.meta.num_shards:
+                raise StoreError(f"{path}:{lineno}: shard {shard} of {utt!r} is beyond num_shards={self.meta.num_shards}")
+            index[utt] = (shard, offset, frames)
+        return index
+
+    # ---------------------------------------------------------------- lookup
+    @property
+    def utt_ids(self) -> list[str]:
+        """Sorted utterance ids in the store."""
+        return self._utt_ids
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, utt: object) -> bool:
+        return utt in self._index
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return list(range(self.meta.num_shards or 0))
+
+    def shard_path(self, shard: int) -> Path:
+        return self.store_dir / SHARDS / f"{shard_name(shard)}.bin"
+
+    def marker(self, shard: int) -> dict[str, Any]:
+        if shard not in self._markers:
+            path = self.store_dir / SHARDS / f"{shard_name(shard)}.json"
+            if not path.is_file():
+                raise StoreError(f"{path}: shard index (completion marker) is missing: shard {shard} is incomplete; "
+                                 f"{RESUME_HINT}")
+            self._markers[shard] = _read_marker(path)
+        return self._markers[shard]
+
+    def rejects(self) -> dict[str, str]:
+        """Utterances the labeler refused, with reasons (``rejects.tsv``)."""
+        return read_rejects(self.store_dir / REJECTS)
+
+    def _entry(self, utt: str) -> tuple[int, int, int]:
+        try:
+            return self._index[utt]
+        except KeyError:
+            reason = self.rejects().get(utt)
+            why = f"it was rejected by the labeler: {reason}" if reason else f"label it with 'asr-kd label' ({RESUME_HINT})"
+            raise StoreError(f"{self.store_dir}: utterance {utt!r} is not in the store index; {why}") from None
+
+    def num_frames(self, utt: str) -> int:
+        """Stored (output) frames of ``utt``, each ``meta.frame_shift_ms`` long."""
+        return self._entry(utt)[2]
+
+    @property
+    def total_frames(self) -> int:
+        return sum(f for _, _, f in self._index.values())
+
+    def payload_bytes(self) -> int:
+        """Bytes of all shard ``.bin`` files (the frame records)."""
+        return sum(self.shard_path(s).stat().st_size for s in self.shard_ids if self.shard_path(s).is_file())
+
+    def _shard(self, shard: int) -> np.ndarray:
+        arr = self._maps.get(shard)
+        if arr is not None:
+            return arr
+        path = self.shard_path(shard)
+        marker = self.marker(shard)
+        if not path.is_file():
+            raise StoreError(f"{path}: shard file is missing; delete {path.with_suffix('.json').name} and {RESUME_HINT}")
+        size = path.stat().st_size
+        if size != marker["bytes"] or marker["record_bytes"] != self._record.itemsize:
+            raise StoreError(f"{path}: shard is truncated or corrupt ({size} bytes on disk, its index says "
+                             f"{marker['bytes']} bytes of {marker['record_bytes']}-byte frames, this store's frames are "
+                             f"{self._record.itemsize} bytes); delete {path.with_suffix('.json').name} and {RESUME_HINT}")
+        arr = np.memmap(path, dtype=self._record, mode="r") if size else np.empty(0, dtype=self._record)
+        self._maps[shard] = arr
+        return arr
+
+    def _records(self, utt: str) -> np.ndarray:
+        shard, offset, frames = self._entry(utt)
+        arr = self._shard(shard)
+        if offset + frames > arr.shape[0]:
+            raise StoreError(f"{self.shard_path(shard)}: utterance {utt!r} (frames {offset}..{offset + frames}) lies beyond "
+                             f"the shard's {arr.shape[0]} frames; the index does not match the shard — {RESUME_HINT}")
+        return arr[offset: offset + frames]
+
+    def _decode(self, rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = rec["ids"].astype(np.int64)
+        probs = quant.decode(rec["codes"], self.meta.quantization, self.meta.log8_range)
+        return ids.reshape(-1, self.meta.k), probs.reshape(-1, self.meta.k)
+
+    def get_sparse(self, utt: str) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of ``utt``: ``ids (T, k) int64`` and ``probs (T, k) float32`` (largest first, as stored).
+
+        ``probs`` are the decoded stored values, not renormalized: they sum to the teacher's top-k mass
+        (<= 1 up to quantization error).
+        """
+        return self._decode(self._records(utt))
+
+    def get_dense(self, utt: str, vocab_size: int | None = None, fill: Literal["zero", "uniform"] = "zero") -> np.ndarray:
+        """``(T, V)`` float32 distribution of ``utt``.
+
+        ``fill="zero"``: the top-k probabilities in place, every other unit 0 (rows sum to the top-k mass).
+        ``fill="uniform"``: the mass missing from the top-k, ``max(0, 1 - sum)``, is spread evenly over
+        the ``V - k`` other units, then each row is renormalized to sum to 1 (a proper distribution,
+        e.g. for KL against a dense teacher; with k = V nothing is spread).
+        """
+        v = vocab_size or self.meta.vocab_size
+        if v < self.meta.vocab_size:
+            raise StoreError(f"get_dense: vocab_size {v} is smaller than the store's {self.meta.vocab_size}")
+        ids, probs = self.get_sparse(utt)
+        return sparse_to_dense(ids, probs, v, fill)
+
+    # ---------------------------------------------------------------- streaming
+    def iter_shards(self, shuffle_buffer: int = 0, seed: int = 0, shards: Sequence[int] | None = None
+                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(utt, ids, probs)`` reading shards sequentially (one memmap pass each).
+
+        ``shuffle_buffer=0``: shard order, then order within each shard. ``shuffle_buffer=N``: shard
+        order permuted and a buffer of ``N`` utterances from which a random one is emitted as each new
+        one arrives (the usual streaming shuffle); deterministic for a given ``seed``. Every utterance
+        is yielded exactly once either way.
+        """
+        order = list(self.shard_ids if shards is None else shards)
+        by_shard: dict[int, list[tuple[int, int, str]]] = {}
+        for utt, (s, o, f) in self._index.items():
+            by_shard.setdefault(s, []).append((o, f, utt))
+        rng = np.random.default_rng(seed)
+        if shuffle_buffer > 0:
+            order = [order[i] for i in rng.permutation(len(order))]
+
+        def sequential() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+            for s in order:
+                entries = sorted(by_shard.get(s, []))
+                if not entries:
+                    continue
+                arr = self._shard(s)
+                for o, f, utt in entries:
+                    if o + f > arr.shape[0]:
+                        raise StoreError(f"{self.shard_path(s)}: utterance {utt!r} lies beyond the shard's end; {RESUME_HINT}")
+                    ids, probs = self._decode(arr[o: o + f])
+                    yield utt, ids, probs
+
+        if shuffle_buffer <= 0:
+            yield from sequential()
+            return
+        buf: list[tuple[str, np.ndarray, np.ndarray]] = []
+        for item in sequential():
+            if len(buf) < shuffle_buffer:
+                buf.append(item)
+                continue
+            j = int(rng.integers(len(buf)))
+            out, buf[j] = buf[j], item
+            yield out
+        while buf:
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            yield buf.pop()
+
+    # ---------------------------------------------------------------- verification
+    def problems(self, checksums: bool = True) -> list[str]:
+        """Every inconsistency found: shard files vs markers (size, sha256), index vs markers.
+
+        ``checksums=False`` skips hashing (fast: sizes and indexes only).
+        """
+        found: list[str] = []
+        in_shards: dict[str, tuple[int, int, int]] = {}
+        shard_dir = self.store_dir / SHARDS
+        on_disk = {int(p.stem.split("-")[1]) for p in shard_dir.glob("shard-*.json") if p.stem.split("-")[1].isdigit()}
+        extra = sorted(on_disk - set(self.shard_ids))
+        if extra:
+            found.append(f"shards {extra} exist but meta.json says num_shards={self.meta.num_shards}; {RESUME_HINT}")
+        for s in self.shard_ids:
+            path = self.shard_path(s)
+            try:
+                marker = self.marker(s)
+            except StoreError as exc:
+                found.append(str(exc))
+                continue
+            for utt, offset, frames in marker["utts"]:
+                if utt in in_shards:
+                    found.append(f"utterance {utt!r} is stored in two shards ({shard_name(in_shards[utt][0])} and "
+                                 f"{shard_name(s)}); relabel into a new --out dir")
+                    continue
+                in_shards[utt] = (s, int(offset), int(frames))
+            fix = f"delete {path.with_suffix('.json').name} and {RESUME_HINT}"
+            if not path.is_file():
+                found.append(f"{path}: shard file is missing; {fix}")
+                continue
+            size = path.stat().st_size
+            if size != marker["bytes"]:
+                found.append(f"{path}: {size} bytes, its index says {marker['bytes']} (truncated); {fix}")
+                continue
+            if checksums:
+                digest = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 22), b""):
+                        digest.update(block)
+                if digest.hexdigest() != marker["sha256"]:
+                    found.append(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
+        for utt, entry in sorted(in_shards.items()):
+            if utt not in self._index:
+                found.append(f"utterance {utt!r} is in {shard_name(entry[0])} but missing from index.tsv; {RESUME_HINT} "
+                             "to rebuild the index")
+            elif self._index[utt] != entry:
+                found.append(f"utterance {utt!r}: index.tsv says (shard, offset, frames) = {self._index[utt]}, "
+                             f"{shard_name(entry[0])} says {entry}; {RESUME_HINT} to rebuild the index")
+        for utt in sorted(set(self._index) - set(in_shards)):
+            found.append(f"utterance {utt!r} is in index.tsv but in no shard's index; {RESUME_HINT}")
+        return found
+
+    def verify(self, checksums: bool = True) -> None:
+        """Raise StoreError listing every problem ``problems()`` finds."""
+        found = self.problems(checksums)
+        if found:
+            raise StoreError(f"{self.store_dir}: {len(found)} problem(s):\n  " + "\n  ".join(found))
+
+
+def sparse_to_dense(ids: np.ndarray, probs: np.ndarray, vocab_size: int, fill: str = "zero") -> np.ndarray:
+    """Place top-k ``probs`` at ``ids`` in a ``(T, vocab_size)`` float32 array (see ``StoreReader.get_dense``)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    t, k = ids.shape
+    dense = np.zeros((t, vocab_size), dtype=np.float64)
+    if fill == "uniform" and vocab_size > k:
+        rest = np.clip(1.0 - probs.sum(axis=1, keepdims=True), 0.0, None) / (vocab_size - k)
+        dense += rest
+    elif fill not in ("zero", "uniform"):
+        raise StoreError(f"fill must be 'zero' or 'uniform', got {fill!r}")
+    np.put_along_axis(dense, ids, probs, axis=1)
+    if fill == "uniform" and t:
+        dense /= dense.sum(axis=1, keepdims=True)
+    return dense.astype(np.float32)

@@ -1,0 +1,197 @@
+"""``asr-kd targets``: stats, verify (OK and failures), Kaldi export/import round trips, plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr_kd.cli import main
+from asr_kd.data.datadir import DataDir, write_data_dir
+from asr_kd.targets.stats import expected_frames
+from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter
+
+REPO = Path(__file__).resolve().parents[1]
+DURATIONS = {"spk1-a": 1.0, "spk1-b": 1.52, "spk2-c": 0.73, "spk2-d": 2.2, "spk2-e": 0.5}
+
+
+def make_store(path: Path, durations: dict[str, float] = DURATIONS, k: int = 4, quantization: str = "log8") -> Path:
+    """A finalized store whose frame counts follow the Kaldi rule for ``durations`` (2 utts per shard)."""
+    meta = StoreMeta(units_hash="u-hash", vocab_size=30, frame_shift_ms=40.0, subsampling=4, k=k, quantization=quantization,
+                     fbank={"sample_rate": 16000, "frame_length_ms": 25.0, "frame_shift_ms": 10.0, "snip_edges": True},
+                     teacher_fingerprints=["t1"], teacher_weights=[1.0])
+    writer = StoreWriter(path, meta, shard_size_utts=2)
+    rng = np.random.default_rng(0)
+    utts = sorted(durations)
+    for s, start in enumerate(range(0, len(utts), 2)):
+        items = []
+        for utt in utts[start: start + 2]:
+            logits = torch.tensor(rng.normal(size=(expected_frames(durations[utt]), 30)) * 3)
+            items.append((utt, *writer.topk(logits)))
+        writer.write_shard(s, items)
+    writer.write_rejects([("spk3-x", "unreadable: not a wav file")])
+    writer.finalize()
+    return path
+
+
+def make_data(path: Path, durations: dict[str, float]) -> Path:
+    data = DataDir(wav_scp={u: f"/audio/{u}.wav" for u in durations}, utt2spk={u: u.split("-")[0] for u in durations},
+                   utt2dur=dict(durations))
+    return write_data_dir(data, path)
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return make_store(tmp_path / "store")
+
+
+def test_stats_json(store, capsys):
+    assert main(["targets", "stats", str(store), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out)[:6] == ["utterances", "frames", "hours", "bytes_per_frame", "mean_topk_mass", "kl_nats"]
+    reader = StoreReader(store)
+    frames = sum(expected_frames(d) for d in DURATIONS.values())
+    assert out["utterances"] == 5 and out["frames"] == frames == reader.total_frames
+    assert out["hours"] == pytest.approx(frames * 0.04 / 3600)
+    assert out["bytes_per_frame"] == 8.0  # top-4, 1-byte ids + 1-byte codes
+    assert out["bytes_per_audio_second"] == pytest.approx(200.0)
+    mass = np.concatenate([reader.get_sparse(u)[1].sum(1) for u in reader.utt_ids]).mean()
+    assert out["mean_topk_mass"] == pytest.approx(float(mass), rel=1e-5)
+    assert out["kl_nats"] is None
+    assert sum(out["entropy_histogram"]["counts"]) == frames
+    assert out["rejects"] == 1
+
+
+def test_stats_text(store, capsys):
+    assert main(["targets", "stats", str(store)]) == 0
+    text = capsys.readouterr().out
+    assert "8.00 B/frame" in text and "200.0 B per audio-second" in text
+    assert "entropy histogram" in text and "#" in text
+
+
+def test_verify_ok_with_data_dir(store, tmp_path, capsys):
+    data = make_data(tmp_path / "data", {**DURATIONS, "spk3-x": 1.0})  # spk3-x: a reject, not a problem
+    assert main(["targets", "verify", str(store), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK ") and "checksums verified" in out and "1 rejected" in out and "+-1" in out
+
+
+def test_verify_reports_id_and_frame_differences(store, tmp_path, capsys):
+    durations = dict(DURATIONS)
+    del durations["spk2-e"]  # stored but not in the data dir
+    durations["spk4-new"] = 1.0  # in the data dir, never labeled
+    durations["spk1-b"] = 3.0  # stored frames no longer match the duration
+    durations["spk2-c"] = 0.73 + 0.04  # one output frame more: within tolerance
+    data = make_data(tmp_path / "data", durations)
+    assert main(["targets", "verify", str(store), "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "3 problem(s)" in err
+    assert "no targets and are not in rejects.tsv: spk4-new" in err
+    assert "not in " in err and "spk2-e" in err
+    assert f"spk1-b (stored {expected_frames(1.52)}, expected {expected_frames(3.0)}" in err
+    assert "spk2-c" not in err
+
+
+def test_verify_detects_corruption(store, capsys):
+    shard = store / "shards" / "shard-00001.bin"
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["targets", "verify", str(store), "--no-checksums"]) == 0  # sizes still agree
+    capsys.readouterr()
+    assert main(["targets", "verify", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "shard-00001.bin: sha256 mismatch" in err and "delete shard-00001.json" in err
+
+
+def test_verify_refuses_unfinalized_store(store, capsys):
+    (store / "index.tsv").unlink()
+    assert main(["targets", "verify", str(store)]) == 1
+    assert "not finalized" in capsys.readouterr().err
+
+
+def test_export_kaldi_reads_back_with_kaldi_io(store, tmp_path, capsys):
+    os.environ.setdefault("KALDI_ROOT", "/tmp")
+    import kaldi_io
+
+    out = tmp_path / "kaldi"
+    assert main(["targets", "export-kaldi", str(store), "--out", str(out)]) == 0
+    reader = StoreReader(store)
+    from_scp = dict(kaldi_io.read_post_scp(str(out / "post.scp")))
+    from_ark = dict(kaldi_io.read_post_ark(str(out / "post.ark")))
+    assert sorted(from_scp) == sorted(from_ark) == reader.utt_ids
+    for utt in reader.utt_ids:
+        ids, probs = reader.get_sparse(utt)
+        for post in (from_scp[utt], from_ark[utt]):
+            assert len(post) == ids.shape[0]
+            got_ids = np.array([[i for i, _ in frame] for frame in post])
+            got_p = np.array([[p for _, p in frame] for frame in post], dtype=np.float32)
+            np.testing.assert_array_equal(got_ids, ids)
+            np.testing.assert_array_equal(got_p, probs)
+
+
+@pytest.mark.parametrize("quantization", ["log8", "float16"])
+def test_import_kaldi_round_trip(tmp_path, capsys, quantization):
+    store = make_store(tmp_path / "store", quantization=quantization)
+    assert main(["targets", "export-kaldi", str(store), "--out", str(tmp_path / "kaldi")]) == 0
+    new = tmp_path / "imported"
+    for src in ("post.scp", "post.ark"):
+        target = new.with_name(f"imported-{src}")
+        assert main(["targets", "import-kaldi", str(tmp_path / "kaldi" / src), "--out", str(target),
+                     "--meta-from", str(store / "meta.json"), "--shard-size", "3"]) == 0
+        a, b = StoreReader(store), StoreReader(target)
+        assert b.utt_ids == a.utt_ids and b.meta.num_shards == 2 and b.meta.settings() == a.meta.settings()
+        for utt in a.utt_ids:
+            np.testing.assert_array_equal(b.get_sparse(utt)[0], a.get_sparse(utt)[0])
+            np.testing.assert_array_equal(b.get_sparse(utt)[1], a.get_sparse(utt)[1])
+        assert b.problems() == []
+
+
+def test_import_kaldi_refuses_wrong_k(store, tmp_path, capsys):
+    assert main(["targets", "export-kaldi", str(store), "--out", str(tmp_path / "kaldi")]) == 0
+    other = make_store(tmp_path / "k8", k=8)
+    rc = main(["targets", "import-kaldi", str(tmp_path / "kaldi" / "post.ark"), "--out", str(tmp_path / "bad"),
+               "--meta-from", str(other)])
+    assert rc == 2
+    assert "frame 0: 4 (id, prob) pairs, the store keeps exactly k=8" in capsys.readouterr().err
+
+
+def test_plot_writes_png_with_token_labels(store, tmp_path, capsys):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("".join(f"{s} {i}\n" for i, s in enumerate(["<blk>", "▁"] + [chr(ord("a") + i) for i in range(28)])))
+    png = tmp_path / "plot.png"
+    assert main(["targets", "plot", str(store), "--utt", "spk1-a", "--out", str(png), "--tokens", str(tokens)]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert main(["targets", "plot", str(store), "--utt", "missing-utt", "--out", str(png)]) == 2
+    assert "'missing-utt' is not in the store" in capsys.readouterr().err
+
+
+def test_plot_tool_wrapper(store, tmp_path):
+    png = tmp_path / "tool.png"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "plot_posteriorgram.py"), str(store), "--utt", "spk2-d",
+                           "--out", str(png)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verify_against_student_config(store, tmp_path, capsys):
+    pytest.importorskip("asr_kd.data.features", reason="asr_kd.data.features (FbankConfig) not in this tree yet")
+    conf = tmp_path / "student.yaml"
+    conf.write_text(
+        "model: {kind: lstm, d_model: 32, hidden_size: 48, num_layers: 2, frontend_channels: 8}\n"
+        "fbank: {frame_shift_ms: 20.0}\n"
+        f"data: {{unlabeled: [{tmp_path / 'data'}]}}\n"
+        f"kd: {{store: {store}, temperature: 2.0}}\n")
+    assert main(["targets", "verify", str(store), "--student-config", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "output frame shift differs: store 40 ms vs config 80 ms" in err
+    assert "temperature differs: store 1 vs kd.temperature 2" in err
+    assert "units.from_model is not set" in err

@@ -1,0 +1,80 @@
+"""Shared by the benchmarks: machine description and writing a section of BENCHMARKS.md.
+
+Each benchmark owns one section, delimited by ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``;
+rerunning a benchmark replaces its section and leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+HEADER = """# Benchmarks
+
+Figures measured by the scripts in `tools/bench/` (never by the test suite). Ratios are measured side
+by side in one run; absolute times hold for the machine named in each section. Rerun a section with
+the command shown in it.
+"""
+
+
+def machine() -> str:
+    """One line: CPU model, cores, memory, GPU (if any), torch version."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+        tv = f", torch {torch.__version__}"
+    except ImportError:
+        tv = ""
+    return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}{tv}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def write_section(name: str, title: str, body: str, command: str | None = None) -> Path:
+    """Replace (or append) the section ``name`` of BENCHMARKS.md."""
+    command = command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", *sys.argv])
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"<!-- bench:{name} -->\n## {title}\n\n"
+               f"- measured {stamp} on: {machine()}; commit {git_commit()}\n"
+               f"- command: `{command}`\n\n{body.strip()}\n<!-- /bench:{name} -->\n")
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    BENCHMARKS.write_text(text)
+    return BENCHMARKS
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

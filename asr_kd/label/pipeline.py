@@ -350,8 +350,11 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // o.read_batch_size, 200)))
         ds = ds.map_batches(read_audio_batch, batch_size=o.read_batch_size, num_cpus=0.25,
                             fn_kwargs=dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes))
+        # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
+        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
         ds = ds.map_batches(TeacherActor, batch_size=o.read_batch_size, compute=ActorPoolStrategy(size=o.actors),
                             num_cpus=o.actor_num_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
+                            runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
                                                        top_k=o.top_k, temperature=o.temperature,
                                                        batch_max_frames=o.batch_max_frames))
@@ -368,7 +371,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
             raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. {next(iter(missing.values()))[:3]} "
                              "missing); rerun the same command to finish them")
-    writer.finalize()
+    writer.finalize(expected_shards=len(shards))
     merge_pseudo(Path(out_dir))
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)
@@ -399,7 +402,7 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
         read = read_audio_batch(batch, sample_rate, o.max_seconds, o.allow_pipes)
         collector.add(label_rows(ensemble, list(read["utt_id"]), list(read["shard"]), read["wave"], list(read["error"]),
                                  1 if one_at_a_time else o.batch_max_frames))
-    writer.finalize()
+    writer.finalize(expected_shards=len(shards))
     merge_pseudo(Path(out_dir))
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)

@@ -104,15 +104,22 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
     data = read_data_dir(data_dir, allow_pipes=allow_pipes)
     if data.text is None:
         raise DataDirError("evaluate needs a labeled data dir (a 'text' file); this one has none", data_dir)
+    onnx_model = loaded = None
     if str(model).endswith(".onnx"):
         from asr_kd.export.evaluate_onnx import load_onnx_for_evaluation
 
-        loaded = load_onnx_for_evaluation(model, threads=threads)
+        onnx_model = load_onnx_for_evaluation(model, threads=threads)
+        if beam_size > 0:
+            raise AsrKdError(f"evaluate: {model} is scored with the device runtime's greedy decoding; drop --beam")
+        if chunk_size not in (None, onnx_model.chunk_size):
+            raise AsrKdError(f"evaluate: {model} was exported with chunk_size {onnx_model.chunk_size}; "
+                             f"drop --chunk-size or export again from a model dir with the chunk you want")
+        sample_rate = onnx_model.sample_rate
     else:
         from asr_kd.models.model_dir import load_model_dir
 
         loaded = load_model_dir(model)
-    sample_rate = loaded.fbank_config.sample_rate
+        sample_rate = loaded.fbank_config.sample_rate
     waves: dict[str, torch.Tensor] = {}
     rejects: list[tuple[str, str]] = []
     for utt in tqdm(data.utt_ids, desc="read audio", unit="utt", disable=not progress):
@@ -127,7 +134,9 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
 
         beam = BeamSearchDecoder(loaded.tokenizer, beam_size=beam_size, lm_path=lm, lexicon_path=lexicon, lm_weight=lm_weight)
     per_chunk_ms: list[float] = []
-    if streaming:
+    if onnx_model is not None:
+        hyps, compute_s, per_chunk_ms = onnx_model.decode(waves, streaming=streaming, progress=progress)
+    elif streaming:
         if beam is not None:
             raise AsrKdError("evaluate: --streaming decodes greedily; drop --beam")
         hyps, compute_s, per_chunk_ms = _decode_streaming(loaded, waves, chunk_size, progress)
@@ -137,9 +146,9 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
         hyps[utt] = ""
     refs = {u: normalize_text(t) for u, t in data.text.items()}
     report = score(refs, hyps)
-    model_obj = loaded.model
+    model_obj = loaded.model if loaded is not None else None
     latency = model_obj.algorithmic_latency_ms if getattr(model_obj, "is_streaming", False) else None
-    if streaming and chunk_size is not None:
+    if loaded is not None and streaming and chunk_size is not None:
         latency = chunk_size * loaded.frame_shift_ms + (latency - model_obj.chunk_size * loaded.frame_shift_ms if latency else 0)
     per_chunk_ms.sort()
     extra = {
@@ -155,6 +164,8 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
         "data": str(data_dir),
         "rejects": len(rejects),
     }
+    if onnx_model is not None:
+        extra.update(onnx_model.report_fields())
     if per_chunk_ms:
         extra["chunk_compute_ms_mean"] = sum(per_chunk_ms) / len(per_chunk_ms)
         extra["chunk_compute_ms_p95"] = per_chunk_ms[int(0.95 * (len(per_chunk_ms) - 1))]

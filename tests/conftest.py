@@ -31,3 +31,37 @@ def ray_cluster():
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def speechlike(seconds: float, sample_rate: int = 16000, seed: int = 0):
+    """A deterministic speech-like float32 signal in [-1, 1]: a gliding harmonic tone with a syllable-rate
+    envelope, plus a little noise (numpy array of ``round(seconds * sample_rate)`` samples)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    f0 = 110 + 60 * rng.random()
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.2 * np.sin(2 * np.pi * 0.7 * t))) / sample_rate
+    tone = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t + rng.random() * 6.28)
+    wave = 0.15 * tone * envelope + 0.01 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+@pytest.fixture
+def write_wav():
+    """``write_wav(path, seconds=1.0, sample_rate=16000, seed=0, subtype="PCM_16")`` writes a mono
+    speech-like file with soundfile (format from the suffix: .wav, .flac) and returns its path."""
+    import soundfile as sf
+
+    def write(path, seconds: float = 1.0, sample_rate: int = 16000, seed: int = 0, subtype: str = "PCM_16"):
+        sf.write(str(path), speechlike(seconds, sample_rate, seed), sample_rate, subtype=subtype)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def speech():
+    """The ``speechlike(seconds, sample_rate=16000, seed=0)`` signal generator, as a fixture."""
+    return speechlike

@@ -314,6 +314,9 @@ def init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray reports usage statistics to usage-stats.ray.io by default; labeling must not phone home
+    # (air-gapped clusters would also wait on the timeout). A user can still opt in with =1.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # dashboard off: nothing listens beyond what Ray needs, and nothing on a public interface
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              configure_logging=True, ignore_reinit_error=True)
@@ -353,7 +356,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
         ds = ds.map_batches(TeacherActor, batch_size=o.read_batch_size, compute=ActorPoolStrategy(size=o.actors),
-                            num_cpus=o.actor_num_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
+                            num_cpus=o.actor_num_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
                             runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
                                                        top_k=o.top_k, temperature=o.temperature,

@@ -181,8 +181,16 @@ class Trainer:
 
         c = self.config
         self.store = StoreReader(c.kd.store)
+        # Refuse a damaged store before the first step: a truncated or bit-flipped shard would otherwise
+        # fail mid-run or, worse, train on garbage. Rank 0 hashes every shard (one sequential read, ~1 s
+        # per GB); the other DDP ranks check sizes and indexes only.
+        damaged = self.store.problems(checksums=self.is_main)
+        if damaged:
+            raise StoreError(f"{c.kd.store}: the soft-target store is damaged ({len(damaged)} problem(s)); "
+                             "'asr-kd targets verify' lists them:\n  " + "\n  ".join(damaged[:20]))
         meta = self.store.meta
-        check_compatible(meta, self.tokenizer.units_hash(), self.model.frame_shift_ms, self.tokenizer.vocab_size)
+        check_compatible(meta, self.tokenizer.units_hash(), self.model.frame_shift_ms, self.tokenizer.vocab_size,
+                         where=f"kd.store {c.kd.store}")
         if abs(meta.temperature - c.kd.temperature) > 1e-6:
             raise StoreError(f"{c.kd.store}: targets were made at temperature {meta.temperature} but kd.temperature is "
                              f"{c.kd.temperature}; set kd.temperature={meta.temperature} or relabel")
@@ -256,7 +264,7 @@ class Trainer:
             idx = torch.tensor(labeled, device=log_probs.device)
             l_ctc = ctc_loss(log_probs.index_select(0, idx), out_lens.index_select(0, idx), [batch.tokens[i] for i in labeled])
             terms.append((c.kd.ctc_weight if c.kd is not None else 1.0, l_ctc))
-            ctc_val = float(l_ctc)
+            ctc_val = l_ctc.item()
         if self.store is not None:
             in_store = [i for i, u in enumerate(batch.utt_ids)
                         if (batch.tokens[i] is None or c.kd.kd_on_labeled) and u in self.store]
@@ -269,7 +277,7 @@ class Trainer:
                 sub = log_probs.index_select(0, idx)[:, : ids.shape[1]]
                 l_kd = kd_loss(sub, ids.to(sub.device), probs.to(sub.device), mask.to(sub.device), c.kd.temperature)
                 terms.append((1.0 - c.kd.ctc_weight, l_kd))
-                kd_val = float(l_kd)
+                kd_val = l_kd.item()
         if not terms:
             return log_probs.sum() * 0.0, None, None
         total = sum(w * t for w, t in terms) / max(sum(w for w, _ in terms), 1e-8)
@@ -351,10 +359,10 @@ class Trainer:
                 self.step += 1
                 frames_since += int(batch.feat_lens.sum())
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", epoch=self.epoch + 1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=self.epoch + 1)
                 if self.is_main and self.step % c.train.log_every_steps == 0:
                     now = time.time()
-                    metrics.log("train", self.epoch + 1, self.step, loss=float(loss), ctc_loss=ctc_val, kd_loss=kd_val,
+                    metrics.log("train", self.epoch + 1, self.step, loss=loss.item(), ctc_loss=ctc_val, kd_loss=kd_val,
                                 lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
                                 frames_per_s=frames_since / max(now - t_last, 1e-9), wall_s=now - t0)
                     t_last, frames_since = now, 0

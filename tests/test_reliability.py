@@ -1,0 +1,307 @@
+"""Reliability: crashes (kill -9) resume to the same result, damaged stores are refused, bad audio is
+rejected with reasons while every good utterance is kept.
+
+Equality claims and their tolerance:
+
+- labeling resumed after ``kill -9``: the store's shard files, index and rejects are *byte-identical* to
+  an uninterrupted run. Labeling uses ``--local`` (deterministic single process) and
+  ``--batch-max-frames 50`` so every utterance is its own teacher forward: a resumed run starts its
+  batches at another utterance, and float results of a padded batch can differ in the last bit with
+  the batch composition (BLAS blocking), which log8 codes would occasionally expose.
+- training resumed after ``kill -9``: the final weights and the optimizer state are *exactly equal*
+  (``torch.equal``) to an uninterrupted run of the same length, on CPU with one thread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr_kd.cli import main as cli_main
+from asr_kd.config import load_config
+from asr_kd.data.datadir import read_data_dir
+from asr_kd.errors import StoreError
+from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
+from asr_kd.targets.store import StoreReader
+from asr_kd.train.config import TrainConfig
+from asr_kd.train.loop import Trainer
+from factories import (add_bad_audio, asr_kd, asr_kd_popen, make_data, make_teacher,
+                             tiny_train_config)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    """Every file of a store that defines its content (meta.json holds a creation time: compared apart)."""
+    out = {}
+    for p in sorted(store.rglob("*")):
+        rel = p.relative_to(store).as_posix()
+        if p.is_file() and rel != "meta.json":
+            out[rel] = p.read_bytes()
+    return out
+
+
+# --------------------------------------------------------------------------------------- labeling
+def test_label_killed_with_sigkill_then_rerun_is_byte_identical(tmp_path):
+    teacher = make_teacher(tmp_path / "teacher")
+    data = make_data(tmp_path / "corpus", 40)
+    args = ["label", "--model", str(teacher), "--data", str(data), "--top-k", "4", "--shard-size", "2",
+            "--batch-max-frames", "50", "--local", "--no-progress"]
+    n_shards = len(plan_shards(read_data_dir(data), 2))
+    assert n_shards == 20
+
+    ref = tmp_path / "store_ref"
+    label_local([str(teacher)], str(data), str(ref),
+                LabelOptions(top_k=4, shard_size=2, batch_max_frames=50, progress=False))
+
+    out = tmp_path / "store_killed"
+    proc = asr_kd_popen(*args, "--out", str(out))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any((out / "shards").glob("shard-*.json")):
+            break
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the labeler finished before it could be killed; give it more data"
+    done_at_kill = sorted((out / "shards").glob("shard-*.json"))
+    assert 1 <= len(done_at_kill) < n_shards
+    assert not (out / "index.tsv").exists()
+    with pytest.raises(StoreError, match="not finalized"):
+        StoreReader(out)  # a half-done store is never readable as if complete
+
+    rerun = asr_kd(*args, "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "already done" in rerun.stdout  # the summary line reports the shards it skipped
+    got, want = _files(out), _files(ref)
+    assert sorted(got) == sorted(want)
+    different = [name for name in want if got[name] != want[name]]
+    assert different == [], f"files differ from the uninterrupted run: {different}"
+    StoreReader(out).verify()
+    assert len(StoreReader(out)) == 40
+
+
+# --------------------------------------------------------------------------------------- training
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_tensors_equal(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert sorted(a, key=str) == sorted(b, key=str), where
+        for k in a:
+            _assert_tensors_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_tensors_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path):
+    data = make_data(tmp_path / "lab", 12, with_text=True)
+    conf = tiny_train_config(tmp_path / "conf.yaml", [str(data)], max_steps=8, checkpoint_every=2)
+
+    full = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "full"), "--no-progress")
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress",
+                    ASR_KD_TEST_KILL_AFTER_STEP="5")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpts = tmp_path / "resumed" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-00000004.pt"
+    assert not (tmp_path / "resumed" / "model.pt").exists()  # no final model from a killed run
+
+    again = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress")
+    assert again.returncode != 0 and "--resume" in again.stderr  # refuses to overwrite silently
+
+    resumed = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "8 steps" in resumed.stdout
+
+    # exact equality (CPU, one thread): final weights, and the whole step-8 checkpoint incl. optimizer
+    _assert_tensors_equal(_state(tmp_path / "full" / "model.pt"), _state(tmp_path / "resumed" / "model.pt"), "model.pt")
+    a = _state(tmp_path / "full" / "checkpoints" / "step-00000008.pt")
+    b = _state(ckpts / "step-00000008.pt")
+    for key in ("model", "optimizer", "scheduler", "epoch", "step", "batch_in_epoch"):
+        _assert_tensors_equal(a[key], b[key], key)
+    assert (tmp_path / "full" / "fingerprint.txt").read_text() == (tmp_path / "resumed" / "fingerprint.txt").read_text()
+    # the metrics log has each step once (the steps redone after the kill replaced, not duplicated)
+    steps = [line.split(",") for line in (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()[1:]]
+    header = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()[0].split(",")
+    train_steps = [int(r[header.index("step")]) for r in steps if r[header.index("kind")] == "train"]
+    assert sorted(train_steps) == list(range(1, 9)), train_steps
+
+
+# --------------------------------------------------------------------------------------- damaged stores
+@pytest.fixture(scope="module")
+def kd_setup(tmp_path_factory):
+    """A teacher, a labeled set, an unlabeled set and a good store of the unlabeled set (4 shards)."""
+    root = tmp_path_factory.mktemp("kd")
+    teacher = make_teacher(root / "teacher")
+    labeled = make_data(root / "lab", 6, with_text=True)
+    unlabeled = make_data(root / "unl", 12, prefix="u")
+    store = root / "store"
+    label_local([str(teacher)], str(unlabeled), str(store), LabelOptions(top_k=4, shard_size=3, progress=False))
+    conf = tiny_train_config(root / "kd.yaml", [str(labeled)], unlabeled=[str(unlabeled)], store=str(store),
+                             from_model=str(teacher), max_steps=2)
+    return root, teacher, labeled, unlabeled, store, conf
+
+
+def _verify(store: Path, capsys, *extra: str) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = cli_main(["targets", "verify", str(store), *extra])
+    cap = capsys.readouterr()
+    return rc, cap.out + cap.err
+
+
+def _train_error(conf: Path, store: Path, out: Path) -> str:
+    config = load_config(conf, TrainConfig, [f"kd.store={store}"])
+    with pytest.raises(StoreError) as info:
+        Trainer(config, out, progress=False)._setup()
+    return str(info.value)
+
+
+def _damaged_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_good_store_verifies_and_trains_setup(kd_setup, capsys, tmp_path):
+    root, teacher, labeled, unlabeled, store, conf = kd_setup
+    rc, out = _verify(store, capsys, "--data", str(unlabeled), "--student-config", str(conf))
+    assert rc == 0 and out.startswith("OK"), out
+    trainer = Trainer(load_config(conf, TrainConfig), tmp_path / "m", progress=False)
+    trainer._setup()  # the checks below must not refuse a good store
+    assert len(trainer.unlabeled_ids) == 12
+
+
+def test_truncated_shard_is_refused(kd_setup, capsys, tmp_path):
+    *_, store, conf = kd_setup
+    bad = _damaged_copy(store, tmp_path / "store")
+    shard = bad / "shards" / "shard-00001.bin"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    rc, out = _verify(bad, capsys)
+    assert rc == 1 and "shard-00001.bin" in out and "truncated" in out, out
+    msg = _train_error(conf, bad, tmp_path / "m")
+    assert "shard-00001.bin" in msg and "truncated" in msg
+
+
+def test_bit_flipped_shard_is_refused(kd_setup, capsys, tmp_path):
+    *_, store, conf = kd_setup
+    bad = _damaged_copy(store, tmp_path / "store")
+    shard = bad / "shards" / "shard-00002.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    rc, out = _verify(bad, capsys)
+    assert rc == 1 and "shard-00002.bin" in out and "sha256 mismatch" in out, out
+    assert _verify(bad, capsys, "--no-checksums")[0] == 0  # only the checksum can see a flipped bit
+    msg = _train_error(conf, bad, tmp_path / "m")
+    assert "shard-00002.bin" in msg and "sha256" in msg
+
+
+def test_missing_index_entry_is_refused(kd_setup, capsys, tmp_path):
+    *_, unlabeled, store, conf = kd_setup
+    bad = _damaged_copy(store, tmp_path / "store")
+    lines = (bad / "index.tsv").read_text().splitlines()
+    victim = lines[5].split("\t")[0]
+    (bad / "index.tsv").write_text("".join(line + "\n" for line in lines if not line.startswith(victim + "\t")))
+    rc, out = _verify(bad, capsys)
+    assert rc == 1 and victim in out and "missing from index.tsv" in out, out
+    rc, out = _verify(bad, capsys, "--no-checksums", "--data", str(unlabeled))
+    assert rc == 1 and victim in out
+    assert victim in _train_error(conf, bad, tmp_path / "m")
+
+
+def test_store_of_another_unit_set_is_refused(kd_setup, capsys, tmp_path):
+    root, teacher, labeled, unlabeled, store, conf = kd_setup
+    other = make_teacher(tmp_path / "other_teacher", seed=4, texts=["one two three"])
+    foreign = tmp_path / "foreign_store"
+    label_local([str(other)], str(unlabeled), str(foreign), LabelOptions(top_k=4, shard_size=3, progress=False))
+    rc, out = _verify(foreign, capsys, "--student-config", str(conf))
+    assert rc == 1 and "units differ" in out, out
+    msg = _train_error(conf, foreign, tmp_path / "m")
+    assert "units differ" in msg and str(foreign) in msg
+
+
+def test_store_of_another_frame_rate_is_refused(kd_setup, capsys, tmp_path):
+    """A store recorded at 20 ms frames (a HuBERT-like teacher) must not train a 40 ms student."""
+    *_, store, conf = kd_setup
+    bad = _damaged_copy(store, tmp_path / "store")
+    meta = (bad / "meta.json").read_text()
+    assert '"frame_shift_ms": 40.0' in meta
+    (bad / "meta.json").write_text(meta.replace('"frame_shift_ms": 40.0', '"frame_shift_ms": 20.0'))
+    rc, out = _verify(bad, capsys, "--student-config", str(conf))
+    assert rc == 1 and "frame shift differs" in out, out
+    assert "frame shift differs" in _train_error(conf, bad, tmp_path / "m")
+
+
+# --------------------------------------------------------------------------------------- bad audio
+def test_corpus_with_bad_audio_labels_and_trains_keeping_every_good_utterance(tmp_path, ray_cluster):
+    teacher = make_teacher(tmp_path / "teacher")
+    corpus = make_data(tmp_path / "corpus", 114, with_text=True, prefix="c", min_s=0.3, step_s=0.1)
+    good = set(read_data_dir(corpus).utt_ids)
+    bad = add_bad_audio(corpus, tmp_path / "corpus" / "bad_audio")
+    assert len(bad) / (len(bad) + len(good)) == pytest.approx(0.05, abs=0.001)
+
+    # labeling (Ray): finishes, lists the 5 unusable files with reasons, labels every good one + 8 kHz
+    store = tmp_path / "store"
+    summary = label([str(teacher)], str(corpus), str(store),
+                    LabelOptions(top_k=4, shard_size=32, actors=2, actor_num_cpus=0.5, read_batch_size=8, progress=False))
+    reader = StoreReader(store)
+    rejects = reader.rejects()
+    expected_reasons = {"bad-missing": "missing", "bad-empty": ("empty", "unreadable"), "bad-corrupt": "unreadable",
+                        "bad-nan": "nan_or_inf", "bad-toolong": "too_long"}
+    assert sorted(rejects) == sorted(expected_reasons)
+    for utt, reason in expected_reasons.items():
+        assert rejects[utt].split(":")[0] in (reason if isinstance(reason, tuple) else (reason,)), rejects[utt]
+    assert set(reader.utt_ids) == good | {"bad-rate8k"}  # resampled from 8 kHz, labeled like the rest
+    assert reader.num_frames("bad-rate8k") == 24  # 1.0 s at 16 kHz: (16000 - 400) // 160 + 1 = 98 fbank -> 24
+    assert summary.utterances == 115 and summary.rejects == 5
+    reader.verify()
+
+    # training, labeled (CTC) path: unreadable files are excluded up front or when their batch is read
+    conf = tiny_train_config(tmp_path / "ctc.yaml", [str(corpus)], max_steps=None, max_frames=2000,
+                             extra={"train.max_epochs": 1})
+    trainer = Trainer(load_config(conf, TrainConfig), tmp_path / "ctc", progress=False)
+    result = trainer.run()
+    assert result.epochs == 1
+    train_rejects = dict(line.split("\t", 1) for line in (tmp_path / "ctc" / "rejects.tsv").read_text().splitlines())
+    assert sorted(train_rejects) == sorted(expected_reasons), train_rejects
+    assert "nan_or_inf" in train_rejects["bad-nan"] and "outside" in train_rejects["bad-toolong"]
+    planned = {u for _, item in trainer._plan(0) for u in item.utt_ids}
+    assert good | {"bad-rate8k"} <= planned
+
+    # training, distillation path: the corpus as unlabeled data with the store; the labeler's rejects excuse
+    # the utterances without targets, and nothing else is dropped
+    small = make_data(tmp_path / "small", 6, with_text=True)
+    conf = tiny_train_config(tmp_path / "kd.yaml", [str(small)], unlabeled=[str(corpus)], store=str(store),
+                             from_model=str(teacher), max_steps=None, max_frames=2000, extra={"train.max_epochs": 1})
+    trainer = Trainer(load_config(conf, TrainConfig), tmp_path / "kd", progress=False)
+    trainer.run()
+    assert set(trainer.unlabeled_ids) == good | {"bad-rate8k"}
+    kd_rejects = dict(line.split("\t", 1) for line in (tmp_path / "kd" / "rejects.tsv").read_text().splitlines())
+    assert sorted(kd_rejects) == sorted(expected_reasons), kd_rejects
+    assert kd_rejects["bad-nan"].startswith("teacher reject: nan_or_inf")
+    planned = {u for _, item in trainer._plan(0) for u in item.utt_ids}
+    assert good | {"bad-rate8k"} <= planned
+    assert np.isfinite([float(x) for x in _train_losses(tmp_path / "kd")]).all()
+
+
+def _train_losses(model_dir: Path) -> list[str]:
+    lines = (model_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    return [r[header.index("loss")] for r in rows if r[header.index("kind")] == "train"]
+

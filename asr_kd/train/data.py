@@ -158,6 +158,9 @@ def make_loader(table: UtteranceTable, plan: list[tuple[str, BatchPlanItem]], fb
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
         multiprocessing_context="fork" if num_workers > 0 else None,
+        # a private generator: creating an iterator must not draw from the global RNG, or a resumed
+        # run (which creates its iterator at another point) would get different dropout masks
+        generator=torch.Generator().manual_seed(0),
     )
 
 

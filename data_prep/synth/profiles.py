@@ -120,10 +120,10 @@ TINY = SynthProfile(
     max_words=10,
 )
 # demo: sized for the whole CPU recipe (teacher, labeling, two students) in ~25 min on 2 cores:
-# ~1500 labeled utterances are about 1.2 h of audio.
+# 1000 labeled utterances are about 0.75 h of audio, the unlabeled set 4x that.
 DEMO = SynthProfile(
     name="demo",
-    sizes=SplitSizes(train_labeled=1500, train_unlabeled=5000, dev=300, test=300),
+    sizes=SplitSizes(train_labeled=1000, train_unlabeled=4000, dev=200, test=300),
     voices=VoiceCounts(labeled=24, unlabeled_new=12, unlabeled_accent=6, test_seen=6, test_new=6,
                        test_unlabeled_accent=4, test_unseen_accent=6),
 )

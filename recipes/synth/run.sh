@@ -51,7 +51,7 @@ fi
 
 if run_stage 3 label; then
   need $exp/teacher/model.pt "$data/train_unlabeled/wav.scp"
-  log_run asr-kd data combine --out $data/train_all $data/train_labeled $data/train_unlabeled
+  log_run asr-kd data combine --force --out $data/train_all $data/train_labeled $data/train_unlabeled
   log_run asr-kd label --model $exp/teacher --data $data/train_all --out $exp/targets --top-k $top_k --actors $nj
   log_run asr-kd targets verify $exp/targets --data $data/train_all
   log_run asr-kd targets stats $exp/targets --json

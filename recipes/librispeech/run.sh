@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# LibriSpeech: 100 h labeled (train-clean-100) + 860 h unlabeled (train-clean-360 + train-other-500,
+# transcripts ignored), WER on dev/test clean and other. Sized for GPUs and a Ray cluster.
+#
+# Usage: recipes/librispeech/run.sh --corpus-dir /corpora [--stage N] [--stop-stage N] [--address auto]
+#        [--workers N] [--nj N] [--data DIR] [--exp DIR] [--conf DIR] [--force]
+#   --corpus-dir  folder holding LibriSpeech/ (as extracted from openslr.org/12; nothing is downloaded)
+#   --address     Ray cluster for labeling and training ('auto' after 'ray start'; empty = local)
+#   --workers     Ray Train (DDP) workers for student and teacher training (one GPU each when present)
+# Stages (skipped when $exp/.done/NAME exists; --force redoes):
+#   0 prepare   data dirs for every subset; the unlabeled ones keep their text aside as text.ref
+#   1 teacher   full-context Conformer on train-clean-100
+#   2 label     teacher soft targets for train-clean-100 + 360 + other-500 (Ray)
+#   3 baseline  streaming student, CTC on train-clean-100 only
+#   4 kd        streaming student distilled on all 960 h
+#   5 eval      all models on dev/test clean/other (students also streaming)
+#   6 report
+# Expected run times (8x A100-class GPUs, 64 CPU cores, Ray cluster of 2 nodes): prepare 20 min,
+# teacher 30 epochs ~14 h, labeling 960 h ~2.5 h, students 20 epochs ~10 h each, eval 20 min.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+corpus_dir=
+stage=0
+stop_stage=6
+address=
+workers=1
+nj=8
+data=data/librispeech
+exp=exp/librispeech
+conf=recipes/librispeech/conf
+top_k=8
+. recipes/utils/stage.sh
+
+[ -n "$corpus_dir" ] || { echo "$0: --corpus-dir is required (the folder holding LibriSpeech/)" >&2; exit 2; }
+addr_opt=(); [ -z "$address" ] || addr_opt=(--address "$address")
+mkdir -p "$exp"
+
+if run_stage 0 prepare; then
+  need "$corpus_dir/LibriSpeech"
+  log_run asr-kd prepare librispeech --corpus-dir "$corpus_dir" --out $data \
+    --subsets train-clean-100 dev-clean dev-other test-clean test-other
+  log_run asr-kd prepare librispeech --corpus-dir "$corpus_dir" --out $data --unlabeled \
+    --subsets train-clean-360 train-other-500
+  log_run asr-kd data combine --force --out $data/train_960_audio $data/train_clean_100 $data/train_clean_360 $data/train_other_500
+  mark_done prepare
+fi
+
+if run_stage 1 teacher; then
+  need $data/train_clean_100/text $data/dev_clean/text
+  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers "$workers" \
+    "data.train=[$data/train_clean_100]" data.dev=$data/dev_clean
+  mark_done teacher
+fi
+
+if run_stage 2 label; then
+  need $exp/teacher/model.pt $data/train_960_audio/wav.scp
+  log_run asr-kd label --model $exp/teacher --data $data/train_960_audio --out $exp/targets --top-k $top_k \
+    --actors "$nj" "${addr_opt[@]}"
+  log_run asr-kd targets verify $exp/targets --data $data/train_960_audio
+  mark_done label
+fi
+
+if run_stage 3 baseline; then
+  need $exp/teacher/tokens.txt
+  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume --workers "$workers" \
+    "data.train=[$data/train_clean_100]" data.dev=$data/dev_clean units.from_model=$exp/teacher
+  mark_done baseline
+fi
+
+if run_stage 4 kd; then
+  need $exp/targets/meta.json
+  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume --workers "$workers" \
+    "data.train=[$data/train_clean_100]" "data.unlabeled=[$data/train_clean_360,$data/train_other_500]" \
+    data.dev=$data/dev_clean units.from_model=$exp/teacher kd.store=$exp/targets
+  mark_done kd
+fi
+
+if run_stage 5 eval; then
+  for model in teacher baseline kd; do
+    need $exp/$model/model.pt
+    for set in dev_clean dev_other test_clean test_other; do
+      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set
+      if [ $model != teacher ]; then
+        log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_${set}_streaming --streaming
+      fi
+    done
+  done
+  mark_done eval
+fi
+
+if run_stage 6 report; then
+  for model in teacher baseline kd; do   # the report reads eval_test / eval_dev: point them at test-clean/dev-clean
+    for s in test dev; do [ -e $exp/$model/eval_$s ] || ln -s eval_${s}_clean $exp/$model/eval_$s; done
+    [ $model = teacher ] || [ -e $exp/$model/eval_test_streaming ] || ln -s eval_test_clean_streaming $exp/$model/eval_test_streaming
+  done
+  log_run asr-kd report --exp $exp --out $exp/report.md
+fi

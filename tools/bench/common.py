@@ -62,7 +62,10 @@ def git_commit() -> str:
 
 def write_section(name: str, title: str, body: str, command: str | None = None) -> Path:
     """Replace (or append) the section ``name`` of BENCHMARKS.md."""
-    command = command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", *sys.argv])
+    if command is None:
+        script = Path(sys.argv[0]).resolve()
+        module = ".".join(script.relative_to(ROOT).with_suffix("").parts) if script.is_relative_to(ROOT) else str(script)
+        command = " ".join(shlex.quote(a) for a in ["python", "-m", module, *sys.argv[1:]])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"<!-- bench:{name} -->\n## {title}\n\n"
                f"- measured {stamp} on: {machine()}; commit {git_commit()}\n"

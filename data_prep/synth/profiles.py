@@ -126,6 +126,8 @@ DEMO = SynthProfile(
     sizes=SplitSizes(train_labeled=1000, train_unlabeled=4000, dev=200, test=300),
     voices=VoiceCounts(labeled=24, unlabeled_new=12, unlabeled_accent=6, test_seen=6, test_new=6,
                        test_unlabeled_accent=4, test_unseen_accent=6),
+    # milder conditions than the default so a CPU-sized teacher converges within the demo's budget
+    augment=AugmentConfig(noise_prob=0.5, snr_db=(10.0, 30.0), reverb_prob=0.15),
 )
 LARGE = SynthProfile(
     name="large",

@@ -10,7 +10,7 @@
 #   3 label        teacher soft targets for labeled+unlabeled (Ray)  -> $exp/targets
 #   4 baseline     streaming student, CTC on labeled data only       -> $exp/baseline
 #   5 kd           streaming student distilled from the targets      -> $exp/kd
-#   6 eval         baseline and KD student, offline and streaming    -> $exp/{baseline,kd}/eval_*
+#   6 eval         baseline and KD student on dev/test, streaming on test -> $exp/{baseline,kd}/eval_*
 #   7 report       results table, plots, results.json                -> $exp/report.md
 # Every command run is appended to $exp/commands.log.
 set -euo pipefail
@@ -78,8 +78,8 @@ if run_stage 6 eval; then
     need $exp/$model/model.pt
     for set in dev test; do
       log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set
-      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_${set}_streaming --streaming
     done
+    log_run asr-kd evaluate --model $exp/$model --data $data/test --out $exp/$model/eval_test_streaming --streaming
   done
   mark_done eval
 fi

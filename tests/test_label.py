@@ -206,3 +206,19 @@ print(json.dumps({{"utts": s.utterances, "nodes": len(nodes)}}))
     assert_same_targets(tmp_path / "store_cluster", tmp_path / "store_local2")
     meta = StoreReader(tmp_path / "store_cluster").meta
     assert len(meta.teacher_fingerprints) == 2 and meta.teacher_weights == pytest.approx([0.7, 0.3])
+
+
+def test_stats_reports_teacher_kl_that_shrinks_with_k(setup, tmp_path, capsys):
+    from asr_kd.cli import main
+    from asr_kd.models.model_dir import load_model_dir
+
+    _, teacher, data = setup
+    vocab = load_model_dir(teacher).tokenizer.vocab_size
+    kls = {}
+    for k in (1, vocab):
+        label_local([str(teacher)], str(data), str(tmp_path / f"k{k}"), options(top_k=k, quantization="float16"))
+        assert main(["targets", "stats", str(tmp_path / f"k{k}"), "--json", "--teacher", str(teacher),
+                     "--data", str(data), "--sample", "10"]) == 0
+        kls[k] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kl_nats"]
+    assert kls[vocab] < 1e-3  # every unit kept: only float16 rounding remains
+    assert kls[1] > 100 * kls[vocab]

@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("stats", help="size, hours, bytes per frame, top-k mass, entropy histogram")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    p.add_argument("--teacher", action="append", help="teacher model dir(s) that made the store: also report "
+                   "KL(teacher dense || stored) on a sample (needs --data)")
+    p.add_argument("--data", help="the data dir that was labeled (audio for --teacher)")
+    p.add_argument("--sample", type=int, default=50, help="utterances sampled for the KL (default 50)")
 
     p = sub.add_parser("verify", help="checksums, index vs shards, ids and frame counts vs a data dir")
     p.add_argument("store")
@@ -171,7 +175,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "stats":
         from asr_kd.targets.stats import format_stats, store_stats
 
-        stats = store_stats(StoreReader(args.store))
+        reader = StoreReader(args.store)
+        stats = store_stats(reader)
+        if args.teacher:
+            from asr_kd.errors import AsrKdError
+            from asr_kd.targets.stats import teacher_kl
+
+            if not args.data:
+                raise AsrKdError("targets stats --teacher needs --data (the labeled data dir, for the audio)")
+            stats.kl_nats = teacher_kl(reader, args.teacher, args.data, sample=args.sample)
         print(json.dumps(stats.as_json()) if args.json else format_stats(stats))
         return 0
     if args.action == "export-kaldi":

@@ -176,3 +176,42 @@ def format_stats(stats: StoreStats, width: int = 40) -> str:
         bar = "#" * int(round(width * c / top))
         lines.append(f"  [{lo:5.2f}, {hi:5.2f}) {bar:<{width}} {c} ({100.0 * c / total:.1f}%)")
     return "\n".join(lines)
+
+
+def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, sample: int = 50, seed: int = 0) -> float:
+    """Mean per-frame KL(teacher dense || stored) in nats over ``sample`` random stored utterances.
+
+    The teachers are run again (same weights and temperature as recorded in the store's meta, whose
+    fingerprints must match) on the utterances' audio from ``data_dir``; their averaged dense
+    distribution is compared with the stored top-k by ``kl_dense_vs_stored``.
+    """
+    import random
+
+    import torch
+
+    from asr_kd.data.audio import load_audio
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.label.teacher import TeacherEnsemble
+
+    m = reader.meta
+    ens = TeacherEnsemble(teacher_dirs, m.teacher_weights or None, top_k=m.k, temperature=m.temperature)
+    if sorted(ens.fingerprints) != sorted(m.teacher_fingerprints):
+        raise StoreError(f"{reader.dir if hasattr(reader, 'dir') else 'store'}: teachers {ens.fingerprints} are not the ones "
+                         f"that made the store ({m.teacher_fingerprints}); pass the same --teacher dirs")
+    data = read_data_dir(data_dir)
+    utts = [u for u in reader.utt_ids if u in data]
+    if not utts:
+        raise StoreError(f"no stored utterance is in {data_dir}; pass the data dir that was labeled")
+    chosen = sorted(random.Random(seed).sample(utts, min(sample, len(utts))))
+    total, frames = 0.0, 0
+    for utt in chosen:
+        wave = load_audio(data.source(utt), sample_rate=ens.fbank_config.sample_rate)
+        feats, lens = ens.fbank(wave.unsqueeze(0), torch.tensor([wave.numel()]))
+        with torch.no_grad():
+            probs = sum(w * torch.softmax(t.model(t.cmvn(feats), lens)[0].float() / m.temperature, -1)
+                        for w, t in zip(ens.weights, ens.teachers))[0]
+        ids, stored = reader.get_sparse(utt)
+        n = min(probs.shape[0], ids.shape[0])
+        total += kl_dense_vs_stored(probs[:n].clamp_min(1e-30).log(), ids[:n], stored[:n]) * n
+        frames += n
+    return total / max(frames, 1)

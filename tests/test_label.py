@@ -222,3 +222,15 @@ def test_stats_reports_teacher_kl_that_shrinks_with_k(setup, tmp_path, capsys):
         kls[k] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kl_nats"]
     assert kls[vocab] < 1e-3  # every unit kept: only float16 rounding remains
     assert kls[1] > 100 * kls[vocab]
+
+
+def test_actor_cpu_share_leaves_room_for_audio_reading():
+    from asr_kd.errors import AsrKdError
+    from asr_kd.label.pipeline import READ_TASK_CPUS, actor_cpu_share
+
+    # 2 actors on a 2-CPU machine: reserving 1 CPU each would starve the reading tasks forever
+    share = actor_cpu_share(2.0, 2, None)
+    assert 2 * share + READ_TASK_CPUS <= 2.0
+    assert actor_cpu_share(16.0, 4, None) == 1.0
+    with pytest.raises(AsrKdError, match="leave no CPU for audio reading"):
+        actor_cpu_share(2.0, 2, 1.0)

@@ -53,7 +53,7 @@ class LabelOptions:
     batch_max_frames: int = 40000  # padded 10 ms frames per teacher forward
     read_batch_size: int = 16  # utterances per audio-reading task / actor call
     actors: int = 2
-    actor_num_cpus: float = 1.0
+    actor_num_cpus: float | None = None  # None: share the cluster's CPUs, keeping room for audio reading
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     min_max_prob: float | None = None  # confidence filter: mean per-frame max probability below -> rejected
     max_entropy: float | None = None  # confidence filter: mean per-frame entropy (nats) above -> rejected
@@ -307,6 +307,31 @@ def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any
     )
 
 
+READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task
+
+
+def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None) -> float:
+    """CPUs to reserve per teacher actor so that audio-reading tasks can still be scheduled.
+
+    If the actors reserved every CPU, no reading task could start and the pipeline would wait
+    forever (the starvation of ray-project/ray#44687). Auto (``requested=None``): share all CPUs but
+    ``READ_TASK_CPUS`` among the actors, at most 1 each. An explicit request that leaves no room is
+    an error, not a hang.
+    """
+    if actors < 1:
+        raise AsrKdError(f"label: --actors must be >= 1, got {actors}")
+    room = cluster_cpus - READ_TASK_CPUS
+    if requested is None:
+        share = min(1.0, room / actors)
+        if share <= 0:
+            raise AsrKdError(f"label: the Ray cluster has {cluster_cpus} CPU(s): not enough for audio reading plus {actors} actor(s)")
+        return share
+    if requested * actors > room + 1e-9:
+        raise AsrKdError(f"label: {actors} actor(s) x {requested} CPU leave no CPU for audio reading on a cluster with "
+                         f"{cluster_cpus} CPU(s) (the pipeline would stall); lower --actors or --actor-cpus")
+    return requested
+
+
 def init_ray(address: str | None) -> bool:
     """Start (or join) Ray unless already initialized; returns True when we started it."""
     import ray
@@ -349,14 +374,15 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         gpus = o.num_gpus_per_actor
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        actor_cpus = actor_cpu_share(ray.cluster_resources().get("CPU", 1.0), o.actors, o.actor_num_cpus)
         rows = _rows(data, shards, todo)
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // o.read_batch_size, 200)))
-        ds = ds.map_batches(read_audio_batch, batch_size=o.read_batch_size, num_cpus=0.25,
+        ds = ds.map_batches(read_audio_batch, batch_size=o.read_batch_size, num_cpus=READ_TASK_CPUS,
                             fn_kwargs=dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes))
         # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
         ds = ds.map_batches(TeacherActor, batch_size=o.read_batch_size, compute=ActorPoolStrategy(size=o.actors),
-                            num_cpus=o.actor_num_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
+                            num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
                             runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
                                                        top_k=o.top_k, temperature=o.temperature,

@@ -30,7 +30,7 @@ def test_kd_loss_matches_hand_computation_with_renormalization_and_temperature()
         for i, p in zip(frame_ids, frame_p):
             p_norm = p / s
             expected += p_norm * (math.log(p_norm) - (z[i] - lse))
-    expected = expected / 2 * T * T
+    expected = expected * T * T  # summed over the utterance's two frames, one utterance
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -40,6 +40,14 @@ def test_kd_loss_is_zero_when_student_matches_renormalized_teacher():
     ids = torch.tensor([[[0, 1, 2]]])
     probs = torch.tensor([[[0.7, 0.2, 0.1]]])
     assert kd_loss(student, ids, probs, torch.ones(1, 1, dtype=torch.bool)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_sums_frames_and_averages_utterances():
+    student = torch.log_softmax(torch.zeros(2, 3, 4), -1)  # uniform: KL to a one-hot target = log 4 per frame
+    ids = torch.zeros(2, 3, 1, dtype=torch.long)
+    probs = torch.ones(2, 3, 1)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    assert kd_loss(student, ids, probs, mask).item() == pytest.approx((3 + 1) * math.log(4) / 2, rel=1e-6)
 
 
 def test_kd_loss_ignores_masked_frames():

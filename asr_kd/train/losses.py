@@ -5,6 +5,7 @@ Distillation loss (per frame ``t`` at the 40 ms output rate, temperature ``T``):
     p_t   = stored teacher top-k probabilities at temperature T, renormalized over the k ids
     q_t   = softmax(student_logits_t / T)               (over all V units)
     KD_t  = T^2 * sum_k p_t[k] * (log p_t[k] - log q_t[id_k])
+    KD    = sum over the utterance's valid frames of KD_t, averaged over utterances (the scale of CTC)
 
 Missing mass: the store keeps only the k most probable units; the remaining ``1 - sum(p)`` is
 dropped and the k probabilities renormalized to sum to 1 (Amazon's million-hour student kept only
@@ -100,8 +101,12 @@ def pad_targets(
 def kd_loss(
     student_log_probs: torch.Tensor, teacher_ids: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Frame-level KL(teacher_T || student_T) * T^2 on top-k targets, averaged over valid frames.
+    """Frame-level KL(teacher_T || student_T) * T^2 on top-k targets, summed over an utterance's
+    valid frames and averaged over utterances.
 
+    Per utterance, like ``ctc_loss``: both terms of the training loss (and labeled and unlabeled
+    batches) then have the same scale. A per-frame KL (~1 nat) beside a per-utterance CTC (~100
+    nats) would leave the distillation batches with vanishing updates.
     ``student_log_probs`` (B, T, V) log-probabilities (any temperature-1 log-softmax output);
     ``teacher_ids``/``teacher_probs`` (B, T, k) stored top-k at temperature ``T``; ``mask`` (B, T).
     """
@@ -112,4 +117,5 @@ def kd_loss(
     log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
     per_frame = (p * (log_p - log_q)).sum(dim=-1) * temperature**2
     m = mask.to(per_frame.dtype)
-    return (per_frame * m).sum() / m.sum().clamp_min(1.0)
+    utterances = (m.sum(dim=1) > 0).sum().clamp_min(1)
+    return (per_frame * m).sum() / utterances

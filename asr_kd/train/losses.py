@@ -28,20 +28,17 @@ from asr_kd.errors import StoreError
 
 
 def ctc_loss(log_probs: torch.Tensor, out_lens: torch.Tensor, targets: list[list[int]], blank: int = 0) -> torch.Tensor:
-    """CTC loss per output frame: the batch's summed CTC negative log-likelihood / its output frames.
+    """Mean CTC loss per utterance (summed over its frames); impossible alignments count as zero.
 
-    Per frame, like the KD loss, so that the two terms (and labeled and unlabeled batches) have the
-    same scale: with a per-utterance CTC (~100 nats) beside a per-frame KL (~1 nat), Adam's second
-    moments are dominated by the CTC batches and the distillation batches barely move the weights.
     ``log_probs`` (B, T, V) log-softmax outputs; ``out_lens`` (B,) valid output frames;
-    ``targets`` token ids per utterance (no blanks). Impossible alignments count as zero.
+    ``targets`` token ids per utterance (no blanks). ``kd_loss`` uses the same per-utterance scale.
     """
     target_lens = torch.tensor([len(t) for t in targets], dtype=torch.long)
     flat = torch.tensor([i for t in targets for i in t], dtype=torch.long)
     loss = F.ctc_loss(
         log_probs.transpose(0, 1).float(), flat, out_lens.cpu(), target_lens, blank=blank, reduction="sum", zero_infinity=True
     )
-    return loss / out_lens.sum().clamp_min(1).to(loss.dtype)
+    return loss / max(len(targets), 1)
 
 
 def delay_targets(ids: torch.Tensor, probs: torch.Tensor, delay: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -54,7 +54,7 @@ if run_stage 3 label; then
   log_run asr-kd data combine --force --out $data/train_all $data/train_labeled $data/train_unlabeled
   log_run asr-kd label --model $exp/teacher --data $data/train_all --out $exp/targets --top-k $top_k --actors $nj
   log_run asr-kd targets verify $exp/targets --data $data/train_all
-  log_run asr-kd targets stats $exp/targets --json
+  log_run asr-kd targets stats $exp/targets --json --teacher $exp/teacher --data $data/train_all --sample 30
   mark_done label
 fi
 

@@ -178,7 +178,6 @@ def run(args: argparse.Namespace) -> int:
         reader = StoreReader(args.store)
         stats = store_stats(reader)
         if args.teacher:
-            from asr_kd.errors import AsrKdError
             from asr_kd.targets.stats import teacher_kl
 
             if not args.data:

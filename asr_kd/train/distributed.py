@@ -9,7 +9,6 @@ workers do not run in the caller's directory.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from asr_kd.train.config import TrainConfig

@@ -72,7 +72,7 @@ def test_label_killed_with_sigkill_then_rerun_is_byte_identical(tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the labeler finished before it could be killed; give it more data"
     done_at_kill = sorted((out / "shards").glob("shard-*.json"))
-    assert 1 <= len(done_at_kill) < n_shards
+    assert len(done_at_kill) >= 1 and len(done_at_kill) < n_shards
     assert not (out / "index.tsv").exists()
     with pytest.raises(StoreError, match="not finalized"):
         StoreReader(out)  # a half-done store is never readable as if complete

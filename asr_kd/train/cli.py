@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from asr_kd.train.distributed import train_distributed
 
-        train_distributed(config, args.out, args.workers, resume=args.resume)
+        train_distributed(config, args.out, args.workers, resume=args.resume, progress=not args.no_progress)
         return 0
     from asr_kd.train.loop import train
 

@@ -36,7 +36,8 @@ class DataConfig(StrictModel):
 
 
 class BatchConfig(StrictModel):
-    max_frames: int = Field(12000, ge=100, description="padded 10 ms input frames per batch (batch size x longest)")
+    max_frames: int = Field(12000, ge=100, description="padded 10 ms input frames per optimizer step (batch size x longest); "
+                            "with N data-parallel workers each worker's batch holds max_frames / N")
     max_utts: int | None = Field(None, ge=1, description="cap on utterances per batch")
     num_workers: int = Field(1, ge=0, description="DataLoader processes that read audio and compute fbank")
     shuffle: bool = True

@@ -38,7 +38,7 @@ from asr_kd.train.checkpoint import CheckpointManager, load_checkpoint, rng_stat
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.data import Batch, UtteranceTable, make_loader, write_rejects
 from asr_kd.train.losses import ctc_loss, kd_loss, pad_targets
-from asr_kd.train.metrics import MetricsLog, plot_training_curve
+from asr_kd.train.metrics import PROGRESS_FILE, MetricsLog, plot_training_curve, write_progress
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,11 @@ class Trainer:
     def _plan(self, epoch: int) -> list[tuple[str, BatchPlanItem]]:
         c = self.config
         seed = c.train.seed
-        lab = plan_batches(self.table.lengths(self.labeled_ids), c.batch.max_frames, seed, epoch, c.batch.shuffle, c.batch.max_utts)
-        unl = plan_batches(self.table.lengths(self.unlabeled_ids), c.batch.max_frames, seed + 1, epoch, c.batch.shuffle, c.batch.max_utts)
+        # batch.max_frames is per optimizer step: with N workers each takes a 1/N share, so the optimization
+        # (steps per epoch, frames per step) does not depend on the number of workers
+        max_frames = max(1, c.batch.max_frames // self.world_size)
+        lab = plan_batches(self.table.lengths(self.labeled_ids), max_frames, seed, epoch, c.batch.shuffle, c.batch.max_utts)
+        unl = plan_batches(self.table.lengths(self.unlabeled_ids), max_frames, seed + 1, epoch, c.batch.shuffle, c.batch.max_utts)
         ratio = c.kd.unlabeled_per_labeled if c.kd is not None else 1.0
         plan = mix_batches(lab, unl, ratio, seed, epoch)
         if self.world_size > 1:
@@ -316,6 +319,10 @@ class Trainer:
         c = self.config
         kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
         metrics = MetricsLog(self.out, resume_step=self.step) if self.is_main else None
+        if self.is_main:
+            if self.step == 0:
+                (self.out / PROGRESS_FILE).unlink(missing_ok=True)
+            write_progress(self.out, step=self.step, total_steps=self.total_steps, epoch=self.epoch + 1)
         self.model.train()
         dev_wer = None
         n_params = sum(p.numel() for p in self.core.parameters())
@@ -365,6 +372,8 @@ class Trainer:
                     metrics.log("train", self.epoch + 1, self.step, loss=loss.item(), ctc_loss=ctc_val, kd_loss=kd_val,
                                 lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
                                 frames_per_s=frames_since / max(now - t_last, 1e-9), wall_s=now - t0)
+                    write_progress(self.out, step=self.step, total_steps=self.total_steps, epoch=self.epoch + 1,
+                                   loss=loss.item())
                     t_last, frames_since = now, 0
                 if self.is_main and self.step % c.train.checkpoint_every_steps == 0:
                     self.ckpt.save_step(self._state(), self.step)
@@ -383,8 +392,11 @@ class Trainer:
             metrics.log("dev", self.epoch, self.step, dev_wer=dev_wer, dev_cer=dev_cer, wall_s=time.time() - t0)
             if dev_wer is not None:
                 bar.write(f"epoch {self.epoch}: step {self.step}, dev WER {dev_wer:.2f}% CER {dev_cer:.2f}%")
+            write_progress(self.out, dev_epoch=self.epoch, dev_step=self.step, dev_wer=dev_wer, dev_cer=dev_cer)
             self.ckpt.save_epoch(self._state(), self.epoch if epoch_finished else self.epoch + 1, dev_wer)
         bar.close()
+        if self.is_main:
+            write_progress(self.out, step=self.step)
         wall = time.time() - t0
         if not self.is_main:
             return TrainResult(self.out, self.step, self.epoch, None, n_params, wall)
@@ -393,9 +405,13 @@ class Trainer:
         plot_training_curve(self.out, f"{self.out.name}: {c.model.kind}")
         best = self.ckpt.ranking()
         best_wer = best[0][1] if best and math.isfinite(best[0][1]) else None
-        print(f"trained {self.out}: {self.step} steps, {self.epoch} epochs, {n_params / 1e6:.2f} M params, "
-              f"best dev WER {best_wer if best_wer is None else f'{best_wer:.2f}%'}, "
-              f"{len(self.table.rejects)} rejects, {wall / 60:.1f} min")
+        summary = (f"trained {self.out}: {self.step} steps, {self.epoch} epochs, {n_params / 1e6:.2f} M params, "
+                   f"best dev WER {best_wer if best_wer is None else f'{best_wer:.2f}%'}, "
+                   f"{len(self.table.rejects)} rejects, {wall / 60:.1f} min"
+                   + (f", {self.world_size} workers" if self.world_size > 1 else ""))
+        write_progress(self.out, summary=summary)  # the DDP driver prints it: worker output is not forwarded
+        if self.world_size == 1:
+            print(summary)
         return TrainResult(self.out, self.step, self.epoch, best_wer, n_params, wall)
 
     def _write_final_model(self) -> None:

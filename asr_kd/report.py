@@ -2,8 +2,9 @@
 
 Reads ``<exp>/{teacher,baseline,kd}/eval_{dev,test}[_streaming]/wer.json`` and the model dirs, and
 writes ``report.md``, ``results.json`` (keyed ``teacher``, ``baseline``, ``kd``, each with
-``test_wer``, ``dev_wer`` in percent, ``params``, ``latency_ms``, ``rtf``), ``training_curves.png``
-and ``posteriorgram.png`` (one test utterance through the teacher and both students).
+``test_wer``, ``dev_wer`` in percent, ``params``, ``latency_ms``, ``rtf``, and ``test_wer_by_condition``
+when the corpus labels its test speakers), ``training_curves.png`` and ``posteriorgram.png`` (one test
+utterance through the teacher and both students).
 """
 
 from __future__ import annotations
@@ -50,11 +51,64 @@ def collect(exp: Path) -> dict[str, dict]:
     return results
 
 
+def wer_by_condition(exp: Path, data_root: Path) -> dict[str, dict[str, float]]:
+    """Test WER (%) per speaker condition for each model, when the corpus says which condition each test
+    speaker is in (the synthetic corpus: ``synth_manifest.json`` ``test_conditions``, e.g. ``seen_voice``,
+    ``new_voice``, ``unlabeled_accent``, ``unseen_accent``). Empty for corpora without that map.
+
+    Errors and reference words are summed per condition from each model's ``eval_test/per_utt.tsv``.
+    """
+    manifest = _read(data_root / "synth_manifest.json") or {}
+    conditions = manifest.get("test_conditions") or {}
+    utt2spk_path = data_root / "test" / "utt2spk"
+    if not conditions or not utt2spk_path.exists():
+        return {}
+    utt2spk = dict(line.split(maxsplit=1) for line in utt2spk_path.read_text().splitlines() if line.strip())
+    table: dict[str, dict[str, float]] = {}
+    for name in MODELS:
+        per_utt = exp / name / "eval_test" / "per_utt.tsv"
+        if not per_utt.exists():
+            continue
+        errors: dict[str, int] = {}
+        words: dict[str, int] = {}
+        for line in per_utt.read_text().splitlines()[1:]:
+            utt, n, sub, dele, ins, _ = line.split("\t")
+            cond = conditions.get(utt2spk.get(utt, "").strip())
+            if cond is None:
+                continue
+            errors[cond] = errors.get(cond, 0) + int(sub) + int(dele) + int(ins)
+            words[cond] = words.get(cond, 0) + int(n)
+        table[name] = {c: 100.0 * errors[c] / words[c] for c in sorted(words) if words[c]}
+    return table
+
+
+CONDITION_HELP = {
+    "seen_voice": "speakers of the labeled set",
+    "new_voice": "new speakers of the labeled accents",
+    "unlabeled_accent": "an accent heard only in the unlabeled audio",
+    "unseen_accent": "accents heard nowhere in training",
+}
+
+
+def render_conditions(table: dict[str, dict[str, float]]) -> list[str]:
+    if not table:
+        return []
+    present = {c for row in table.values() for c in row}
+    conds = [c for c in CONDITION_HELP if c in present] + sorted(present - set(CONDITION_HELP))
+    lines = ["", "## Test WER % by speaker condition", "",
+             "| model | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+    for name, row in table.items():
+        lines.append(f"| {LABELS[name]} | " + " | ".join(_fmt(row.get(c)) for c in conds) + " |")
+    lines.append("")
+    lines.extend(f"- `{c}`: {CONDITION_HELP[c]}" for c in conds if c in CONDITION_HELP)
+    return lines
+
+
 def _fmt(v, spec=".2f", none="–"):
     return none if v is None else format(v, spec)
 
 
-def render(results: dict[str, dict], figures: list[str]) -> str:
+def render(results: dict[str, dict], figures: list[str], by_condition: dict[str, dict[str, float]] | None = None) -> str:
     lines = ["# Results", "",
              "| model | test WER % | test CER % | streaming test WER % | dev WER % | params | size MB | latency ms | RTF (1 thread) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -74,6 +128,7 @@ def render(results: dict[str, dict], figures: list[str]) -> str:
         lines.append(f"- Student parameters: {100 * results['kd']['params'] / results['teacher']['params']:.0f} % of the teacher's.")
     lines.append("- Latency is the student's algorithmic latency (chunk + lookahead); RTF counts fbank, model and greedy "
                  "decoding on one thread (streaming RTF for students).")
+    lines.extend(render_conditions(by_condition or {}))
     lines.append("")
     for f in figures:
         lines.append(f"![{Path(f).stem}]({Path(f).name})")
@@ -168,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
         post = plot_posteriorgrams(exp, Path(args.data), out.with_name("posteriorgram.png"))
         if post:
             figures.append(str(post))
-    out.write_text(render(results, figures))
+    by_condition = wer_by_condition(exp, Path(args.data)) if args.data else {}
+    for name, row in by_condition.items():
+        results[name]["test_wer_by_condition"] = row
+    out.write_text(render(results, figures, by_condition))
     out.with_name("results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(out.read_text())
     return 0

@@ -300,5 +300,23 @@ def test_specaug_adaptive_count_and_time_warp():
     assert torch.equal(warped[3], feats[3])  # too short to warp
 
 
+def test_freq_warp_moves_a_spectral_peak_by_the_drawn_factor_and_keeps_padding():
+    lengths = torch.tensor([50, 20])
+    feats = torch.zeros(2, 50, 80)
+    feats[:, :, 40] = 10.0  # a formant-like ridge at mel bin 40
+    feats[1, 20:] = 99.0  # padding
+    aug = SpecAugment(SpecAugmentConfig(freq_masks=0, time_masks=0, freq_warp=0.1), seed=3).train()
+    state = aug.generator.get_state()
+    factor = 1.0 + (torch.rand(2, generator=torch.Generator().set_state(state), dtype=torch.float64) * 2 - 1) * 0.1
+    out = aug(feats, lengths)
+    assert torch.equal(out[1, 20:], feats[1, 20:])
+    for b in range(2):
+        # output bin i reads input bin i * a: the ridge moves to 40 / a (spread over the two nearest bins)
+        peak = float((out[b, 0] * torch.arange(80)).sum() / out[b, 0].sum())
+        assert peak == pytest.approx(40 / float(factor[b]), abs=0.6)
+        assert torch.equal(out[b, 0], out[b, 5])  # the same warp on every frame of an utterance
+    assert torch.equal(SpecAugment(SpecAugmentConfig(freq_masks=0, time_masks=0), seed=3).train()(feats, lengths), feats)
+
+
 def test_fbank_writes_nothing_to_state_dict():
     assert Fbank().state_dict() == {}  # window and mel matrix are derived, never saved in model.pt

@@ -7,6 +7,10 @@ short utterance in a batch of long ones gets masks in its padding (i.e. none) or
 longest one. Here every draw comes from ``self.generator`` (seeded; its state is saved in checkpoints)
 and time masks and time warp are drawn within each utterance's own length.
 
+Frequency warping (VTLP, ``freq_warp``) is the one augmentation here that is not a mask: it stretches
+the mel axis per utterance, which mimics another speaker's vocal tract and helps a model trained on few
+voices generalize to new ones; torchaudio and SpeechBrain have no VTLP on fbank features.
+
 Units: ``freq_width`` in mel bins; time in 10 ms fbank frames; ``time_width_ratio`` in fractions of
 the utterance's length. Masked values are set to ``mask_value`` (0.0 = the mean after global CMVN).
 Applied only in training mode; ``eval()`` makes it the identity.
@@ -33,6 +37,11 @@ class SpecAugmentConfig(StrictModel):
     time_width_ratio: float = Field(0.05, ge=0.0, le=1.0, description="max width of a time mask as a fraction of the utterance's frames")
     time_width_max: int | None = Field(None, ge=0, description="optional cap on a time mask's width in frames")
     time_warp: int = Field(0, ge=0, description="max time warp distance in frames; 0 = off")
+    freq_warp: float = Field(
+        0.0, ge=0.0, lt=0.5,
+        description="VTLP (Jaitly & Hinton 2013): the mel axis is stretched by a factor drawn uniformly in "
+                    "[1 - w, 1 + w] per utterance, like a different vocal tract length; 0 = off. Keeps frames in "
+                    "place, so it is safe with frame-level distillation targets")
     mask_value: float = Field(0.0, description="value written into masked cells")
 
 
@@ -63,6 +72,8 @@ class SpecAugment(torch.nn.Module):
         lengths_cpu = lengths.detach().to("cpu", torch.long).clamp(0, frames)
         if c.time_warp > 0:
             feats = self._time_warp(feats, lengths_cpu)
+        if c.freq_warp > 0:
+            feats = self._freq_warp(feats, lengths_cpu)
         mask = torch.zeros(batch, frames, bins, dtype=torch.bool)
         if c.freq_masks > 0 and c.freq_width > 0:
             width = (self._uniform(batch, c.freq_masks) * (min(c.freq_width, bins) + 1)).floor().long()
@@ -113,3 +124,19 @@ class SpecAugment(torch.nn.Module):
             right = torch.nn.functional.interpolate(x[..., centre:], size=(x.shape[2], length - new_centre), mode="bilinear", align_corners=False)
             out[b, :length] = torch.cat([left, right], dim=-1)[0, 0].T
         return out
+
+    def _freq_warp(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Vocal tract length perturbation on the mel axis: output bin ``i`` takes the (linearly
+        interpolated) value at bin ``i * a`` of the input, with ``a`` drawn per utterance in ``[1 - w, 1 + w]``
+        and positions past the last bin clamped to it. Padding frames keep their values."""
+        batch, frames, bins = feats.shape
+        factor = 1.0 + (self._uniform(batch) * 2.0 - 1.0) * self.config.freq_warp  # (B,)
+        src = (torch.arange(bins, dtype=torch.float64)[None, :] * factor[:, None]).clamp(0, bins - 1)  # (B, F)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp_max(bins - 1)
+        frac = (src - lo).to(feats.dtype).to(feats.device)[:, None, :]
+        lo_idx = lo.to(feats.device)[:, None, :].expand(batch, frames, bins)
+        hi_idx = hi.to(feats.device)[:, None, :].expand(batch, frames, bins)
+        warped = feats.gather(2, lo_idx) * (1 - frac) + feats.gather(2, hi_idx) * frac
+        valid = (torch.arange(frames)[None, :] < lengths[:, None]).to(feats.device)[:, :, None]
+        return torch.where(valid, warped, feats)

@@ -1,6 +1,7 @@
 """``asr-kd evaluate``: decode a labeled data dir with a model and score it like NIST sclite.
 
-Writes to ``--out``: ``wer.json`` (wer/cer in percent, counts, rtf, latency), ``hyp.trn`` /
+Writes to ``--out``: ``wer.json`` (wer/cer in percent, counts, rtf, latency = algorithmic latency plus a
+distilled student's target delay), ``hyp.trn`` /
 ``ref.trn`` (sclite trn), ``errors.txt`` (aligned per-utterance errors), ``per_utt.tsv`` and
 ``rejects.tsv`` (utterances whose audio could not be read: scored as empty hypotheses, never dropped).
 
@@ -150,10 +151,15 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
     latency = model_obj.algorithmic_latency_ms if getattr(model_obj, "is_streaming", False) else None
     if loaded is not None and streaming and chunk_size is not None:
         latency = chunk_size * loaded.frame_shift_ms + (latency - model_obj.chunk_size * loaded.frame_shift_ms if latency else 0)
+    # a student distilled with a target delay of d frames emits d x 40 ms after its chunk is complete
+    target_delay_ms = loaded.target_delay_ms if loaded is not None else (onnx_model.target_delay_ms if onnx_model else 0.0)
+    if latency is not None:
+        latency += target_delay_ms
     per_chunk_ms.sort()
     extra = {
         "rtf": compute_s / audio_s if audio_s else None,
         "latency_ms": latency,
+        "target_delay_ms": target_delay_ms,
         "audio_hours": audio_s / 3600,
         "threads": threads,
         "streaming": streaming,

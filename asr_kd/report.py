@@ -126,8 +126,8 @@ def render(results: dict[str, dict], figures: list[str], by_condition: dict[str,
                      f"(KD / teacher = {k / t:.2f})." if t else "")
     if "teacher" in results and "kd" in results:
         lines.append(f"- Student parameters: {100 * results['kd']['params'] / results['teacher']['params']:.0f} % of the teacher's.")
-    lines.append("- Latency is the student's algorithmic latency (chunk + lookahead); RTF counts fbank, model and greedy "
-                 "decoding on one thread (streaming RTF for students).")
+    lines.append("- Latency is the student's algorithmic latency (chunk + fbank lookahead) plus the target delay it was "
+                 "distilled with; RTF counts fbank, model and greedy decoding on one thread (streaming RTF for students).")
     lines.extend(render_conditions(by_condition or {}))
     lines.append("")
     for f in figures:

@@ -163,3 +163,25 @@ def test_featurize_is_fbank_then_cmvn(tmp_path):
     assert feat_lens.tolist() == raw_lens.tolist() == [1 + (8000 - 400) // 160, 1 + (5000 - 400) // 160]
     expected = (raw - loaded.cmvn.mean) / loaded.cmvn.std
     assert torch.allclose(feats[0], expected[0], atol=1e-5)
+
+
+def test_target_delay_of_a_distilled_student_is_added_to_its_reported_latency(tmp_path):
+    import json
+
+    from asr_kd.evaluate import evaluate
+    from asr_kd.export.evaluate_onnx import load_onnx_for_evaluation
+    from asr_kd.export.onnx_export import export_onnx
+    from factories import make_data, make_teacher
+
+    student = make_teacher(tmp_path / "student", preset="tiny_streaming_conformer")
+    chunk = load_model_dir(student).model.chunk_size
+    (student / "meta.json").write_text(json.dumps({"kd": {"target_delay": 2}}))  # as a KD run writes it
+    assert load_model_dir(student).target_delay_ms == 80.0
+    data = make_data(tmp_path / "d", 2, with_text=True)
+    for streaming in (False, True):
+        report = evaluate(str(student), str(data), str(tmp_path / f"eval{streaming}"), streaming=streaming, progress=False)
+        assert report["latency_ms"] == chunk * 40 + 15 + 80 and report["target_delay_ms"] == 80.0
+    res = export_onnx(student, tmp_path / "s.onnx")
+    assert res.metadata["target_delay_ms"] == 80.0 and res.metadata["algorithmic_latency_ms"] == chunk * 40 + 15
+    fields = load_onnx_for_evaluation(res.path, threads=1).report_fields()
+    assert fields["latency_ms"] == chunk * 40 + 15 + 80

@@ -38,10 +38,17 @@ class OnnxEvaluation:
         """Output frames (40 ms) per chunk, fixed at export."""
         return self.info.chunk_size
 
+    @property
+    def target_delay_ms(self) -> float:
+        """The distillation target delay the exported student was trained with (0 if none)."""
+        return float(self.info.raw.get("target_delay_ms") or 0.0)
+
     def report_fields(self) -> dict[str, Any]:
-        """Fields for ``wer.json`` that describe the model: latency, fingerprint, parameters, quantization."""
+        """Fields for ``wer.json`` that describe the model: latency (algorithmic + target delay),
+        fingerprint, parameters, quantization."""
         return {
-            "latency_ms": self.info.algorithmic_latency_ms,
+            "latency_ms": self.info.algorithmic_latency_ms + self.target_delay_ms,
+            "target_delay_ms": self.target_delay_ms,
             "fingerprint": self.info.fingerprint,
             "params": self.info.raw.get("num_params"),
             "quantization": (self.info.raw.get("quantization") or {}).get("weight_type", "float32"),

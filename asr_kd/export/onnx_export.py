@@ -143,6 +143,7 @@ def _metadata(loaded, states: list[torch.Tensor]) -> dict[str, Any]:
         "input_frame_shift_ms": float(loaded.fbank_config.frame_shift_ms),
         "frame_shift_ms": float(model.frame_shift_ms),
         "algorithmic_latency_ms": float(model.algorithmic_latency_ms),
+        "target_delay_ms": float(loaded.target_delay_ms),  # KD emission delay: add it to the latency
         "units": list(tok.symbols),
         "units_kind": getattr(tok, "kind", None),
         "units_hash": tok.units_hash(),

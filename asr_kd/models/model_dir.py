@@ -77,6 +77,14 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def target_delay_ms(self) -> float:
+        """Emission delay a distilled student was trained with: ``kd.target_delay`` output frames
+        (``frame_shift_ms`` each) from ``meta.json``; 0 for models trained without distillation.
+        The student emits tokens that much later than its algorithmic latency alone would say."""
+        kd = self.meta.get("kd") or {}
+        return float(kd.get("target_delay") or 0) * self.frame_shift_ms
+
     def featurize(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``waveforms (B, S)`` float samples at ``fbank_config.sample_rate``, ``lengths (B,)`` samples ->
         normalized fbank ``(B, T, F)`` at 10 ms frames and frame lengths ``(B,)``."""

@@ -45,8 +45,10 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_synth_recipe_runs_every_stage_on_the_tiny_profile(tmp_path):
     confs = tiny_confs(ROOT / "recipes" / "synth" / "conf", tmp_path / "conf")
+    # --nj 2: the demo's layout — the teacher on 2 Ray Train workers, labeling on 2 actors, the two
+    # students side by side
     args = ["--profile", "tiny", "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--conf", str(confs),
-            "--nj", "1"]
+            "--nj", "2"]
     proc = run("recipes/synth/run.sh", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "exp"
@@ -56,10 +58,14 @@ def test_synth_recipe_runs_every_stage_on_the_tiny_profile(tmp_path):
         assert r["test_wer"] is not None and r["params"] > 0, name
     assert results["kd"]["latency_ms"] == pytest.approx(4 * 40 + 15)
     assert (exp / "report.md").read_text().startswith("# Results")
+    assert set(results["kd"]["test_wer_by_condition"]) <= {"seen_voice", "new_voice", "unlabeled_accent", "unseen_accent"}
+    assert results["kd"]["test_wer_by_condition"], "the synthetic test set labels its speakers"
     for stage in ("prepare", "teacher", "eval_teacher", "label", "baseline", "kd", "eval"):
         assert (exp / ".done" / stage).exists(), stage
     commands = (exp / "commands.log").read_text()
     assert "asr-kd label" in commands and "asr-kd train" in commands
+    assert "--workers 2" in commands and "2 workers" in proc.stdout  # the DDP driver prints the summary
+    assert "trained " in (exp / "baseline.log").read_text()  # the baseline trained beside the KD student
     # a rerun skips every finished stage
     again = run("recipes/synth/run.sh", *args, "--stop-stage", "6", cwd=tmp_path)
     assert again.returncode == 0 and again.stderr.count("skipping") == 7

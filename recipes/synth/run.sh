@@ -3,13 +3,15 @@
 #
 # Usage (from anywhere): recipes/synth/run.sh [--stage N] [--stop-stage N] [--profile tiny|demo|large]
 #                        [--force] [--nj N] [--data DIR] [--exp DIR]
+# --nj N: parallel jobs for synthesis and labeling, data-parallel teacher training workers (Ray Train
+#         DDP, one CPU thread each); with N >= 2 stages 4 and 5 train the two students side by side.
 # Stages (each skipped when its $exp/.done/NAME marker exists; --force redoes them):
 #   0 prepare      synthesize the corpus with espeak-ng/flite       -> $data/{train_labeled,train_unlabeled,dev,test}
 #   1 teacher      train the full-context Conformer teacher          -> $exp/teacher
 #   2 eval_teacher score the teacher on dev and test                 -> $exp/teacher/eval_{dev,test}
 #   3 label        teacher soft targets for labeled+unlabeled (Ray)  -> $exp/targets
 #   4 baseline     streaming student, CTC on labeled data only       -> $exp/baseline
-#   5 kd           streaming student distilled from the targets      -> $exp/kd
+#   5 kd           streaming student distilled from the targets      -> $exp/kd   (beside stage 4)
 #   6 eval         baseline and KD student on dev/test, streaming on test -> $exp/{baseline,kd}/eval_*
 #   7 report       results table, plots, results.json                -> $exp/report.md
 # Every command run is appended to $exp/commands.log.
@@ -36,7 +38,7 @@ fi
 
 if run_stage 1 teacher; then
   need "$data/train_labeled/text" "$data/dev/text"
-  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume \
+  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers $nj \
     "data.train=[$data/train_labeled]" data.dev=$data/dev
   mark_done teacher
 fi
@@ -58,29 +60,63 @@ if run_stage 3 label; then
   mark_done label
 fi
 
-if run_stage 4 baseline; then
+student_baseline() {  # extra arguments go to asr-kd train
   need $exp/teacher/tokens.txt
-  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume \
+  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume "$@" \
     "data.train=[$data/train_labeled]" data.dev=$data/dev units.from_model=$exp/teacher
-  mark_done baseline
-fi
+}
 
-if run_stage 5 kd; then
+student_kd() {
   need $exp/targets/meta.json $exp/teacher/tokens.txt
-  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume \
+  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume "$@" \
     "data.train=[$data/train_labeled]" "data.unlabeled=[$data/train_unlabeled]" data.dev=$data/dev \
     units.from_model=$exp/teacher kd.store=$exp/targets
+}
+
+do_baseline=false
+do_kd=false
+if run_stage 4 baseline; then do_baseline=true; fi
+if run_stage 5 kd; then do_kd=true; fi
+if $do_baseline && $do_kd && [ "$nj" -ge 2 ]; then
+  # The students are independent: train them side by side, one core each (two 1-thread processes
+  # beat one 2-thread process on small models). The baseline's output goes to a log file.
+  log "stage 4 (baseline) runs beside stage 5 (kd); its log: $exp/baseline.log"
+  student_baseline --no-progress > "$exp/baseline.log" 2>&1 &
+  baseline_pid=$!
+  trap 'kill $baseline_pid 2>/dev/null || true' EXIT
+  student_kd
   mark_done kd
+  wait $baseline_pid || { echo "$0: stage 4 (baseline) failed; see $exp/baseline.log" >&2; exit 1; }
+  trap - EXIT
+  grep -a '^trained ' "$exp/baseline.log" || true
+  mark_done baseline
+else
+  if $do_baseline; then student_baseline; mark_done baseline; fi
+  if $do_kd; then student_kd; mark_done kd; fi
 fi
 
-if run_stage 6 eval; then
-  for model in baseline kd; do
-    need $exp/$model/model.pt
-    for set in dev test; do
-      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set
-    done
-    log_run asr-kd evaluate --model $exp/$model --data $data/test --out $exp/$model/eval_test_streaming --streaming
+evaluate_student() {
+  local model=$1
+  for set in dev test; do
+    log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set
   done
+  log_run asr-kd evaluate --model $exp/$model --data $data/test --out $exp/$model/eval_test_streaming --streaming
+}
+
+if run_stage 6 eval; then
+  need $exp/baseline/model.pt $exp/kd/model.pt
+  if [ "$nj" -ge 2 ]; then  # one core per student, as in stages 4-5
+    evaluate_student baseline > "$exp/baseline_eval.log" 2>&1 &
+    eval_pid=$!
+    trap 'kill $eval_pid 2>/dev/null || true' EXIT
+    evaluate_student kd
+    wait $eval_pid || { echo "$0: evaluating the baseline failed; see $exp/baseline_eval.log" >&2; exit 1; }
+    trap - EXIT
+    grep -a '^baseline on ' "$exp/baseline_eval.log" || true
+  else
+    evaluate_student baseline
+    evaluate_student kd
+  fi
   mark_done eval
 fi
 

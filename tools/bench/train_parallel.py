@@ -82,8 +82,10 @@ def main() -> None:
         base = results[0][2]
         rows = [[f"{'1 process' if w == 1 else f'{w} Ray Train workers (DDP)'} x {t} thread(s)",
                  f"{sps * 1000:.0f}", f"{1 / sps:.2f}", f"{base / sps:.2f}x"] for w, t, sps in results]
+        shown_data = Path(data).resolve()
+        shown_data = shown_data.relative_to(ROOT) if shown_data.is_relative_to(ROOT) else shown_data
         body = (f"Demo teacher config (`{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}`, "
-                f"{config.batch.max_frames} padded 10 ms frames per optimizer step), {steps} steps on `{data}`; "
+                f"{config.batch.max_frames} padded 10 ms frames per optimizer step), {steps} steps on `{shown_data}`; "
                 f"timed from step 20 on (start-up excluded).\n\n"
                 + table(["layout", "ms / step", "steps / s", "speed vs 1 thread"], rows))
         write_section("train_parallel", "Training layout on one machine: threads vs DDP workers", body)

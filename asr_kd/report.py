@@ -72,7 +72,7 @@ def wer_by_condition(exp: Path, data_root: Path) -> dict[str, dict[str, float]]:
         errors: dict[str, int] = {}
         words: dict[str, int] = {}
         for line in per_utt.read_text().splitlines()[1:]:
-            utt, n, sub, dele, ins, _ = line.split("\t")
+            utt, n, sub, dele, ins = line.split("\t")[:5]
             cond = conditions.get(utt2spk.get(utt, "").strip())
             if cond is None:
                 continue
@@ -225,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
             figures.append(str(post))
     by_condition = wer_by_condition(exp, Path(args.data)) if args.data else {}
     for name, row in by_condition.items():
-        results[name]["test_wer_by_condition"] = row
+        if name in results:
+            results[name]["test_wer_by_condition"] = row
     out.write_text(render(results, figures, by_condition))
     out.with_name("results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(out.read_text())

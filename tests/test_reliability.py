@@ -247,6 +247,18 @@ def test_store_of_another_frame_rate_is_refused(kd_setup, capsys, tmp_path):
     assert "frame shift differs" in _train_error(conf, bad, tmp_path / "m")
 
 
+def test_store_of_other_feature_framing_is_refused(kd_setup, capsys, tmp_path):
+    """Targets from a teacher with a 32 ms window would not describe the student's frames."""
+    *_, store, conf = kd_setup
+    bad = _damaged_copy(store, tmp_path / "store")
+    meta = (bad / "meta.json").read_text()
+    assert '"frame_length_ms": 25.0' in meta
+    (bad / "meta.json").write_text(meta.replace('"frame_length_ms": 25.0', '"frame_length_ms": 32.0'))
+    rc, out = _verify(bad, capsys, "--student-config", str(conf))
+    assert rc == 1 and "fbank.frame_length_ms is 32.0 in the store, 25.0 in the model" in out, out
+    assert "feature framing differs" in _train_error(conf, bad, tmp_path / "m")
+
+
 # --------------------------------------------------------------------------------------- bad audio
 def test_corpus_with_bad_audio_labels_and_trains_keeping_every_good_utterance(tmp_path, ray_cluster):
     teacher = make_teacher(tmp_path / "teacher")

@@ -301,6 +301,21 @@ def test_incompatible_units_or_frame_rate_refused():
         check_compatible(meta, "units-abc", 40.0, 31)
 
 
+def test_feature_framing_must_match_the_teachers_other_fbank_options_may_differ():
+    from asr_kd.data.features import FbankConfig
+
+    teacher = FbankConfig().model_dump(mode="json")
+    meta = make_meta().model_copy(update={"fbank": teacher})
+    assert check_compatible(meta, "units-abc", 40.0, 30, fbank=dict(teacher)) == []
+    for key, value in (("frame_shift_ms", 12.5), ("frame_length_ms", 32.0), ("sample_rate", 8000), ("snip_edges", False)):
+        with pytest.raises(StoreError, match=f"fbank.{key} is {teacher[key]} in the store, {value} in the model"):
+            check_compatible(meta, "units-abc", 40.0, 30, fbank={**teacher, key: value})
+    notes = check_compatible(meta, "units-abc", 40.0, 30, fbank={**teacher, "num_mel_bins": 64})
+    assert notes == ["fbank.num_mel_bins: teacher 80, student 64"]
+    no_fbank = make_meta().model_copy(update={"fbank": {}})  # a store that did not record its features
+    assert check_compatible(no_fbank, "units-abc", 40.0, 30, fbank={**teacher, "frame_shift_ms": 12.5}) == []
+
+
 def test_resume_with_other_settings_refused(tmp_path):
     StoreWriter(tmp_path, make_meta(k=8))
     StoreWriter(tmp_path, make_meta(k=8))  # same settings: resumes

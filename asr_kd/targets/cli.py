@@ -109,16 +109,14 @@ def check_against_data(reader, data_dir: str) -> tuple[list[str], list[str]]:
 def check_against_student_config(reader, config_path: str) -> list[str]:
     """Problems that would stop training this config on the store (units, frame rate, fbank, temperature)."""
     from asr_kd.config import load_config
+    from asr_kd.targets.store import fbank_differences
     from asr_kd.train.config import TrainConfig
 
     conf = load_config(config_path, TrainConfig)
     meta = reader.meta
     problems: list[str] = []
-    fbank = conf.fbank.model_dump(mode="json")
-    diff = sorted(k for k in set(fbank) | set(meta.fbank) if meta.fbank and fbank.get(k) != meta.fbank.get(k))
-    if diff:
-        problems.append("fbank settings differ: " + ", ".join(f"{k}: store {meta.fbank.get(k)!r} vs config {fbank.get(k)!r}"
-                                                               for k in diff))
+    framing, _ = fbank_differences(meta.fbank, conf.fbank.model_dump(mode="json"))  # other fbank options may differ
+    problems.extend(framing)
     shift = conf.fbank.frame_shift_ms * conf.model.subsampling
     if abs(shift - meta.frame_shift_ms) > 1e-6:
         problems.append(f"output frame shift differs: store {meta.frame_shift_ms:g} ms vs config {shift:g} ms")

@@ -128,9 +128,38 @@ def read_meta(path: str | os.PathLike) -> StoreMeta:
     return meta
 
 
-def check_compatible(meta: StoreMeta, units_hash: str, frame_shift_ms: float, vocab_size: int, where: str = "store") -> None:
-    """Refuse targets made for other units or another output frame rate (StoreError naming both values)."""
-    problems = []
+FRAME_TIMING_KEYS = ("sample_rate", "frame_length_ms", "frame_shift_ms", "snip_edges")
+"""FbankConfig fields that decide which audio each feature frame (and so each 40 ms output frame) covers."""
+
+
+def fbank_differences(store_fbank: dict[str, Any], model_fbank: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(problems, notes)`` comparing the teachers' FbankConfig (store meta) with a student's.
+
+    The fields in ``FRAME_TIMING_KEYS`` must be equal, or frame ``t`` of the targets would describe other
+    audio than the student's frame ``t``: those are problems. Other differences (mel bins, window,
+    dither ...) are allowed — the student may use its own features — and returned as notes. Keys one
+    side lacks (a store that did not record its features) cannot be compared and are skipped.
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    for key in sorted(set(store_fbank) & set(model_fbank)):
+        theirs, ours = store_fbank[key], model_fbank[key]
+        if theirs == ours:
+            continue
+        if key in FRAME_TIMING_KEYS:
+            problems.append(f"feature framing differs: fbank.{key} is {theirs} in the store, {ours} in the model "
+                            "(set the student's fbank like the teacher's)")
+        else:
+            notes.append(f"fbank.{key}: teacher {theirs}, student {ours}")
+    return problems, notes
+
+
+def check_compatible(meta: StoreMeta, units_hash: str, frame_shift_ms: float, vocab_size: int, where: str = "store",
+                     fbank: dict[str, Any] | None = None) -> list[str]:
+    """Refuse targets made for other units, another output frame rate or other feature framing
+    (StoreError naming both values); ``fbank`` is the student's FbankConfig as a dict (see
+    ``fbank_differences``). Returns notes on allowed feature differences, for a warning."""
+    problems, notes = fbank_differences(meta.fbank, fbank) if fbank is not None else ([], [])
     if meta.units_hash != units_hash:
         problems.append(f"units differ (store units_hash {meta.units_hash}, model {units_hash}): the student must "
                         "use the teacher's tokens.txt (units.from_model: TEACHER_DIR)")
@@ -141,6 +170,7 @@ def check_compatible(meta: StoreMeta, units_hash: str, frame_shift_ms: float, vo
                         "relabel with a teacher of the same frame rate")
     if problems:
         raise StoreError(f"{where}: soft targets are incompatible with the model: " + "; ".join(problems))
+    return notes
 
 
 def topk_from_log_probs(log_probs: Any, k: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -189,8 +189,10 @@ class Trainer:
             raise StoreError(f"{c.kd.store}: the soft-target store is damaged ({len(damaged)} problem(s)); "
                              "'asr-kd targets verify' lists them:\n  " + "\n  ".join(damaged[:20]))
         meta = self.store.meta
-        check_compatible(meta, self.tokenizer.units_hash(), self.model.frame_shift_ms, self.tokenizer.vocab_size,
-                         where=f"kd.store {c.kd.store}")
+        notes = check_compatible(meta, self.tokenizer.units_hash(), self.model.frame_shift_ms, self.tokenizer.vocab_size,
+                                 where=f"kd.store {c.kd.store}", fbank=c.fbank.model_dump(mode="json"))
+        if notes and self.is_main:
+            log.warning("the student's features differ from the teacher's (frames still align): %s", "; ".join(notes))
         if abs(meta.temperature - c.kd.temperature) > 1e-6:
             raise StoreError(f"{c.kd.store}: targets were made at temperature {meta.temperature} but kd.temperature is "
                              f"{c.kd.temperature}; set kd.temperature={meta.temperature} or relabel")

@@ -152,7 +152,8 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
     if loaded is not None and streaming and chunk_size is not None:
         latency = chunk_size * loaded.frame_shift_ms + (latency - model_obj.chunk_size * loaded.frame_shift_ms if latency else 0)
     # a student distilled with a target delay of d frames emits d x 40 ms after its chunk is complete
-    target_delay_ms = loaded.target_delay_ms if loaded is not None else (onnx_model.target_delay_ms if onnx_model else 0.0)
+    # (an ONNX model's latency and delay come from its metadata: onnx_model.report_fields below)
+    target_delay_ms = loaded.target_delay_ms if loaded is not None else 0.0
     if latency is not None:
         latency += target_delay_ms
     per_chunk_ms.sort()

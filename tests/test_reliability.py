@@ -235,28 +235,22 @@ def test_store_of_another_unit_set_is_refused(kd_setup, capsys, tmp_path):
     assert "units differ" in msg and str(foreign) in msg
 
 
-def test_store_of_another_frame_rate_is_refused(kd_setup, capsys, tmp_path):
-    """A store recorded at 20 ms frames (a HuBERT-like teacher) must not train a 40 ms student."""
+@pytest.mark.parametrize("recorded, edited, verify_says, train_says", [
+    # a store recorded at 20 ms frames (a HuBERT-like teacher) must not train a 40 ms student
+    ('"frame_shift_ms": 40.0', '"frame_shift_ms": 20.0', "frame shift differs", "frame shift differs"),
+    # targets from a teacher with a 32 ms window would not describe the student's frames
+    ('"frame_length_ms": 25.0', '"frame_length_ms": 32.0', "fbank.frame_length_ms is 32.0 in the store, 25.0 in the model",
+     "feature framing differs"),
+], ids=["output_frame_rate", "fbank_window"])
+def test_store_of_other_frame_timing_is_refused(kd_setup, capsys, tmp_path, recorded, edited, verify_says, train_says):
     *_, store, conf = kd_setup
     bad = _damaged_copy(store, tmp_path / "store")
     meta = (bad / "meta.json").read_text()
-    assert '"frame_shift_ms": 40.0' in meta
-    (bad / "meta.json").write_text(meta.replace('"frame_shift_ms": 40.0', '"frame_shift_ms": 20.0'))
+    assert recorded in meta
+    (bad / "meta.json").write_text(meta.replace(recorded, edited))
     rc, out = _verify(bad, capsys, "--student-config", str(conf))
-    assert rc == 1 and "frame shift differs" in out, out
-    assert "frame shift differs" in _train_error(conf, bad, tmp_path / "m")
-
-
-def test_store_of_other_feature_framing_is_refused(kd_setup, capsys, tmp_path):
-    """Targets from a teacher with a 32 ms window would not describe the student's frames."""
-    *_, store, conf = kd_setup
-    bad = _damaged_copy(store, tmp_path / "store")
-    meta = (bad / "meta.json").read_text()
-    assert '"frame_length_ms": 25.0' in meta
-    (bad / "meta.json").write_text(meta.replace('"frame_length_ms": 25.0', '"frame_length_ms": 32.0'))
-    rc, out = _verify(bad, capsys, "--student-config", str(conf))
-    assert rc == 1 and "fbank.frame_length_ms is 32.0 in the store, 25.0 in the model" in out, out
-    assert "feature framing differs" in _train_error(conf, bad, tmp_path / "m")
+    assert rc == 1 and verify_says in out, out
+    assert train_says in _train_error(conf, bad, tmp_path / "m")
 
 
 # --------------------------------------------------------------------------------------- bad audio

@@ -81,13 +81,10 @@ if $do_baseline && $do_kd && [ "$nj" -ge 2 ]; then
   # The students are independent: train them side by side, one core each (two 1-thread processes
   # beat one 2-thread process on small models). The baseline's output goes to a log file.
   log "stage 4 (baseline) runs beside stage 5 (kd); its log: $exp/baseline.log"
-  student_baseline --no-progress > "$exp/baseline.log" 2>&1 &
-  baseline_pid=$!
-  trap 'kill $baseline_pid 2>/dev/null || true' EXIT
+  start_beside "$exp/baseline.log" student_baseline --no-progress
   student_kd
   mark_done kd
-  wait $baseline_pid || { echo "$0: stage 4 (baseline) failed; see $exp/baseline.log" >&2; exit 1; }
-  trap - EXIT
+  wait_beside "stage 4 (baseline)" "$exp/baseline.log"
   grep -a '^trained ' "$exp/baseline.log" || true
   mark_done baseline
 else
@@ -106,12 +103,9 @@ evaluate_student() {
 if run_stage 6 eval; then
   need $exp/baseline/model.pt $exp/kd/model.pt
   if [ "$nj" -ge 2 ]; then  # one core per student, as in stages 4-5
-    evaluate_student baseline > "$exp/baseline_eval.log" 2>&1 &
-    eval_pid=$!
-    trap 'kill $eval_pid 2>/dev/null || true' EXIT
+    start_beside "$exp/baseline_eval.log" evaluate_student baseline
     evaluate_student kd
-    wait $eval_pid || { echo "$0: evaluating the baseline failed; see $exp/baseline_eval.log" >&2; exit 1; }
-    trap - EXIT
+    wait_beside "evaluating the baseline" "$exp/baseline_eval.log"
     grep -a '^baseline on ' "$exp/baseline_eval.log" || true
   else
     evaluate_student baseline

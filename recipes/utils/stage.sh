@@ -4,6 +4,8 @@
 #   mark_done NAME   : writes $exp/.done/NAME (icefall-style marker) so a rerun skips the stage
 #   log_run CMD...   : prints the exact command, appends it to $exp/commands.log, runs it
 #   need PATH...     : fails with a clear message when an input of the stage is missing
+#   start_beside LOG CMD... : runs CMD in the background (output to LOG), killed if the script exits first
+#   wait_beside WHAT LOG    : waits for it; fails naming WHAT and LOG
 
 force=${force:-false}
 while [ $# -gt 0 ]; do
@@ -48,4 +50,16 @@ need() {
   for p in "$@"; do
     [ -e "$p" ] || { echo "$0: stage input $p is missing — run the earlier stage first (see --stage)" >&2; exit 1; }
   done
+}
+
+start_beside() {
+  local log=$1; shift
+  "$@" > "$log" 2>&1 &
+  beside_pid=$!
+  trap 'kill $beside_pid 2>/dev/null || true' EXIT
+}
+
+wait_beside() {
+  wait "$beside_pid" || { echo "$0: $1 failed; see $2" >&2; exit 1; }
+  trap - EXIT
 }

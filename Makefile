@@ -14,17 +14,13 @@ export MKL_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 export KALDI_ROOT ?= /nonexistent-kaldi-root
 
-.PHONY: demo test test-slow system-tools venv clean
+.PHONY: demo test system-tools venv clean
 
 demo: system-tools venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/synth/run.sh
 
 test: system-tools venv
 	$(VENV)/bin/python -m pytest -q -m "not slow"
-
-# end-to-end checks that take minutes (not part of make test)
-test-slow: system-tools venv
-	$(VENV)/bin/python -m pytest -q -m slow
 
 system-tools:
 	@missing=""; \

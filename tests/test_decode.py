@@ -173,6 +173,9 @@ def test_transcribe_cli_offline_streaming_and_bad_audio(tmp_path, capsys):
     assert main(["transcribe", "--model", str(tmp_path / "m"), str(wav)]) == 0
     offline = capsys.readouterr().out.strip().split("\n")
     assert len(offline) == 1 and offline[0].startswith(f"{wav}\t")
+    # two empty transcripts would also be "equal": the offline text must not be empty
+    # (mutation caught: a recognizer that emits nothing in both modes passed the equality below)
+    assert offline[0].split("\t", 1)[1].strip(), offline
 
     assert main(["transcribe", "--model", str(tmp_path / "m"), "--streaming", str(wav), str(bad)]) == 1
     captured = capsys.readouterr()

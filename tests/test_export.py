@@ -304,7 +304,9 @@ def test_export_cli_writes_model_and_sidecar(tmp_path, exported, capsys):
     assert "int8" in out and "smaller" in out and str(tmp_path / "s.onnx") in out
     meta = json.loads((tmp_path / "s.onnx.json").read_text())
     assert meta["quantization"]["op_types"] == list(INT8_OP_TYPES)
-    assert [p.name for p in tmp_path.iterdir()] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # exactly the model and its sidecar: no temp or hidden files left behind (the old check's first half,
+    # "the listing is non-empty", was always true; mutation caught: a leftover s.onnx.tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx", "s.onnx.json"]
 
 
 def test_runtime_refuses_an_onnx_file_without_asr_kd_metadata(tmp_path):

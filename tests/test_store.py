@@ -198,16 +198,28 @@ def test_interrupted_write_is_not_complete_and_is_redone(tmp_path, monkeypatch):
 
 
 def test_truncated_bin_with_marker_is_redone_and_refused_by_reader(tmp_path):
-    write_store(tmp_path, make_meta(), shards=2, per_shard=2)
+    written = write_store(tmp_path, make_meta(), shards=2, per_shard=2)
     path = tmp_path / "shards" / "shard-00001.bin"
-    path.write_bytes(path.read_bytes()[:-5])
+    good_bytes = path.read_bytes()
+    path.write_bytes(good_bytes[:-5])
     reader = StoreReader(tmp_path)
     with pytest.raises(StoreError, match=r"shard-00001\.bin: shard is truncated"):
         reader.get_sparse("u10")
     assert reader.get_sparse("u00")[0].shape[1] == 8  # other shards stay readable
     problems = reader.problems()
     assert len(problems) == 1 and "shard-00001.bin" in problems[0] and "truncated" in problems[0]
-    assert StoreWriter(tmp_path, make_meta()).completed_shards() == {0}
+    # a rerun of the labeler redoes the truncated shard (and only it): the store is whole again
+    # (mutation caught: completed_shards() trusting a marker whose .bin is truncated, or a redo that is
+    # never checked -- the test used to stop at the line below without redoing anything)
+    rerun = StoreWriter(tmp_path, make_meta(), shard_size_utts=2)
+    assert rerun.completed_shards() == {0}
+    rerun.write_shard(1, [(u, *written[u]) for u in ("u10", "u11")])
+    rerun.finalize(expected_shards=2)
+    assert path.read_bytes() == good_bytes
+    redone = StoreReader(tmp_path)
+    redone.verify()
+    assert redone.problems() == []
+    np.testing.assert_array_equal(redone.get_sparse("u10")[0], written["u10"][0])
 
 
 def test_bit_flip_fails_checksum_naming_the_shard(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_teacher(out: Path, seed: int = 0) -> Path:
-    """A tiny full-context conformer with seeded random weights (labels need not be good to be equal)."""
+    """A tiny full-context conformer with seeded random weights, its output layer scaled up so that its
+    frames are decisive (a near-uniform random teacher would make any two stores look alike)."""
     torch.manual_seed(seed)
     tok = CharTokenizer.build(["hello world", "the quick brown fox jumps over a lazy dog"])
     model = build_model(parse_model_config(PRESETS["tiny_conformer"]), tok.vocab_size).eval()
     with torch.no_grad():
+        model.output.weight.mul_(8.0)
         model.output.bias.add_(torch.linspace(-1, 1, tok.vocab_size))  # a spread of ranks, not ties
     cmvn = GlobalCMVN(mean=torch.full((80,), -8.0), std=torch.full((80,), 4.0))
     save_model_dir(out, model, parse_model_config(PRESETS["tiny_conformer"]), tok, cmvn, FbankConfig())
@@ -84,14 +87,75 @@ def options(**kw) -> LabelOptions:
     return LabelOptions(**base)
 
 
-def assert_same_targets(a: Path, b: Path, atol: float = 0.02) -> None:
+LOG8_STEP = (math.log(1e6) - math.log(1e-10)) / 255  # one log8 code: 0.1445 nats of log-odds
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-10, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def target_differences(ids_a: np.ndarray, p_a: np.ndarray, ids_b: np.ndarray, p_b: np.ndarray) -> list[str]:
+    """How two top-k target sequences of one utterance differ beyond quantization (empty: the same).
+
+    The same teacher on the same audio gives the same floats up to summation order (batch padding),
+    so each stored probability may move by at most one quantization code (log8: one step of log-odds;
+    float16 is finer) and a unit id may change rank only where its probability is within two codes of
+    a neighbour's. Ids are compared *exactly* at every rank whose margin to the ranks above and below
+    exceeds that, so a teacher that put its mass on other units cannot pass as "close enough".
+    """
+    if ids_a.shape != ids_b.shape:
+        return [f"shape {ids_a.shape} vs {ids_b.shape}"]
+    out = []
+    la, lb = _logit(p_a), _logit(p_b)
+    far = np.abs(la - lb) > 1.01 * LOG8_STEP + 1e-6
+    for t, r in zip(*np.nonzero(far)):
+        out.append(f"frame {t} rank {r}: p {p_a[t, r]:.4g} vs {p_b[t, r]:.4g}")
+    k = ids_a.shape[1]
+    margin = 2 * LOG8_STEP
+    for r in range(k - 1):  # the last stored rank has an unknown neighbour below: its id is not compared
+        clear = la[:, r] - la[:, r + 1] > margin
+        if r > 0:
+            clear &= la[:, r - 1] - la[:, r] > margin
+        for t in np.nonzero(clear & (ids_a[:, r] != ids_b[:, r]))[0]:
+            out.append(f"frame {t} rank {r}: unit {ids_a[t, r]} vs {ids_b[t, r]} (margin {la[t, r] - la[t, r + 1]:.2f} nats)")
+    return out
+
+
+def assert_same_targets(a: Path, b: Path) -> int:
+    """Both stores hold the same utterances with the same targets; returns how many ids were compared."""
     ra, rb = StoreReader(a), StoreReader(b)
     assert ra.utt_ids == rb.utt_ids
+    compared = 0
     for utt in ra.utt_ids:
-        da, db = ra.get_dense(utt), rb.get_dense(utt)
-        assert da.shape == db.shape, utt
-        # same distributions up to quantization (log8: a few % relative) and float summation order
-        np.testing.assert_allclose(da, db, atol=atol, err_msg=utt)
+        (ia, pa), (ib, pb) = ra.get_sparse(utt), rb.get_sparse(utt)
+        problems = target_differences(ia, pa, ib, pb)
+        assert not problems, f"{utt}: {problems[:5]}"
+        compared += int((_logit(pa[:, 0]) - _logit(pa[:, 1]) > 2 * LOG8_STEP).sum())
+    assert compared > 0, "no frame had a clear top-1: the comparison checked no unit id"
+    return compared
+
+
+def test_target_comparison_tells_two_utterances_apart(setup, tmp_path):
+    """Negative control for ``assert_same_targets``: two different utterances (cut to one length) differ,
+    and so do the targets of one utterance from a teacher with other weights."""
+    root, teacher, data = setup
+    label_local([str(teacher)], str(data), str(tmp_path / "a"), options())
+    label_local([str(make_teacher(tmp_path / "t2", seed=7))], str(data), str(tmp_path / "b"), options())
+    ra, rb = StoreReader(tmp_path / "a"), StoreReader(tmp_path / "b")
+    u, v = ra.utt_ids[0], ra.utt_ids[1]
+    (iu, pu), (iv, pv) = ra.get_sparse(u), ra.get_sparse(v)
+    n = min(len(iu), len(iv))
+    assert target_differences(iu[:n], pu[:n], iv[:n], pv[:n])
+    assert target_differences(*ra.get_sparse(u), *rb.get_sparse(u))
+    assert target_differences(iu, pu, iu, pu) == []
+    # the same probabilities on other units: the top-1 and second ids swapped (mutation the old helper, dense
+    # probabilities within atol=0.02 of a near-uniform random teacher and no id comparison, let through)
+    swapped = iu.copy()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    assert any("unit" in d for d in target_differences(iu, pu, swapped, pu))
+    with pytest.raises(AssertionError):
+        assert_same_targets(tmp_path / "a", tmp_path / "b")
 
 
 def test_ray_store_equals_plain_loop(setup, ray_cluster):
@@ -154,12 +218,107 @@ def test_bad_audio_goes_to_rejects_and_the_rest_is_labeled(tmp_path, setup, ray_
     assert len(StoreReader(tmp_path / "store").utt_ids) == 10
 
 
-def test_confidence_filter_lists_filtered_utterances(tmp_path, setup):
+def _per_utterance_confidence(teacher: Path, data: Path) -> dict[str, tuple[float, float]]:
+    """``{utt: (mean max probability, mean entropy)}`` computed by the ensemble one utterance at a time."""
+    from asr_kd.data.audio import load_audio
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.label.teacher import TeacherEnsemble
+
+    ens = TeacherEnsemble([str(teacher)], top_k=4)
+    d = read_data_dir(data)
+    out = {}
+    for u in d.utt_ids:
+        r = ens([u], [load_audio(d.source(u), sample_rate=16000)])[0]
+        out[u] = (r.mean_max_prob, r.mean_entropy)
+    return out
+
+
+def _midpoint_threshold(values: dict[str, float]) -> float:
+    v = sorted(values.values())
+    lo, hi = v[len(v) // 2 - 1], v[len(v) // 2]
+    assert hi - lo > 1e-4, "two utterances tie at the median: the split would depend on float noise"
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("option, column, rejected_if", [
+    ("min_max_prob", 0, lambda v, t: v < t),
+    ("max_entropy", 1, lambda v, t: v > t),
+])
+def test_confidence_filter_at_the_median_splits_the_corpus(tmp_path, setup, option, column, rejected_if):
+    """With the threshold between the two middle utterances, exactly the less confident half is rejected,
+    named in rejects.tsv with its value, and the other half is in the store (mutations caught: a filter that
+    rejects everything -- the only case tested before --, a comparison the wrong way round, max_entropy ignored)."""
     root, teacher, data = setup
-    s = label_local([str(teacher)], str(data), str(tmp_path / "store"), options(min_max_prob=0.999))
-    assert s.rejects == 30 and s.utterances == 0
-    lines = (tmp_path / "store" / "rejects.tsv").read_text().splitlines()
-    assert len(lines) == 30 and all("low_confidence" in line for line in lines)
+    values = {u: c[column] for u, c in _per_utterance_confidence(teacher, data).items()}
+    threshold = _midpoint_threshold(values)
+    want_rejected = {u for u, v in values.items() if rejected_if(v, threshold)}
+    assert len(want_rejected) == 15
+    s = label_local([str(teacher)], str(data), str(tmp_path / "store"), options(**{option: threshold}))
+    assert (s.utterances, s.rejects) == (15, 15)
+    rejects = dict(line.split("\t", 1) for line in (tmp_path / "store" / "rejects.tsv").read_text().splitlines())
+    assert set(rejects) == want_rejected
+    assert all(r.startswith("low_confidence") and f"{values[u]:.3f}" in r for u, r in rejects.items())
+    assert set(StoreReader(tmp_path / "store").utt_ids) == set(values) - want_rejected
+
+
+def _shard_batches(teacher: Path, data: Path, shard: list[str]) -> list[dict]:
+    """The collector's input for one shard, as two result batches (first half, second half)."""
+    from asr_kd.data.audio import load_audio
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.label.pipeline import label_rows
+    from asr_kd.label.teacher import TeacherEnsemble
+
+    ens = TeacherEnsemble([str(teacher)], top_k=4)
+    d = read_data_dir(data)
+    half = len(shard) // 2
+    out = []
+    for part in (shard[:half], shard[half:]):
+        waves = [load_audio(d.source(u), sample_rate=16000).numpy() for u in part]
+        out.append(label_rows(ens, part, [0] * len(part), waves, [""] * len(part), 40000))
+    return out
+
+
+def test_collector_writes_nothing_twice_when_a_batch_comes_back_twice(setup, tmp_path):
+    """A retried Ray task can deliver a result batch again, before or after its shard is complete. The
+    crash test above kills an actor before it computes, so this is what shows "nothing written twice".
+    (Mutation caught: keying pending rows by position instead of utterance id.)"""
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.teacher import TeacherEnsemble
+
+    root, teacher, data = setup
+    shard = plan_shards(read_data_dir(data), 7)[0]
+    first, second = _shard_batches(teacher, data, shard)
+    o = options()
+    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = _ShardCollector(writer, [shard], o, 16000)
+    collector.add(first)
+    collector.add(first)  # the same rows again while the shard is still pending
+    assert collector.written == []
+    collector.add(second)
+    assert collector.written == [0] and collector.labeled == len(shard) and not collector.pending
+    writer.finalize(expected_shards=1)
+    index = [line.split("\t")[0] for line in (tmp_path / "store" / "index.tsv").read_text().splitlines()]
+    assert sorted(index) == sorted(shard)  # each utterance once
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (asr_kd/label/pipeline.py, owner: the labeling pipeline): rows that "
+                   "arrive after their shard was written start a new pending entry, so a late duplicate rewrites the "
+                   "shard and counts it twice, and a late partial duplicate leaves the shard 'incomplete'")
+def test_collector_ignores_a_batch_that_comes_back_after_its_shard_was_written(setup, tmp_path):
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.teacher import TeacherEnsemble
+
+    root, teacher, data = setup
+    shard = plan_shards(read_data_dir(data), 7)[0]
+    first, second = _shard_batches(teacher, data, shard)
+    o = options()
+    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = _ShardCollector(writer, [shard], o, 16000)
+    for batch in (first, second, second, first):
+        collector.add(batch)
+    assert collector.written == [0] and collector.labeled == len(shard) and not collector.pending
 
 
 def test_teachers_with_different_units_are_refused(tmp_path, setup):
@@ -177,35 +336,93 @@ def test_teachers_with_different_units_are_refused(tmp_path, setup):
 
 
 def test_multi_teacher_average_and_two_node_cluster(tmp_path, setup):
-    """Two teachers averaged, labeled on a ray.cluster_utils.Cluster with two nodes (own process)."""
+    """Two teachers averaged, labeled on a ray.cluster_utils.Cluster with two nodes (own process).
+
+    Each node has 2 logical CPUs and each actor asks for 1.5, so one actor fits per node; every worker
+    process runs a setup hook that wraps ``TeacherActor.__call__`` to log the node id of each batch it
+    labels. Two distinct nodes must have labeled rows, together all 30 (mutations caught: one actor, or
+    both actors on the head -- the test used to count alive nodes only, which is 2 either way)."""
     root, teacher, data = setup
     teacher2 = make_teacher(tmp_path / "teacher2", seed=5)
+    work_log = tmp_path / "actor_work.log"
     script = f"""
 import os, json
 os.environ["RAY_AUTH_MODE"] = "disabled"
 import ray
 from ray.cluster_utils import Cluster
 from asr_kd.label.pipeline import LabelOptions, label, label_local
-cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
-cluster.add_node(num_cpus=1)
-ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-opts = LabelOptions(top_k=4, shard_size=7, actors=2, actor_num_cpus=0.5, read_batch_size=4, progress=False,
+
+def record_actor_node():
+    import os, ray
+    from asr_kd.label import pipeline
+    call = pipeline.TeacherActor.__call__
+    if getattr(call, "records_node", False):
+        return
+    def recording_call(self, batch):
+        out = call(self, batch)
+        with open({str(work_log)!r}, "a") as fh:
+            fh.write(f"{{ray.get_runtime_context().get_node_id()}} {{os.getpid()}} {{len(out['utt_id'])}}\\n")
+        return out
+    recording_call.records_node = True
+    pipeline.TeacherActor.__call__ = recording_call
+
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "include_dashboard": False}})
+cluster.add_node(num_cpus=2)
+ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False,
+         runtime_env={{"worker_process_setup_hook": record_actor_node}})
+alive = {{n["NodeID"] for n in ray.nodes() if n["Alive"]}}
+assert len(alive) == 2
+opts = LabelOptions(top_k=4, shard_size=7, actors=2, actor_num_cpus=1.5, read_batch_size=4, progress=False,
                     weights=[0.7, 0.3])
 s = label([{str(teacher)!r}, {str(teacher2)!r}], {str(data)!r}, {str(tmp_path / 'store_cluster')!r}, opts)
-nodes = {{n["NodeID"] for n in ray.nodes() if n["Alive"]}}
 ray.shutdown(); cluster.shutdown()
 label_local([{str(teacher)!r}, {str(teacher2)!r}], {str(data)!r}, {str(tmp_path / 'store_local2')!r}, opts)
-print(json.dumps({{"utts": s.utterances, "nodes": len(nodes)}}))
+print(json.dumps({{"utts": s.utterances, "nodes": sorted(alive)}}))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"utts": 30, "nodes": 2}
+    assert result["utts"] == 30
+    rows_by_node: dict[str, int] = {}
+    for line in work_log.read_text().splitlines():
+        node, _pid, rows = line.split()
+        rows_by_node[node] = rows_by_node.get(node, 0) + int(rows)
+    assert set(rows_by_node) == set(result["nodes"]), rows_by_node  # both nodes labeled, and no other
+    assert all(n > 0 for n in rows_by_node.values()) and sum(rows_by_node.values()) == 30, rows_by_node
     assert_same_targets(tmp_path / "store_cluster", tmp_path / "store_local2")
     meta = StoreReader(tmp_path / "store_cluster").meta
     assert len(meta.teacher_fingerprints) == 2 and meta.teacher_weights == pytest.approx([0.7, 0.3])
+
+
+def test_ensemble_is_the_weighted_average_of_single_teacher_stores_at_the_temperature(setup, tmp_path):
+    """Stores of each teacher alone, combined by hand, equal the ensemble's store: weights 3:1 (normalized
+    to 0.75/0.25) on the temperature-T probabilities; and a single teacher's T=2 store is its T=1 store
+    re-tempered, p_T proportional to p_1 ** (1/T). Every unit is kept (k = vocabulary) in float16, so only
+    rounding separates them. (Mutations caught: weights ignored or not normalized, log-probabilities
+    averaged instead of probabilities, temperature applied after averaging or not at all.)"""
+    from asr_kd.models.model_dir import load_model_dir
+
+    root, teacher, data = setup
+    teacher2 = make_teacher(tmp_path / "teacher2", seed=5)
+    vocab = load_model_dir(teacher).tokenizer.vocab_size
+    full = dict(top_k=vocab, quantization="float16")
+    for name, models, extra in (("a", [teacher], {}), ("b", [teacher2], {}), ("ab", [teacher, teacher2], {"weights": [3.0, 1.0]}),
+                                ("a1", [teacher], {"temperature": 1.0})):
+        temperature = extra.pop("temperature", 2.0)
+        label_local([str(m) for m in models], str(data), str(tmp_path / name),
+                    options(**full, temperature=temperature, **extra))
+    ra, rb, rab, ra1 = (StoreReader(tmp_path / n) for n in ("a", "b", "ab", "a1"))
+    assert rab.meta.temperature == 2.0 and rab.meta.teacher_weights == pytest.approx([0.75, 0.25])
+    moved = 0.0
+    for utt in rab.utt_ids:
+        pa, pb, pab, pa1 = (r.get_dense(utt) for r in (ra, rb, rab, ra1))
+        np.testing.assert_allclose(pab, 0.75 * pa + 0.25 * pb, atol=2e-3, rtol=2e-3, err_msg=utt)
+        tempered = pa1.astype(np.float64) ** 0.5
+        tempered /= tempered.sum(-1, keepdims=True)
+        np.testing.assert_allclose(pa, tempered, atol=2e-3, rtol=2e-3, err_msg=utt)
+        moved = max(moved, float(np.abs(pa - pa1).max()), float(np.abs(pab - pa).max()))
+    assert moved > 0.05  # the temperature and the second teacher both change the targets visibly
 
 
 def test_stats_reports_teacher_kl_that_shrinks_with_k(setup, tmp_path, capsys):

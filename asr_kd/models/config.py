@@ -2,23 +2,25 @@
 
 Every model maps normalized 80-dim log-mel fbank at 10 ms frames to CTC log-probabilities at
 ``10 ms x subsampling`` (40 ms by default). Sizes are set here; the presets below are starting points
-(parameter counts are for a 32-symbol character vocabulary; latency of the
-demo student: 8 x 40 ms + 15 ms fbank window = 335 ms).
+(parameter counts from ``build_model`` with a 30-symbol character vocabulary; the demo teacher and
+students are the models of ``recipes/synth/conf/*.yaml``; latency of the demo student:
+8 x 40 ms + 15 ms fbank window = 335 ms).
 
 Presets (YAML ``model:`` sections)::
 
-    # tiny (tests, ~40 k params): conformer
+    # tiny (tests, ~41 k params): conformer
     {kind: conformer, d_model: 32, num_layers: 2, nhead: 2, d_ffn: 64, kernel_size: 7,
      frontend_channels: 8}
-    # demo teacher (~4.1 M params): full-context conformer
-    {kind: conformer, d_model: 144, num_layers: 8, nhead: 4, d_ffn: 576, kernel_size: 15,
+    # demo teacher (2.12 M params, recipes/synth/conf/teacher.yaml): full-context conformer
+    {kind: conformer, d_model: 144, num_layers: 4, nhead: 4, d_ffn: 576, kernel_size: 15,
      frontend_channels: 32, dropout: 0.1}
-    # demo streaming student (~0.74 M params, 18 % of the demo teacher): 320 ms chunks
-    {kind: conformer, streaming: true, d_model: 96, num_layers: 4, nhead: 4, d_ffn: 256,
+    # demo streaming student (0.50 M params, 24 % of the demo teacher; recipes/synth/conf/student_*.yaml):
+    # 320 ms chunks
+    {kind: conformer, streaming: true, d_model: 72, num_layers: 4, nhead: 4, d_ffn: 256,
      kernel_size: 15, frontend_channels: 16, chunk_size: 8, left_chunks: 4,
      dynamic_chunk_training: true, dropout: 0.1}
-    # demo LSTM student (~0.97 M params, 23 % of the demo teacher; 175 ms latency)
-    {kind: lstm, d_model: 128, hidden_size: 256, num_layers: 2, frontend_channels: 16}
+    # demo LSTM student (0.48 M params, 23 % of the demo teacher; 175 ms latency; no recipe uses it)
+    {kind: lstm, d_model: 96, hidden_size: 176, num_layers: 2, frontend_channels: 16}
 
 ``PRESETS`` holds the same dicts for code and tests.
 """
@@ -147,10 +149,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                                      chunk_size=4, left_chunks=2),
     "tiny_lstm": dict(kind="lstm", d_model=32, hidden_size=48, num_layers=2, frontend_channels=8,
                       dropout=0.0, chunk_size=2),
-    "demo_teacher": dict(kind="conformer", d_model=144, num_layers=8, nhead=4, d_ffn=576, kernel_size=15,
+    "demo_teacher": dict(kind="conformer", d_model=144, num_layers=4, nhead=4, d_ffn=576, kernel_size=15,
                          frontend_channels=32, dropout=0.1),
-    "demo_student": dict(kind="conformer", streaming=True, d_model=96, num_layers=4, nhead=4, d_ffn=256,
+    "demo_student": dict(kind="conformer", streaming=True, d_model=72, num_layers=4, nhead=4, d_ffn=256,
                          kernel_size=15, frontend_channels=16, chunk_size=8, left_chunks=4,
                          dynamic_chunk_training=True, dropout=0.1),
-    "demo_lstm": dict(kind="lstm", d_model=128, hidden_size=256, num_layers=2, frontend_channels=16),
+    "demo_lstm": dict(kind="lstm", d_model=96, hidden_size=176, num_layers=2, frontend_channels=16),
 }

@@ -1,14 +1,20 @@
-"""CTC beam search: torchaudio's flashlight decoder when installed, else a small prefix beam search.
+"""CTC beam search: our CTC prefix beam search, plus torchaudio's flashlight decoder for LM fusion.
 
-``torchaudio.models.decoder.ctc_decoder`` (lexicon-free or lexicon + KenLM ARPA/binary) needs the
-``flashlight-text`` package, which torchaudio 2.11 does not bundle and our pinned environment does not
-install (``import torchaudio.models.decoder._ctc_decoder`` fails with ``No module named 'flashlight'``).
-Without it we run ``prefix_beam_search`` below: the standard CTC prefix beam search (Graves 2012;
-Hannun et al. 2014) over unit ids without an LM, so decoding still sums over all alignments of a
-hypothesis (unlike greedy best path). SpeechBrain's ``CTCPrefixBeamSearcher`` was not used because it
-returns only text, treats any vocabulary containing a ``▁``-prefixed symbol as SentencePiece (our
-character units use ``▁`` as the word boundary), and its LM needs the ``kenlm`` package, also absent.
-Asking for an LM or lexicon without flashlight-text raises ``ConfigError`` saying what to install.
+``torchaudio.models.decoder.ctc_decoder`` (torchaudio 2.11) is a thin wrapper around the
+``flashlight-text`` package, which torchaudio does not bundle; we pin ``flashlight-text==0.0.7``
+(``pyproject.toml``, ``environment.yml``). Its wheel ships the decoders (lexicon and lexicon-free,
+CTC and seq2seq) and a built-in KenLM binding (``flashlight.lib.text.decoder.KenLM``, ARPA or binary
+models), so word-level LM shallow fusion with a lexicon needs no separate ``kenlm`` package.
+
+Lexicon-free decoding (the default, no LM) does not use flashlight: flashlight's lexicon-free mode
+treats the word-boundary unit as "silence" with its own scoring, which is not plain CTC for our
+character units. It runs ``prefix_beam_search`` below: the standard CTC prefix beam search (Graves
+2012; Hannun et al. 2014) over unit ids, which sums over all alignments of a hypothesis (unlike
+greedy best path). SpeechBrain's ``CTCPrefixBeamSearcher`` was not used because it returns only
+text, treats any vocabulary containing a ``▁``-prefixed symbol as SentencePiece (our character units
+use ``▁`` as the word boundary), and its LM needs the ``kenlm`` Python package, which we do not install.
+Where flashlight-text is missing (an environment that skipped the pin; ``flashlight_available()``),
+asking for an LM or lexicon raises ``ConfigError`` saying what to install.
 """
 
 from __future__ import annotations

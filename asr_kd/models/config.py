@@ -73,13 +73,14 @@ class ConformerConfig(StrictModel):
     kernel_size: int = pydantic.Field(15, ge=1)
     """Depthwise convolution kernel of the conformer convolution module, in output frames (odd)."""
     dropout: float = pydantic.Field(0.1, ge=0.0, lt=1.0)
-    subsampling: Literal[4] = 4
-    """Input frames (10 ms) per output frame. Only 4 (two stride-2 convolutions) is implemented."""
+    subsampling: Literal[2, 4] = 4
+    """Input frames (10 ms) per output frame: 4 (40 ms output frames) or 2 (20 ms; twice the encoder
+    frames, half the CTC label density)."""
     frontend_channels: int | None = pydantic.Field(None, ge=1)
     """Channels of the two subsampling conv2d layers; None means d_model."""
     streaming: bool = False
     chunk_size: int | None = pydantic.Field(None, ge=1)
-    """Output frames per chunk (8 = 320 ms). Required when streaming."""
+    """Output frames per chunk (8 = 320 ms at 40 ms frames, 160 ms at 20 ms). Required when streaming."""
     left_chunks: int | None = pydantic.Field(None, ge=0)
     """Left context in chunks (finite: streaming keeps left_chunks x chunk_size frames per layer)."""
     dynamic_chunk_training: bool = False
@@ -112,7 +113,8 @@ class LstmConfig(StrictModel):
     proj_size: int = pydantic.Field(0, ge=0)
     """LSTM output projection (LSTMP, as in Kaldi/Sak et al. 2014); 0 disables it."""
     dropout: float = pydantic.Field(0.1, ge=0.0, lt=1.0)
-    subsampling: Literal[4] = 4
+    subsampling: Literal[2, 4] = 4
+    """Input frames (10 ms) per output frame (see ``ConformerConfig.subsampling``)."""
     frontend_channels: int | None = pydantic.Field(None, ge=1)
     chunk_size: int = pydantic.Field(4, ge=1)
     """Output frames (40 ms) per ``forward_chunk`` call when streaming; does not change the outputs,

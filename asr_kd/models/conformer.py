@@ -87,7 +87,7 @@ def _layer_offline(layer: ConformerEncoderLayer, x: torch.Tensor, attn_mask: tor
 class ConformerCTC(AcousticModel):
     """Causal conv front end -> SpeechBrain Conformer layers -> linear -> log-softmax (CTC, blank 0).
 
-    ``forward(feats (B, T, F), feat_lens (B,))`` -> ``(log_probs (B, T // 4, V), out_lens (B,))``.
+    ``forward(feats (B, T, F), feat_lens (B,))`` -> ``(log_probs (B, T // s, V), out_lens (B,))`` with ``s = subsampling``.
     A streaming model applies its chunk mask (``chunk_size``, ``left_chunks``) in ``forward``; in
     training with ``dynamic_chunk_training`` each call samples a random chunk configuration instead.
     """
@@ -99,7 +99,7 @@ class ConformerCTC(AcousticModel):
         self.subsampling = config.subsampling
         self.is_streaming = config.streaming
         d = config.d_model
-        self.frontend = CausalConv2dSubsampling(num_mel_bins, d, config.frontend_channels or d)
+        self.frontend = CausalConv2dSubsampling(num_mel_bins, d, config.frontend_channels or d, config.subsampling)
         self.frontend_dropout = nn.Dropout(config.dropout)
         self.pos_enc = RelPosEncXL(d)
         # causal=False: streaming comes from the chunk mask + DCConv, not causal convolutions (a causal
@@ -123,7 +123,7 @@ class ConformerCTC(AcousticModel):
     # ---------------------------------------------------------------- properties
     @property
     def algorithmic_latency_ms(self) -> float | None:
-        """Streaming: ``chunk_size x 40 ms`` + 15 ms fbank window lookahead (e.g. 8 -> 335 ms)."""
+        """Streaming: ``chunk_size x frame_shift_ms`` + 15 ms fbank window lookahead (e.g. 8 x 40 ms -> 335 ms)."""
         if not self.is_streaming:
             return None
         return self.chunk_size * self.frame_shift_ms + FEATURE_LOOKAHEAD_MS

@@ -1,8 +1,8 @@
 """Unidirectional LSTM CTC student: causal conv front end -> LSTM(P) layers -> linear -> log-softmax.
 
-Strictly causal: output frame ``t`` (40 ms) depends on input fbank frames up to ``4t + 3`` only, so
+Strictly causal: output frame ``t`` (``s x 10 ms``, 40 ms by default) depends on input fbank frames up to ``s*t + s - 1`` only, so
 streaming needs no chunk mask; ``chunk_size`` only sets how many output frames one ``forward_chunk``
-call produces (latency = ``chunk_size x 40 ms`` + 15 ms fbank window lookahead).
+call produces (latency = ``chunk_size x frame_shift_ms`` + 15 ms fbank window lookahead).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LstmState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class LstmCTC(AcousticModel):
-    """``forward(feats (B, T, F), feat_lens)`` -> ``(log_probs (B, T // 4, V), out_lens)``.
+    """``forward(feats (B, T, F), feat_lens)`` -> ``(log_probs (B, T // s, V), out_lens)``, ``s = subsampling``.
 
     Padding is at the end and the LSTM runs forward in time, so valid frames never see padding and no
     packing is needed.
@@ -34,7 +34,7 @@ class LstmCTC(AcousticModel):
         self.subsampling = config.subsampling
         self.chunk_size = config.chunk_size
         d = config.d_model
-        self.frontend = CausalConv2dSubsampling(num_mel_bins, d, config.frontend_channels or d)
+        self.frontend = CausalConv2dSubsampling(num_mel_bins, d, config.frontend_channels or d, config.subsampling)
         self.lstm = nn.LSTM(d, config.hidden_size, num_layers=config.num_layers, batch_first=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0, proj_size=config.proj_size)
         self.dropout = nn.Dropout(config.dropout)
@@ -42,7 +42,7 @@ class LstmCTC(AcousticModel):
 
     @property
     def algorithmic_latency_ms(self) -> float:
-        """``chunk_size x 40 ms`` + 15 ms fbank window lookahead."""
+        """``chunk_size x frame_shift_ms`` + 15 ms fbank window lookahead."""
         return self.chunk_size * self.frame_shift_ms + FEATURE_LOOKAHEAD_MS
 
     @property

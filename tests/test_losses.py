@@ -90,3 +90,15 @@ def test_ctc_loss_is_lower_for_the_right_transcript():
     good = ctc_loss(lp, torch.tensor([8]), [[1, 2, 3]])
     bad = ctc_loss(lp, torch.tensor([8]), [[4, 5, 1]])
     assert good.item() < 0.1 < bad.item()
+
+
+def test_epoch_loss_weights_give_each_term_its_share_of_the_epoch():
+    from asr_kd.train.losses import epoch_loss_weights
+
+    # 10 batches: 2 labeled (CTC + KD), 8 unlabeled (KD); alpha = 0.3
+    w = epoch_loss_weights({"ctc": 2, "kd": 10, "pseudo": 0}, 10, {"ctc": 0.3, "kd": 0.7, "pseudo": 0.5})
+    assert w == pytest.approx({"ctc": 1.5, "kd": 0.7, "pseudo": 0.0})
+    # epoch mean of the loss with every CTC value c and KD value k: 0.3 c + 0.7 k (not 2*0.3c/10 + ...)
+    c, k = 4.0, 2.0
+    per_batch = [w["ctc"] * c + w["kd"] * k] * 2 + [w["kd"] * k] * 8
+    assert sum(per_batch) / 10 == pytest.approx(0.3 * c + 0.7 * k)

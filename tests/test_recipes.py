@@ -32,7 +32,7 @@ def tiny_confs(src: Path, dst: Path, epochs: int = 1) -> Path:
         conf["units"].pop("bpe_vocab_size", None)
         conf["batch"] = {"max_frames": 6000, "num_workers": 0}
         conf["optim"] = {"lr": 1e-3, "warmup_steps": 2}
-        conf["train"] = {"max_epochs": epochs, "checkpoint_every_steps": 50, "average_last": 1, "final": "average_last"}
+        conf["train"] = {"max_epochs": epochs, "checkpoint_every_steps": 50, "final": "average"}
         conf["specaug"] = None
         (dst / f.name).write_text(yaml.safe_dump(conf))
     return dst

@@ -4,6 +4,9 @@ Layout under ``<model_dir>/checkpoints/``::
 
     step-00001200.pt    every ``checkpoint_every_steps`` (the last ``keep_last_checkpoints`` kept)
     epoch-003.pt        at each epoch end (kept: the last ``average_last`` and the ``keep_best`` by dev WER)
+
+The trainer's weight average (``train.final: average``) is a running sum kept in the checkpoint
+state, not rebuilt from saved files; ``averaged_model_state`` averages saved epoch checkpoints.
     best.tsv            epoch checkpoints ranked by dev WER
     latest              name of the newest checkpoint (what ``--resume`` loads)
 

@@ -59,8 +59,14 @@ class LoopConfig(StrictModel):
     checkpoint_every_steps: int = Field(500, ge=1)
     keep_last_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk")
     keep_best: int = Field(3, ge=1, description="epoch checkpoints kept by best dev WER")
-    final: Literal["average_last", "best"] = Field("average_last", description="weights of the final model dir")
-    average_last: int = Field(1, ge=1, description="epoch checkpoints averaged into the final model (final=average_last)")
+    final: Literal["average", "best", "last"] = Field(
+        "average", description="weights of the final model dir: 'average' = mean of the weights over the last "
+        "average_share of the optimizer steps; 'best' = the epoch checkpoint with the best dev WER; 'last'")
+    average_share: float = Field(0.2, gt=0, le=1, description="share of the run's optimizer steps, at its end, whose "
+                                 "weights are averaged (final=average); a share, not a number of epochs, so models "
+                                 "with short and long epochs average alike")
+    average_every_steps: int = Field(10, ge=1, description="add the weights to the average every this many optimizer steps "
+                                     "inside the averaging window (and at the last step)")
     log_every_steps: int = Field(10, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -72,12 +78,15 @@ class KDConfig(StrictModel):
     """Distillation from a soft-target store (see asr_kd.train.losses for the exact loss)."""
 
     store: str = Field(description="soft-target store made by 'asr-kd label'")
-    ctc_weight: float = Field(0.3, ge=0, le=1, description="alpha: loss = alpha*CTC(labeled) + (1-alpha)*KD")
+    ctc_weight: float = Field(0.3, ge=0, le=1, description="alpha: loss = alpha*CTC(transcripts) + (1-alpha)*KD "
+                              "(+ pseudo_ctc_weight*CTC(teacher 1-best)), each term the mean over the epoch's batches that "
+                              "carry it (see asr_kd.train.losses.epoch_loss_weights)")
     temperature: float = Field(1.0, gt=0, description="must equal the store's temperature")
-    target_delay: int = Field(0, ge=0, description="shift teacher targets this many 40 ms output frames later")
+    target_delay: int = Field(0, ge=0, description="shift teacher targets this many output frames later")
     unlabeled_per_labeled: float = Field(4.0, gt=0, description="unlabeled batches per labeled batch")
     kd_on_labeled: bool = Field(True, description="also distill on labeled utterances the store holds")
-    pseudo_ctc_weight: float = Field(0.0, ge=0, description="CTC weight on the teacher's 1-best (store text.pseudo)")
+    pseudo_ctc_weight: float = Field(0.0, ge=0, description="beta: weight of CTC toward the teacher's 1-best transcript "
+                                     "(the store's text.pseudo) on utterances without a transcript; 0 = off")
 
 
 class TrainConfig(StrictModel):

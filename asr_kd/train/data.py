@@ -61,7 +61,14 @@ class UtteranceTable:
         min_seconds: float,
         max_seconds: float,
         allow_pipes: bool = False,
+        subsampling: int | None = None,
     ) -> DataDir:
+        """Add the utterances of the data dir ``path``; unusable ones go to ``rejects`` with a reason.
+
+        With ``subsampling`` (input frames per model output frame) a labeled utterance whose
+        transcript cannot be aligned by CTC to its output frames (``ctc_min_frames``) is rejected up
+        front: CTC would give it an infinite loss that ``zero_infinity`` silently turns into nothing.
+        """
         data = read_data_dir(path, allow_pipes=allow_pipes)
         if need_text and data.text is None:
             raise DataDirError("this data dir has no 'text' but is listed as labeled (data.train/data.dev)", path)
@@ -86,12 +93,25 @@ class UtteranceTable:
                     self.rejects.append((utt, "transcript is empty after normalization"))
                     continue
             frames = fbank.num_frames(int(round(dur * fbank.sample_rate)))
+            if tokens is not None and subsampling:
+                need, have = ctc_min_frames(tokens), frames // subsampling
+                if need > have:
+                    self.rejects.append((utt, f"unalignable: {len(tokens)} labels need {need} output frames "
+                                              f"(with a blank between repeated labels) but {dur:.2f} s gives {have} "
+                                              f"frames of {10 * subsampling} ms; use 20 ms frames (model.subsampling: 2) "
+                                              "or larger units (units.kind: bpe)"))
+                    continue
             self.utts[utt] = Utterance(utt, data, frames, tokens)
         return data
 
     def lengths(self, utt_ids: list[str] | None = None) -> dict[str, int]:
         ids = self.utts.keys() if utt_ids is None else utt_ids
         return {u: self.utts[u].frames for u in ids}
+
+
+def ctc_min_frames(tokens: list[int]) -> int:
+    """Fewest output frames CTC needs for ``tokens``: one per label plus a blank between equal neighbours."""
+    return len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
 
 
 def write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
@@ -164,4 +184,4 @@ def make_loader(table: UtteranceTable, plan: list[tuple[str, BatchPlanItem]], fb
     )
 
 
-__all__ = ["Utterance", "Batch", "UtteranceTable", "make_loader", "write_rejects", "AsrKdError"]
+__all__ = ["Utterance", "Batch", "UtteranceTable", "ctc_min_frames", "make_loader", "write_rejects", "AsrKdError"]

@@ -36,8 +36,8 @@ from asr_kd.scoring import score
 from asr_kd.train.batching import BatchPlanItem, mix_batches, plan_batches
 from asr_kd.train.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from asr_kd.train.config import TrainConfig
-from asr_kd.train.data import Batch, UtteranceTable, make_loader, write_rejects
-from asr_kd.train.losses import ctc_loss, kd_loss, pad_targets
+from asr_kd.train.data import Batch, UtteranceTable, ctc_min_frames, make_loader, write_rejects
+from asr_kd.train.losses import ctc_loss, epoch_loss_weights, kd_loss, pad_targets
 from asr_kd.train.metrics import PROGRESS_FILE, MetricsLog, plot_training_curve, write_progress
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,12 @@ class Trainer:
         self.world_size = world_size
         self.is_main = rank == 0  # only rank 0 writes files; every rank computes the same setup
         self.progress = progress and self.is_main
-        self.ckpt = CheckpointManager(self.out, config.train.keep_last_checkpoints, config.train.keep_best, config.train.average_last)
+        self.ckpt = CheckpointManager(self.out, config.train.keep_last_checkpoints, config.train.keep_best, 1)
+        self.loss_weights = {"ctc": 1.0, "kd": 0.0, "pseudo": 0.0}  # per batch; set per epoch by _plan
+        self.pseudo_tokens: dict[str, list[int]] = {}  # teacher 1-best token ids (kd.pseudo_ctc_weight > 0)
+        self.average: dict[str, torch.Tensor] | None = None  # running sum of weights (final=average)
+        self.average_count = 0
+        self.average_step = -1  # the last step added to the average
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -132,7 +137,8 @@ class Trainer:
 
         d = c.data
         for p in d.train:
-            self.table.add_dir(p, c.fbank, self.tokenizer, True, d.min_seconds, d.max_seconds, d.allow_pipes)
+            self.table.add_dir(p, c.fbank, self.tokenizer, True, d.min_seconds, d.max_seconds, d.allow_pipes,
+                               subsampling=c.model.subsampling)
         self.labeled_ids = sorted(self.table.utts)
         for p in d.unlabeled:
             self.table.add_dir(p, c.fbank, None, False, d.min_seconds, d.max_seconds, d.allow_pipes)
@@ -210,6 +216,30 @@ class Trainer:
                 del self.table.utts[u]
             self.unlabeled_ids = [u for u in self.unlabeled_ids if u in in_store]
             write_rejects(self.out / "rejects.tsv", self.table.rejects)
+        if c.kd.pseudo_ctc_weight > 0:
+            self._load_pseudo_transcripts()
+
+    def _load_pseudo_transcripts(self) -> None:
+        """Token ids of the teacher's 1-best (``text.pseudo``) for the unlabeled utterances; an empty or
+        unalignable pseudo transcript gets no pseudo-CTC term (counted in the log, never an error)."""
+        c = self.config
+        path = Path(c.kd.store) / "text.pseudo"
+        if not path.exists():
+            raise StoreError(f"{path} is missing but kd.pseudo_ctc_weight={c.kd.pseudo_ctc_weight}; relabel with "
+                             "'asr-kd label' (it writes text.pseudo) or set kd.pseudo_ctc_weight=0")
+        wanted = set(self.unlabeled_ids)
+        skipped = 0
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            utt, _, text = line.partition(" ")
+            if utt not in wanted:
+                continue
+            tokens = self.tokenizer.encode(normalize_text(text))
+            if not tokens or ctc_min_frames(tokens) > self.table.utts[utt].frames // c.model.subsampling:
+                skipped += 1
+                continue
+            self.pseudo_tokens[utt] = tokens
+        log.info("pseudo-CTC: teacher 1-best for %d of %d unlabeled utterances (%d empty or unalignable)",
+                 len(self.pseudo_tokens), len(self.unlabeled_ids), skipped)
 
     def _restore(self) -> None:
         path = self.ckpt.latest()
@@ -224,6 +254,9 @@ class Trainer:
         set_rng_state(state["rng"])
         if self.specaug is not None and "specaug_rng" in state:
             self.specaug.generator.set_state(state["specaug_rng"])
+        if state.get("average") is not None:
+            self.average, self.average_count = state["average"], int(state["average_count"])
+            self.average_step = int(state["average_step"])
         log.info("resumed from %s (epoch %d, step %d, batch %d of the epoch)", path.name, self.epoch, self.step, self.batch_in_epoch)
 
     def _state(self) -> dict:
@@ -238,7 +271,34 @@ class Trainer:
         }
         if self.specaug is not None:
             s["specaug_rng"] = self.specaug.generator.get_state()
+        if self.average is not None:
+            s["average"], s["average_count"], s["average_step"] = self.average, self.average_count, self.average_step
         return s
+
+    # ------------------------------------------------------------------ weight averaging
+    def _average_start(self) -> int:
+        """First optimizer step whose weights enter the average: the last ``average_share`` of the run."""
+        return max(1, self.total_steps - int(round(self.config.train.average_share * self.total_steps)) + 1)
+
+    def _maybe_accumulate_average(self, last: bool = False) -> None:
+        """Add the current weights to the running average when this step is a snapshot step (every
+        ``average_every_steps`` from the window's start) or ``last`` is set (the run's final step)."""
+        c = self.config.train
+        if c.final != "average" or not self.is_main or self.step < self._average_start() or self.average_step == self.step:
+            return
+        if (self.step - self._average_start()) % c.average_every_steps and self.step != self.total_steps and not last:
+            return
+        state = self.core.state_dict()
+        if self.average is None:
+            self.average = {k: v.detach().double().clone() if v.is_floating_point() else v.detach().clone() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    self.average[k] += v.detach().double()
+                else:
+                    self.average[k] = v.detach().clone()
+        self.average_count += 1
+        self.average_step = self.step
 
     # ------------------------------------------------------------------ plan
     def _plan(self, epoch: int) -> list[tuple[str, BatchPlanItem]]:
@@ -251,6 +311,7 @@ class Trainer:
         unl = plan_batches(self.table.lengths(self.unlabeled_ids), max_frames, seed + 1, epoch, c.batch.shuffle, c.batch.max_utts)
         ratio = c.kd.unlabeled_per_labeled if c.kd is not None else 1.0
         plan = mix_batches(lab, unl, ratio, seed, epoch)
+        self.loss_weights = self._epoch_loss_weights(plan)
         if self.world_size > 1:
             # rank r takes batches r, r+W, ...; every rank gets the same count (DDP steps in lockstep)
             per_rank = len(plan) // self.world_size
@@ -259,17 +320,41 @@ class Trainer:
             plan = plan[self.rank::self.world_size][:per_rank]
         return plan
 
+    def _epoch_loss_weights(self, plan: list[tuple[str, BatchPlanItem]]) -> dict[str, float]:
+        """Per-batch weights of the CTC, KD and pseudo-CTC terms for this epoch's plan (see
+        ``losses.epoch_loss_weights``): computed on the whole plan, so every DDP rank uses the same."""
+        kd = self.config.kd
+        if kd is None:
+            return {"ctc": 1.0, "kd": 0.0, "pseudo": 0.0}
+        counts = {"ctc": 0, "kd": 0, "pseudo": 0}
+        for _, item in plan:
+            labeled = [self.table.utts[u].tokens is not None for u in item.utt_ids]
+            counts["ctc"] += any(labeled)
+            counts["kd"] += any((not lab or kd.kd_on_labeled) and u in self.store for u, lab in zip(item.utt_ids, labeled))
+            counts["pseudo"] += any(u in self.pseudo_tokens for u in item.utt_ids)
+        shares = {"ctc": kd.ctc_weight, "kd": 1.0 - kd.ctc_weight, "pseudo": kd.pseudo_ctc_weight}
+        return epoch_loss_weights(counts, len(plan), shares)
+
     # ------------------------------------------------------------------ steps
     def _losses(self, batch: Batch, log_probs: torch.Tensor, out_lens: torch.Tensor) -> tuple[torch.Tensor, float | None, float | None]:
+        """The batch's training loss (weights from ``_epoch_loss_weights``) and its CTC and KD values."""
         c = self.config
-        terms: list[tuple[float, torch.Tensor]] = []
+        w = self.loss_weights
+        total = log_probs.sum() * 0.0
         ctc_val = kd_val = None
         labeled = [i for i, t in enumerate(batch.tokens) if t is not None]
         if labeled:
             idx = torch.tensor(labeled, device=log_probs.device)
             l_ctc = ctc_loss(log_probs.index_select(0, idx), out_lens.index_select(0, idx), [batch.tokens[i] for i in labeled])
-            terms.append((c.kd.ctc_weight if c.kd is not None else 1.0, l_ctc))
+            total = total + w["ctc"] * l_ctc
             ctc_val = l_ctc.item()
+        if self.pseudo_tokens:
+            pseudo = [i for i, u in enumerate(batch.utt_ids) if batch.tokens[i] is None and u in self.pseudo_tokens]
+            if pseudo:
+                idx = torch.tensor(pseudo, device=log_probs.device)
+                l_pseudo = ctc_loss(log_probs.index_select(0, idx), out_lens.index_select(0, idx),
+                                    [self.pseudo_tokens[batch.utt_ids[i]] for i in pseudo])
+                total = total + w["pseudo"] * l_pseudo
         if self.store is not None:
             in_store = [i for i, u in enumerate(batch.utt_ids)
                         if (batch.tokens[i] is None or c.kd.kd_on_labeled) and u in self.store]
@@ -281,11 +366,8 @@ class Trainer:
                                                delay=c.kd.target_delay)
                 sub = log_probs.index_select(0, idx)[:, : ids.shape[1]]
                 l_kd = kd_loss(sub, ids.to(sub.device), probs.to(sub.device), mask.to(sub.device), c.kd.temperature)
-                terms.append((1.0 - c.kd.ctc_weight, l_kd))
+                total = total + w["kd"] * l_kd
                 kd_val = l_kd.item()
-        if not terms:
-            return log_probs.sum() * 0.0, None, None
-        total = sum(w * t for w, t in terms) / max(sum(w for w, _ in terms), 1e-8)
         return total, ctc_val, kd_val
 
     def _autocast(self):
@@ -366,6 +448,7 @@ class Trainer:
                     log.warning("step %d: non-finite gradient norm, update skipped (batch %s...)", self.step, batch.utt_ids[:3])
                 self.scheduler.step()
                 self.step += 1
+                self._maybe_accumulate_average()
                 frames_since += int(batch.feat_lens.sum())
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", epoch=self.epoch + 1)
@@ -397,6 +480,7 @@ class Trainer:
             write_progress(self.out, dev_epoch=self.epoch, dev_step=self.step, dev_wer=dev_wer, dev_cer=dev_cer)
             self.ckpt.save_epoch(self._state(), self.epoch if epoch_finished else self.epoch + 1, dev_wer)
         bar.close()
+        self._maybe_accumulate_average(last=True)  # an epoch plan may end the run short of total_steps
         if self.is_main:
             write_progress(self.out, step=self.step)
         wall = time.time() - t0
@@ -409,20 +493,29 @@ class Trainer:
         best_wer = best[0][1] if best and math.isfinite(best[0][1]) else None
         summary = (f"trained {self.out}: {self.step} steps, {self.epoch} epochs, {n_params / 1e6:.2f} M params, "
                    f"best dev WER {best_wer if best_wer is None else f'{best_wer:.2f}%'}, "
-                   f"{len(self.table.rejects)} rejects, {wall / 60:.1f} min"
+                   f"{len(self.table.rejects)} rejects{self._reject_breakdown()}, {wall / 60:.1f} min"
                    + (f", {self.world_size} workers" if self.world_size > 1 else ""))
         write_progress(self.out, summary=summary)  # the DDP driver prints it: worker output is not forwarded
         if self.world_size == 1:
             print(summary)
         return TrainResult(self.out, self.step, self.epoch, best_wer, n_params, wall)
 
+    def _reject_breakdown(self) -> str:
+        unalignable = sum(1 for _, reason in self.table.rejects if reason.startswith("unalignable"))
+        return f" ({unalignable} unalignable)" if unalignable else ""
+
     def _write_final_model(self) -> None:
         c = self.config.train
         if c.final == "best" and self.ckpt.best_path() is not None:
             state = load_checkpoint(self.ckpt.best_path())["model"]
             source = [self.ckpt.best_path().name]
+        elif c.final == "average" and self.average is not None:
+            ref = self.core.state_dict()
+            state = {k: (v / self.average_count).to(ref[k].dtype) if v.is_floating_point() else v for k, v in self.average.items()}
+            source = [f"average of {self.average_count} snapshots, steps {self._average_start()}-{self.step} "
+                      f"(last {c.average_share:.0%} of {self.total_steps} steps, every {c.average_every_steps})"]
         else:
-            state, source = self.ckpt.averaged_model_state(c.average_last)
+            state, source = self.core.state_dict(), [f"step {self.step}"]
         self.core.load_state_dict(state)
         self.core.eval()
         save_model_dir(self.out, self.core.cpu(), self.config.model, self.tokenizer, self.cmvn.cpu(), self.config.fbank,

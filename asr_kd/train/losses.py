@@ -13,6 +13,19 @@ the highest teacher outputs the same way). The student is thus not pushed toward
 shape outside the teacher's top k; with k=8 the missing mass of a trained CTC teacher is typically
 below 1e-3. The ``T^2`` factor keeps gradient magnitudes comparable across temperatures (Hinton et al.).
 
+Training loss of a distilled student (``kd.ctc_weight`` = alpha, ``kd.pseudo_ctc_weight`` = beta)::
+
+    L = alpha * CTC + (1 - alpha) * KD + beta * CTC_pseudo
+
+where each term is the mean, over the batches of an epoch that carry it, of its per-utterance loss:
+``CTC`` on utterances with transcripts, ``KD`` on utterances with stored targets (unlabeled ones,
+and labeled ones with ``kd.kd_on_labeled``), ``CTC_pseudo`` toward the teacher's 1-best transcript
+(the store's ``text.pseudo``) on utterances without a transcript. Labeled and unlabeled utterances
+come in separate batches (``batching.mix_batches``), so a batch's weights are the epoch shares
+divided by how often its terms occur (``epoch_loss_weights``): with 4 unlabeled batches per labeled
+one, alpha = 0.3 puts 1.5 x CTC on each labeled batch and 0.7 x KD on every batch, and CTC is 30 %
+of the epoch's loss — not the 6 % that weighting each batch alone would give.
+
 Target delay ``d`` (output frames): the student at frame ``t`` is trained toward the teacher's frame
 ``t - d``, so a causal student may emit a token ``d`` frames (``d * 40`` ms) after the full-context
 teacher did. Student frames ``t < d`` have no target and are masked out; the teacher's last ``d``
@@ -116,3 +129,18 @@ def kd_loss(
     m = mask.to(per_frame.dtype)
     utterances = (m.sum(dim=1) > 0).sum().clamp_min(1)
     return (per_frame * m).sum() / utterances
+
+
+def epoch_loss_weights(batches_with_term: dict[str, int], total_batches: int, shares: dict[str, float]) -> dict[str, float]:
+    """Per-batch weight of each loss term so that, over an epoch, term ``name`` makes up ``shares[name]``.
+
+    ``batches_with_term[name]`` is how many of the epoch's ``total_batches`` carry the term. A term in
+    every batch gets its share as is; one in a fifth of the batches gets five times its share on those
+    batches, so the epoch mean of the training loss is ``sum(shares[name] * mean of term name)``.
+    A term no batch carries gets weight 0.
+    """
+    weights = {}
+    for name, share in shares.items():
+        n = batches_with_term.get(name, 0)
+        weights[name] = share * total_batches / n if n > 0 else 0.0
+    return weights

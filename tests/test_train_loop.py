@@ -1,0 +1,201 @@
+"""The trainer's bookkeeping on tiny data (seconds each, one CPU thread): checkpoint rotation, best-by-dev
+ranking, ``final: best``, the LR schedules at their boundaries, a non-finite gradient skipped, the
+temperature-mismatch refusal and ``kd.kd_on_labeled``.
+
+Each test names the mutation of the library it was checked against (broken on purpose, seen failing,
+restored). Checkpoint *averaging* and the CTC/KD loss weighting are deliberately not pinned here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr_kd.config import load_config
+from asr_kd.errors import StoreError
+from asr_kd.label.pipeline import LabelOptions, label_local
+from asr_kd.train.config import TrainConfig
+from asr_kd.train.loop import Trainer, lr_lambda
+from factories import make_data, make_teacher, tiny_train_config
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _data(root: Path, n: int = 12, with_text: bool = True, prefix: str = "") -> Path:
+    # 1.2-1.8 s: long enough for CTC to align every transcript at 40 ms frames
+    return make_data(root, n, with_text=with_text, prefix=prefix, min_s=1.2, step_s=0.1)
+
+
+def _config(tmp_path: Path, name: str, train: list[str], **kw) -> TrainConfig:
+    return load_config(tiny_train_config(tmp_path / f"{name}.yaml", train, **kw), TrainConfig)
+
+
+def _metrics(model_dir: Path, kind: str = "train") -> list[dict[str, str]]:
+    lines = (model_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def _model(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"] if "model" in state and isinstance(state["model"], dict) else state
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_step_checkpoints_rotate_and_epochs_are_ranked_by_dev_wer(tmp_path):
+    """keep_last_checkpoints step files survive, oldest deleted first; best.tsv orders epochs by dev WER
+    (ties by name), the keep_best best ones stay on disk, best_path() is the lowest WER and ``latest``
+    the newest file. (Mutations caught: rotation keeping the oldest, ranking sorted descending.)"""
+    data = _data(tmp_path / "d", 3)
+    cfg = _config(tmp_path, "c", [str(data)], extra={"train.keep_last_checkpoints": 2, "train.keep_best": 2})
+    ckpt = Trainer(cfg, tmp_path / "m", progress=False).ckpt
+    for step in range(1, 6):
+        ckpt.save_step({"model": {"w": torch.tensor(float(step))}}, step)
+    assert sorted(p.name for p in ckpt.dir.glob("step-*.pt")) == ["step-00000004.pt", "step-00000005.pt"]
+    assert ckpt.latest().name == "step-00000005.pt"
+    wers = {1: 50.0, 2: 30.0, 3: 40.0, 4: 60.0, 5: 35.0}
+    for epoch, wer in wers.items():
+        ckpt.save_epoch({"model": {"w": torch.tensor(float(epoch))}}, epoch, wer)
+    assert ckpt.ranking() == [("epoch-002.pt", 30.0), ("epoch-005.pt", 35.0), ("epoch-003.pt", 40.0),
+                              ("epoch-001.pt", 50.0), ("epoch-004.pt", 60.0)]
+    assert (ckpt.dir / "epoch-002.pt").is_file() and (ckpt.dir / "epoch-005.pt").is_file()
+    assert ckpt.best_path().name == "epoch-002.pt"
+    assert _model(ckpt.best_path())["w"].item() == 2.0
+    assert ckpt.latest().name == "epoch-005.pt"
+
+
+def test_final_best_writes_the_best_dev_checkpoint_and_the_lr_follows_the_schedule(tmp_path):
+    """A real run with a dev set and ``train.final: best``: model.pt holds exactly the weights of the epoch
+    checkpoint ranked first in best.tsv (which is not the last epoch's), and the learning rate logged at
+    every step is lr x lr_lambda(step). (Mutations caught: final=best ignored -> the last/averaged
+    weights; warmup off by one step.)"""
+    data = _data(tmp_path / "d", 6)
+    dev = _data(tmp_path / "dev", 3, prefix="dev")
+    cfg = _config(tmp_path, "c", [str(data)], max_steps=None, max_frames=500,
+                  extra={"train.max_epochs": 3, "train.final": "best", "train.keep_best": 1, "train.log_every_steps": 1,
+                         "data.dev": str(dev), "optim.lr": 5e-3, "optim.warmup_steps": 3})
+    trainer = Trainer(cfg, tmp_path / "m", progress=False)
+    result = trainer.run()
+    ranking = trainer.ckpt.ranking()
+    assert [name for name, _ in ranking] and len(ranking) == 3
+    best = ranking[0][0]
+    assert ranking == sorted(ranking, key=lambda r: (r[1], r[0]))
+    last = _model(tmp_path / "m" / "checkpoints" / "epoch-003.pt")
+    final = _model(tmp_path / "m" / "model.pt")
+    want = _model(tmp_path / "m" / "checkpoints" / best)
+    assert final.keys() == want.keys()
+    assert all(torch.equal(final[k], want[k]) for k in want)
+    if best != "epoch-003.pt":  # the check has teeth only if the best is not also the last
+        assert any(not torch.equal(final[k], last[k]) for k in last)
+    else:
+        pytest.fail(f"the last epoch is also the best ({ranking}); pick data where they differ")
+    import json
+    assert json.loads((tmp_path / "m" / "meta.json").read_text())["weights_from"] == [best]
+    f = lr_lambda(cfg, trainer.total_steps)
+    for row in _metrics(tmp_path / "m"):
+        step = int(row["step"])
+        assert float(row["lr"]) == pytest.approx(5e-3 * f(step), rel=1e-6), row
+    assert result.steps == trainer.total_steps
+
+
+# ------------------------------------------------------------------------------ LR schedules
+def _schedule(tmp_path: Path, schedule: str, warmup: int, min_lr_ratio: float = 0.05):
+    data = _data(tmp_path / "d", 3)
+    cfg = _config(tmp_path, f"{schedule}{warmup}", [str(data)],
+                  extra={"optim.schedule": schedule, "optim.warmup_steps": warmup, "optim.min_lr_ratio": min_lr_ratio})
+    return lr_lambda(cfg, 100)
+
+
+def test_lr_schedules_at_their_boundaries(tmp_path):
+    """Warmup is linear from 1/W at the first step to 1 at step W-1; cosine is 1 at the end of warmup, halfway
+    between 1 and the floor at mid-run, the floor at the last step and after it; noam decays as
+    sqrt(W / (step + 1)) from the end of warmup; constant stays 1. (Mutations caught: cosine floor not
+    applied, noam exponent 1 instead of 1/2, warmup starting at 0.)"""
+    cos = _schedule(tmp_path, "cosine", 10, min_lr_ratio=0.1)
+    assert cos(0) == pytest.approx(0.1) and cos(4) == pytest.approx(0.5) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0)
+    assert cos(55) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert cos(100) == pytest.approx(0.1) and cos(150) == pytest.approx(0.1)
+    assert all(cos(s) >= cos(s + 1) for s in range(10, 120))
+    noam = _schedule(tmp_path, "noam", 10)
+    assert noam(9) == pytest.approx(1.0)
+    assert noam(10) == pytest.approx(math.sqrt(10 / 11))
+    assert noam(39) == pytest.approx(0.5) and noam(159) == pytest.approx(0.25)
+    const = _schedule(tmp_path, "constant", 4)
+    assert [const(s) for s in (0, 3, 4, 1000)] == pytest.approx([0.25, 1.0, 1.0, 1.0])
+    no_warmup = _schedule(tmp_path, "cosine", 0, min_lr_ratio=0.0)
+    assert no_warmup(0) == pytest.approx(1.0) and no_warmup(50) == pytest.approx(0.5) and no_warmup(100) == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------ non-finite gradient
+class _NanGradientAtStep(Trainer):
+    """The real trainer with a backward hook that turns one step's gradient of one weight into NaN (the
+    hook stands in for an overflowing batch; everything else is the library's code)."""
+
+    nan_at_step = 3  # the optimizer step (1-based) whose gradient is poisoned
+
+    def _setup(self) -> None:
+        super()._setup()
+        weight = next(p for p in self.core.parameters() if p.requires_grad)
+        weight.register_hook(lambda g: torch.full_like(g, float("nan")) if self.step + 1 == self.nan_at_step else g)
+
+
+def test_non_finite_gradient_skips_the_update_and_training_goes_on(tmp_path):
+    """Step 3's gradient is NaN: its update is skipped (weights and optimizer moments of step 3 equal those
+    of step 2), grad_norm is logged as nan, and step 4 updates again with finite weights.
+    (Mutation caught: the isfinite(grad_norm) guard removed -> NaN weights from step 3 on.)"""
+    data = _data(tmp_path / "d", 6)
+    cfg = _config(tmp_path, "c", [str(data)], max_steps=5, checkpoint_every=1,
+                  extra={"train.keep_last_checkpoints": 10, "train.log_every_steps": 1})
+    _NanGradientAtStep(cfg, tmp_path / "m", progress=False).run()
+    ck = tmp_path / "m" / "checkpoints"
+    s2, s3, s4 = (torch.load(ck / f"step-{i:08d}.pt", weights_only=True) for i in (2, 3, 4))
+    for k in s2["model"]:
+        assert torch.equal(s2["model"][k], s3["model"][k]), k
+    assert any(not torch.equal(s3["model"][k], s4["model"][k]) for k in s3["model"])
+    assert all(torch.isfinite(v).all() for v in s4["model"].values() if v.is_floating_point())
+    for pid, st in s2["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg"], s3["optimizer"]["state"][pid]["exp_avg"]), pid
+    norms = {int(r["step"]): r["grad_norm"] for r in _metrics(tmp_path / "m")}
+    assert math.isnan(float(norms[3])) and all(math.isfinite(float(norms[s])) for s in (1, 2, 4, 5))
+
+
+# ------------------------------------------------------------------------------ distillation options
+@pytest.fixture(scope="module")
+def kd_parts(tmp_path_factory):
+    """A teacher and a labeled set whose utterances are also in a soft-target store (made at T = 1)."""
+    root = tmp_path_factory.mktemp("kdloop")
+    teacher = make_teacher(root / "teacher")
+    labeled = _data(root / "lab", 6)
+    store = root / "store"
+    label_local([str(teacher)], str(labeled), str(store), LabelOptions(top_k=4, shard_size=3, progress=False))
+    return root, teacher, labeled, store
+
+
+def test_store_made_at_another_temperature_is_refused(kd_parts, tmp_path):
+    """(Mutation caught: the temperature comparison removed -> training starts on mis-tempered targets.)"""
+    root, teacher, labeled, store = kd_parts
+    cfg = _config(tmp_path, "kd", [str(labeled)], store=str(store), from_model=str(teacher), max_steps=1,
+                  extra={"kd.temperature": 2.0})
+    with pytest.raises(StoreError, match=r"temperature 1\.0 but kd\.temperature is 2\.0"):
+        Trainer(cfg, tmp_path / "m", progress=False)._setup()
+    ok = _config(tmp_path, "kd1", [str(labeled)], store=str(store), from_model=str(teacher), max_steps=1)
+    Trainer(ok, tmp_path / "m1", progress=False)._setup()  # the store's own temperature is accepted
+
+
+@pytest.mark.parametrize("kd_on_labeled", [True, False])
+def test_kd_on_labeled_decides_whether_labeled_utterances_get_a_kd_term(kd_parts, tmp_path, kd_on_labeled):
+    """Only labeled data, all of it in the store: every step has a KD loss with kd_on_labeled, none without,
+    and the CTC loss is there either way. (Mutation caught: the kd_on_labeled condition dropped.)"""
+    root, teacher, labeled, store = kd_parts
+    cfg = _config(tmp_path, "kd", [str(labeled)], store=str(store), from_model=str(teacher), max_steps=3,
+                  extra={"kd.kd_on_labeled": kd_on_labeled, "train.log_every_steps": 1})
+    Trainer(cfg, tmp_path / "m", progress=False).run()
+    rows = _metrics(tmp_path / "m")
+    assert len(rows) == 3 and all(r["ctc_loss"] not in ("", "nan") for r in rows)
+    has_kd = [r["kd_loss"] not in ("", "nan") for r in rows]
+    assert has_kd == [kd_on_labeled] * 3, rows

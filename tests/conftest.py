@@ -25,7 +25,8 @@ def ray_cluster():
     """A local Ray instance (2 CPUs, no dashboard) shared by all tests of the session (~3 s to start)."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+        # address="local": a new cluster of our own, never one that another process on the machine runs
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -1,15 +1,20 @@
 """Label a data dir with teacher soft targets: a Ray Data pipeline writing a sharded store.
 
 Plan: utterances are sorted by duration (ties by id) and cut into shards of ``shard_size``
-utterances — a pure function of the data dir, so a rerun plans the same shards. Shards already
-complete in the store (their completion marker exists) are skipped: that is the resume. The rest
-flow through Ray Data::
+utterances, and each shard into teacher batches (consecutive utterances, at most ``read_batch_size``
+of them and ``batch_max_frames`` padded frames) — a pure function of the data dir and the options, so
+a rerun plans the same shards and the same batches. A batch never crosses a shard: which shards are
+already done cannot change how the others are batched, and since the teacher's float results depend
+on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes a clean run writes.
+Shards already complete in the store (their completion marker exists) are skipped: that is the
+resume. The rest flow through Ray Data, one row per planned batch::
 
-    from_items(rows) ─▶ map_batches(read_audio)  CPU tasks: decode + resample audio, catch bad files
-                     ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
-                                                 fbank + teachers (num_gpus=1 each when GPUs exist)
-                     ─▶ driver: group rows by shard; a shard is written (atomically) once all its
-                                utterances are back, rejects first, then targets, then its marker.
+    from_items(batches) ─▶ map_batches(read_audio_group)   CPU tasks: decode + resample, catch bad files
+                        ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
+                                                 fbank + teachers (num_gpus=1 each when GPUs exist),
+                                                 one forward per planned batch, one row out per utterance
+                        ─▶ driver: group rows by shard; a shard is written (atomically) once all its
+                                   utterances are back, rejects first, then targets, then its marker.
 
 Ray retries a task whose actor died and restarts the actor, and the driver keys results by
 utterance id, so a crash loses nothing and writes nothing twice. Bad utterances (unreadable, empty,
@@ -20,8 +25,8 @@ everything else is labeled. The teachers' 1-best transcripts go to ``text.pseudo
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -34,6 +39,7 @@ from tqdm import tqdm
 from asr_kd.data.audio import audio_duration, load_audio
 from asr_kd.data.datadir import DataDir, read_data_dir
 from asr_kd.errors import AsrKdError, AudioError
+from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
 from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 KILL_ACTOR_ENV = "ASR_KD_TEST_KILL_ACTOR_AFTER_BATCHES"  # test hook: an actor dies once after N batches
 KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the dying actor (die only once)
 STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
+BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
 
 @dataclasses.dataclass
@@ -51,7 +58,7 @@ class LabelOptions:
     shard_size: int = 256  # utterances per shard
     max_seconds: float = 60.0  # longer utterances are rejected as too_long
     batch_max_frames: int = 40000  # padded 10 ms frames per teacher forward
-    read_batch_size: int = 16  # utterances per audio-reading task / actor call
+    read_batch_size: int = 16  # at most this many utterances per teacher batch (batches never cross a shard)
     actors: int = 2
     actor_num_cpus: float | None = None  # None: share the cluster's CPUs, keeping room for audio reading
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
@@ -96,44 +103,101 @@ def utterance_seconds(data: DataDir, utt: str) -> float:
         return 0.0
 
 
-def plan_shards(data: DataDir, shard_size: int) -> list[list[str]]:
+def plan_shards(data: DataDir, shard_size: int, seconds: dict[str, float] | None = None) -> list[list[str]]:
     """Utterance ids sorted by (duration, id) and cut into shards of ``shard_size``."""
     if shard_size < 1:
         raise AsrKdError(f"label: shard size must be >= 1, got {shard_size}")
-    order = sorted(data.utt_ids, key=lambda u: (utterance_seconds(data, u), u))
+    seconds = seconds if seconds is not None else {u: utterance_seconds(data, u) for u in data.utt_ids}
+    order = sorted(data.utt_ids, key=lambda u: (seconds[u], u))
     return [order[i: i + shard_size] for i in range(0, len(order), shard_size)]
 
 
-def _rows(data: DataDir, shards: list[list[str]], todo: Iterable[int]) -> list[dict[str, Any]]:
+def plan_batches(shard: list[str], seconds: dict[str, float], max_utts: int, max_frames: int) -> list[list[str]]:
+    """Cut one shard (duration-sorted) into teacher batches of consecutive utterances: at most
+    ``max_utts`` utterances and ``max_frames`` padded 10 ms frames (count x longest) per batch.
+
+    Depends only on the shard and the options — never on which other shards are done — so a resumed
+    run forms exactly the batches an uninterrupted one does."""
+    if max_utts < 1 or max_frames < 1:
+        raise AsrKdError(f"label: batch sizes must be >= 1, got {max_utts} utterances / {max_frames} frames")
+    batches: list[list[str]] = []
+    cur: list[str] = []
+    longest = 0
+    for utt in shard:
+        n = max(int(seconds[utt] * 100), 1)
+        if cur and (len(cur) >= max_utts or max(longest, n) * (len(cur) + 1) > max_frames):
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(utt)
+        longest = max(longest, n)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _batch_rows(data: DataDir, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
+                max_utts: int, max_frames: int) -> list[dict[str, Any]]:
+    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances (JSON)."""
     rows = []
     for s in todo:
-        for utt in shards[s]:
-            src = data.source(utt)
-            rows.append({"utt_id": utt, "shard": s, "path": src.path,
-                         "start": math.nan if src.start is None else src.start,
-                         "end": math.nan if src.end is None else src.end})
+        for utts in plan_batches(shards[s], seconds, max_utts, max_frames):
+            items = []
+            for utt in utts:
+                src = data.source(utt)
+                items.append([utt, src.path, src.start, src.end])
+            rows.append({"shard": s, "utts": json.dumps(items)})
     return rows
 
 
 # --------------------------------------------------------------------------------------- workers
 
 
-def read_audio_batch(batch: dict[str, np.ndarray], sample_rate: int, max_seconds: float, allow_pipes: bool) -> dict[str, Any]:
-    """Ray task: decode the audio of a batch of rows; bad files become rows with an ``error``."""
+def read_audio_group(batch: dict[str, np.ndarray], sample_rate: int, max_seconds: float, allow_pipes: bool) -> dict[str, Any]:
+    """Ray task: decode the audio of planned teacher batches (rows); bad files get an ``error``.
+
+    Each output row keeps its batch whole: ``wave`` is the batch's waveforms concatenated and
+    ``meta`` (JSON) holds the utterance ids, their lengths in samples and their errors."""
     from asr_kd.data.datadir import AudioSource
 
     torch.set_num_threads(1)
-    waves, errors = [], []
-    for utt, path, start, end in zip(batch["utt_id"], batch["path"], batch["start"], batch["end"]):
-        src = AudioSource(str(utt), str(path), None if math.isnan(start) else float(start), None if math.isnan(end) else float(end))
-        try:
-            wave = load_audio(src, sample_rate=sample_rate, max_seconds=max_seconds, allow_pipes=allow_pipes)
-            waves.append(wave.numpy().astype(np.float32))
-            errors.append("")
-        except AudioError as exc:
-            waves.append(np.zeros(0, dtype=np.float32))
-            errors.append(f"{exc.reason}: {exc.detail}")
-    return {"utt_id": batch["utt_id"], "shard": batch["shard"], "wave": waves, "error": np.array(errors, dtype=object)}
+    waves, metas = [], []
+    for utts in batch["utts"]:
+        parts, ids, lengths, errors = [], [], [], []
+        for utt, path, start, end in json.loads(str(utts)):
+            try:
+                wave = load_audio(AudioSource(utt, path, start, end), sample_rate=sample_rate, max_seconds=max_seconds,
+                                  allow_pipes=allow_pipes).numpy().astype(np.float32)
+                err = ""
+            except AudioError as exc:
+                wave, err = np.zeros(0, dtype=np.float32), f"{exc.reason}: {exc.detail}"
+            parts.append(wave)
+            ids.append(utt)
+            lengths.append(int(wave.shape[0]))
+            errors.append(err)
+        waves.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
+        metas.append(json.dumps({"utt_ids": ids, "lengths": lengths, "errors": errors}))
+    return {"shard": batch["shard"], "wave": waves, "meta": np.array(metas, dtype=object)}
+
+
+def label_groups(ensemble: "TeacherEnsemble", batch: dict[str, Any], batch_max_frames: int) -> dict[str, Any]:
+    """Label the planned batches read by ``read_audio_group``: one forward per planned batch (split
+    further only if its decoded audio exceeds ``batch_max_frames``), one output row per utterance."""
+    outs = []
+    for shard, wave, meta in zip(batch["shard"], batch["wave"], batch["meta"]):
+        m = json.loads(str(meta))
+        bounds = np.cumsum([0] + m["lengths"])
+        wave = np.asarray(wave, dtype=np.float32)
+        waves = [wave[bounds[i]: bounds[i + 1]] for i in range(len(m["lengths"]))]
+        outs.append(label_rows(ensemble, m["utt_ids"], [int(shard)] * len(waves), waves, m["errors"], batch_max_frames))
+    if not outs:
+        return label_rows(ensemble, [], [], [], [], batch_max_frames)
+    merged: dict[str, Any] = {}
+    for key in outs[0]:
+        if key in ("ids", "probs"):
+            merged[key] = [a for o in outs for a in o[key]]
+        else:
+            merged[key] = np.concatenate([o[key] for o in outs])
+    return merged
 
 
 def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
@@ -170,8 +234,7 @@ class TeacherActor:
         if self.kill_after and self.calls == self.kill_after and self.kill_marker and not os.path.exists(self.kill_marker):
             Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
             os._exit(1)  # simulate a crash mid-run (test hook)
-        return label_rows(self.ensemble, list(batch["utt_id"]), list(batch["shard"]), list(batch["wave"]),
-                          list(batch["error"]), self.batch_max_frames)
+        return label_groups(self.ensemble, batch, self.batch_max_frames)
 
 
 def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int) -> dict[str, Any]:
@@ -184,8 +247,12 @@ def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: li
     entropy = np.full(n, np.nan)
     errs = [str(e) for e in errors]
     ok = [i for i in range(n) if not errs[i]]
+    batch_log = os.environ.get(BATCH_LOG_ENV)
     for group in _sub_batches([len(waves[i]) for i in ok], batch_max_frames):
         idx = [ok[j] for j in group]
+        if batch_log:  # one short O_APPEND write per line: lines of concurrent actors do not interleave
+            with open(batch_log, "a", encoding="utf-8") as f:
+                f.write(" ".join(str(utt_ids[i]) for i in idx) + "\n")
         results: list[SoftTargets] = ensemble([str(utt_ids[i]) for i in idx], [torch.from_numpy(np.asarray(waves[i])) for i in idx])
         for i, r in zip(idx, results):
             if r.ids.shape[0] == 0:
@@ -332,22 +399,6 @@ def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None) -
     return requested
 
 
-def init_ray(address: str | None) -> bool:
-    """Start (or join) Ray unless already initialized; returns True when we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Ray reports usage statistics to usage-stats.ray.io by default; labeling must not phone home
-    # (air-gapped clusters would also wait on the timeout). A user can still opt in with =1.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # dashboard off: nothing listens beyond what Ray needs, and nothing on a public interface
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             configure_logging=True, ignore_reinit_error=True)
-    return True
-
-
 def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
     """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable)."""
     import ray
@@ -359,7 +410,8 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     # the driver loads the teachers once to check them and to fill the store's meta
     ensemble = TeacherEnsemble(model_dirs, o.weights, device="cpu", top_k=o.top_k, temperature=o.temperature)
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
-    shards = plan_shards(data, o.shard_size)
+    seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
+    shards = plan_shards(data, o.shard_size, seconds)
     done = sorted(writer.completed_shards())
     todo = [s for s in range(len(shards)) if s not in set(done)]
     sample_rate = ensemble.fbank_config.sample_rate
@@ -375,19 +427,21 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         actor_cpus = actor_cpu_share(ray.cluster_resources().get("CPU", 1.0), o.actors, o.actor_num_cpus)
-        rows = _rows(data, shards, todo)
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // o.read_batch_size, 200)))
-        ds = ds.map_batches(read_audio_batch, batch_size=o.read_batch_size, num_cpus=READ_TASK_CPUS,
+        # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
+        rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+        n_utts = sum(len(shards[s]) for s in todo)
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+        ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS,
                             fn_kwargs=dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes))
         # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
-        ds = ds.map_batches(TeacherActor, batch_size=o.read_batch_size, compute=ActorPoolStrategy(size=o.actors),
+        ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=o.actors),
                             num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
                             runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
                                                        top_k=o.top_k, temperature=o.temperature,
                                                        batch_max_frames=o.batch_max_frames))
-        bar = tqdm(total=len(rows), desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
+        bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(collector.add(batch))
@@ -418,19 +472,19 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     ensemble = TeacherEnsemble(model_dirs, o.weights, device="cuda" if torch.cuda.is_available() else "cpu",
                                top_k=o.top_k, temperature=o.temperature)
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
-    shards = plan_shards(data, o.shard_size)
+    seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
+    shards = plan_shards(data, o.shard_size, seconds)
     done = sorted(writer.completed_shards())
     sample_rate = ensemble.fbank_config.sample_rate
     collector = _ShardCollector(writer, shards, o, sample_rate)
     todo = [s for s in range(len(shards)) if s not in set(done)]
-    rows = _rows(data, shards, todo)
-    step = 1 if one_at_a_time else o.read_batch_size
-    for i in tqdm(range(0, len(rows), step), desc="label (local)", disable=not o.progress):
-        chunk = rows[i: i + step]
-        batch = {k: np.asarray([r[k] for r in chunk], dtype=object if k in ("utt_id", "path") else None) for k in chunk[0]}
-        read = read_audio_batch(batch, sample_rate, o.max_seconds, o.allow_pipes)
-        collector.add(label_rows(ensemble, list(read["utt_id"]), list(read["shard"]), read["wave"], list(read["error"]),
-                                 1 if one_at_a_time else o.batch_max_frames))
+    # the batches the Ray pipeline plans (one utterance each for the naive baseline)
+    rows = _batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
+                       1 if one_at_a_time else o.batch_max_frames)
+    for row in tqdm(rows, desc="label (local)", disable=not o.progress):
+        read = read_audio_group({"shard": np.asarray([row["shard"]]), "utts": np.asarray([row["utts"]], dtype=object)},
+                                sample_rate, o.max_seconds, o.allow_pipes)
+        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames))
     writer.finalize(expected_shards=len(shards))
     merge_pseudo(Path(out_dir))
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,

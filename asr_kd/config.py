@@ -4,14 +4,16 @@
 unsafe loader), applies ``key.sub=value`` overrides from the command line, and validates the result
 into ``model_cls``. Errors name the file and the dotted key, e.g.::
 
-    conf/teacher.yaml: model.d_modle: unknown key (did you mean 'd_model'?)
+    conf/teacher.yaml: model.d_modle: unknown key (did you mean 'd_model'?); valid keys of model
+    (kind: conformer): kind, d_model, num_layers, ...
 """
 
 from __future__ import annotations
 
 import difflib
+import types
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import pydantic
 import yaml
@@ -66,21 +68,79 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
-def _suggest(model_cls: type[pydantic.BaseModel], loc: tuple) -> str:
-    """Closest valid key name for an unknown key, walking nested model fields along ``loc``."""
-    cls: Any = model_cls
-    for part in loc[:-1]:
-        field = getattr(cls, "model_fields", {}).get(part)
-        if field is None:
-            return ""
-        cls = field.annotation
-    names = list(getattr(cls, "model_fields", {}).keys())
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation can hold: unwraps ``Annotated``, ``Optional`` and unions (None dropped)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, pydantic.BaseModel)
+
+
+def _tags(cls: type[pydantic.BaseModel]) -> set[str]:
+    """Names pydantic uses for a union member in an error location: the class name and the value of a
+    ``Literal`` discriminator field (``kind: conformer``)."""
+    tags = {cls.__name__}
+    for field in cls.model_fields.values():
+        if get_origin(field.annotation) is Literal:
+            tags.update(str(v) for v in get_args(field.annotation))
+    return tags
+
+
+def _section(model_cls: type[pydantic.BaseModel], loc: tuple) -> tuple[list[str], Any, str | None]:
+    """Walk an error location from ``model_cls``: (the keys as written in YAML, without pydantic's union
+    tags; the annotation found at the end; the union member picked by the last tag, e.g. 'conformer')."""
+    shown: list[str] = []
+    current: Any = model_cls
+    kind = None
+    for part in loc:
+        members = _members(current)
+        models = [m for m in members if _is_model(m)]
+        field_owner = [m for m in models if part in m.model_fields]
+        if len(models) > 1 and not field_owner:
+            picked = [m for m in models if str(part) in _tags(m)]
+            if len(picked) == 1:
+                current, kind = picked[0], str(part)
+                continue
+        if len(field_owner) == 1:
+            shown.append(str(part))
+            current, kind = field_owner[0].model_fields[part].annotation, None
+            continue
+        containers = [m for m in members if get_origin(m) in (list, tuple, set, frozenset, dict)]
+        shown.append(str(part))
+        if len(containers) == 1 and get_args(containers[0]):
+            current, kind = get_args(containers[0])[-1], None  # list[X] / dict[str, X] -> X
+        else:
+            return shown + [str(p) for p in loc[len(shown):]], None, None
+    return shown, current, kind
+
+
+def _unknown_key(model_cls: type[pydantic.BaseModel], loc: tuple) -> tuple[str, str]:
+    """(dotted key as written, hint) for an unknown key: the closest valid key of its section and all
+    of that section's valid keys."""
+    shown, annotation, kind = _section(model_cls, loc[:-1])
+    key = ".".join(shown + [str(loc[-1])])
+    models = [m for m in _members(annotation) if _is_model(m)] if annotation is not None else []
+    if len(models) != 1:
+        return key, ""
+    names = list(models[0].model_fields)
     match = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {', '.join(names)})"
+    where = f"valid keys of {'.'.join(shown)}" if shown else "valid top-level keys"
+    if kind is not None:
+        where += f" (kind: {kind})"
+    return key, (f" (did you mean {match[0]!r}?)" if match else "") + f"; {where}: {', '.join(names)}"
 
 
 def validate_config(data: dict[str, Any], model_cls: type[T], source: str = "config") -> T:
-    """Validate a mapping into ``model_cls``; raise one ConfigError listing every problem."""
+    """Validate a mapping into ``model_cls``; raise one ConfigError listing every problem.
+
+    An unknown key is reported where it was written (``model.d_modell``, not pydantic's
+    ``model.conformer.d_modell``) with the closest valid key and every valid key of its section."""
     try:
         return model_cls.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -89,7 +149,8 @@ def validate_config(data: dict[str, Any], model_cls: type[T], source: str = "con
             loc = tuple(err["loc"])
             key = ".".join(str(p) for p in loc) or "<top>"
             if err["type"] == "extra_forbidden":
-                lines.append(f"{source}: {key}: unknown key{_suggest(model_cls, loc)}")
+                key, hint = _unknown_key(model_cls, loc)
+                lines.append(f"{source}: {key}: unknown key{hint}")
             else:
                 lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from None

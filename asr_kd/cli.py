@@ -43,6 +43,24 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_speechbrain() -> None:
+    """Show SpeechBrain's log records from WARNING up only.
+
+    Importing SpeechBrain logs INFO lines (``speechbrain.utils.quirks: Applied quirks ...`` about the
+    torch backend settings it changes, ``Excluded quirks ...``), and every logger it makes with
+    ``speechbrain.utils.logger.get_logger`` is set to ``$SB_LOG_LEVEL``, INFO when unset. Our CLI logs
+    its own progress at INFO on the root handler, so those lines would appear in every command that
+    imports SpeechBrain. Set before the import; a user's ``SB_LOG_LEVEL`` wins. Other libraries and
+    ``asr_kd``'s own loggers are untouched (warnings from SpeechBrain still show).
+    """
+    level = os.environ.setdefault("SB_LOG_LEVEL", "WARNING").upper()
+    logging.getLogger("speechbrain").setLevel(level)
+    # loggers SpeechBrain made before this point (an in-process caller imported it) carry their own level
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("speechbrain.") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.NOTSET)
+
+
 def build_command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     """Import the module of one subcommand and build its parser."""
     module_name, help_ = COMMANDS[name]
@@ -56,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("ASR_KD_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("KALDI_ROOT", "/nonexistent-kaldi-root-silences-kaldi-io-banner")
+    _quiet_speechbrain()
     top = _top_parser()
     if not argv or argv[0] not in COMMANDS:
         top.parse_args(argv[:1] or ["--help"])

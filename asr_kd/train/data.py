@@ -79,7 +79,7 @@ class UtteranceTable:
             dur = data.duration(utt)
             if dur is None:
                 try:
-                    dur = audio_duration(data.source(utt).path) if data.segments is None else None
+                    dur = audio_duration(data.source(utt).path, allow_pipes) if data.segments is None else None
                 except AudioError as exc:
                     self.rejects.append((utt, f"{exc.reason}: {exc.detail}"))
                     continue

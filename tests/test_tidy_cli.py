@@ -1,0 +1,56 @@
+"""The CLI's log output: SpeechBrain's import-time INFO lines are silenced, our own warnings (and
+SpeechBrain's) still show."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from factories import ROOT, cli_env, make_data, make_teacher
+
+
+def _env_at_info() -> dict[str, str]:
+    env = cli_env()
+    env.pop("ASR_KD_LOG", None)  # the CLI's default level (INFO), as a user runs it
+    env.pop("SB_LOG_LEVEL", None)
+    return env
+
+
+def test_a_command_that_imports_speechbrain_prints_no_speechbrain_info_lines(tmp_path):
+    teacher = make_teacher(tmp_path / "teacher")
+    data = make_data(tmp_path / "d", 3, with_text=True)
+    proc = subprocess.run([sys.executable, "-m", "asr_kd.cli", "evaluate", "--model", str(teacher), "--data", str(data),
+                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=_env_at_info())
+    assert proc.returncode == 0, proc.stderr
+    assert "WER" in proc.stdout + proc.stderr and (tmp_path / "eval" / "wer.json").is_file()
+    out = proc.stdout + proc.stderr
+    assert "speechbrain" not in out, out  # e.g. 'INFO speechbrain.utils.quirks: Applied quirks ...'
+
+
+SCRIPT = """
+import logging, sys
+from asr_kd.cli import main
+rc = main(["data", "cmvn", "--out", sys.argv[2], sys.argv[1]])
+import speechbrain  # imported after the CLI set up logging, as a subcommand would
+from speechbrain.utils.logger import get_logger
+sb = get_logger("speechbrain.tidy_probe")
+sb.info("sb-info-is-hidden")
+sb.warning("sb-warning-is-shown")
+sys.exit(rc)
+"""
+
+
+def test_our_warnings_and_speechbrain_warnings_still_show(tmp_path):
+    data = make_data(tmp_path / "d", 3)
+    wav_scp = data / "wav.scp"
+    lines = wav_scp.read_text().splitlines()
+    utt = lines[0].split()[0]
+    wav_scp.write_text("\n".join([f"{utt} {tmp_path / 'missing.wav'}"] + lines[1:]) + "\n")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(data), str(tmp_path / "cmvn.json")], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=_env_at_info())
+    assert proc.returncode == 0, proc.stderr
+    assert f"WARNING asr_kd.data.cmvn: cmvn: skipped 1 of 3 utterance(s): {utt}" in proc.stderr
+    assert "sb-warning-is-shown" in proc.stderr
+    assert "sb-info-is-hidden" not in proc.stderr and "quirks" not in proc.stderr

@@ -123,7 +123,7 @@ def test_train_config_with_python_tag_is_refused(tmp_path):
 @pytest.fixture()
 def pipe_data(tmp_path):
     """A labeled data dir whose one wav.scp entry is a shell pipeline that would create ``pwned``."""
-    data = make_data(tmp_path / "corpus", 3, with_text=True)
+    data = make_data(tmp_path / "corpus", 3, with_text=True, min_s=1.2)  # long enough for CTC to align
     scp = (data / "wav.scp").read_text().splitlines()
     utt, path = scp[0].split(" ", 1)
     marker = tmp_path / "pwned"
@@ -158,6 +158,31 @@ def test_label_and_evaluate_refuse_pipes_with_a_clear_message(pipe_data, tmp_pat
                      "--local", "--no-progress", "--allow-pipes", "--top-k", "2"]) == 0
     assert marker.is_dir()
     assert utt in (tmp_path / "store2" / "index.tsv").read_text()
+
+
+def test_train_refuses_a_pipe_in_wav_scp_labeled_or_unlabeled(pipe_data, tmp_path):
+    """``asr-kd train`` with a pipe command in a training data dir (labeled, or unlabeled with a store) exits
+    2 naming wav.scp and --allow-pipes, and the command never runs. (Mutation caught: UtteranceTable
+    reading with allow_pipes=True -> the command runs, marker created.)"""
+    data, marker, utt = pipe_data
+    conf = tiny_train_config(tmp_path / "ctc.yaml", [str(data)], max_steps=1)
+    proc = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "m"), "--no-progress")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "pipe command" in proc.stderr and "--allow-pipes" in proc.stderr and "wav.scp" in proc.stderr, proc.stderr
+    assert not marker.exists()
+    # the same dir as unlabeled audio of a KD run (the store is never reached: the data dir is refused first)
+    teacher = make_teacher(tmp_path / "teacher")
+    labeled = make_data(tmp_path / "lab", 3, with_text=True, prefix="l")
+    conf = tiny_train_config(tmp_path / "kd.yaml", [str(labeled)], unlabeled=[str(data)], store=str(tmp_path / "no-store"),
+                             from_model=str(teacher), max_steps=1)
+    proc = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "m2"), "--no-progress")
+    assert proc.returncode == 2 and "pipe command" in proc.stderr, proc.stderr[-2000:]
+    assert not marker.exists()
+    # data.allow_pipes: true is the opt-in (Kaldi semantics): reading the dir then runs the command
+    cfg = load_config(tiny_train_config(tmp_path / "ok.yaml", [str(data)], max_steps=1, extra={"data.allow_pipes": True}),
+                      TrainConfig)
+    Trainer(cfg, tmp_path / "m3", progress=False).run()
+    assert marker.is_dir()
 
 
 # --------------------------------------------------------------------------------------- Ray

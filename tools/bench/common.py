@@ -1,19 +1,30 @@
-"""Shared by the benchmarks: machine description and writing a section of BENCHMARKS.md.
+"""Shared by the benchmarks: machine description, scratch dir, figures and writing a section of
+BENCHMARKS.md.
 
 Each benchmark owns one section, delimited by ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``;
-rerunning a benchmark replaces its section and leaves the others alone.
+rerunning a benchmark replaces its section and leaves the others alone. A benchmark's ``main`` is::
+
+    add_output_args(parser)                       # --work DIR, --no-write
+    with scratch_dir(args.work, "bench-NAME-") as work:
+        ... measure, build body lines ...
+        publish("NAME", "Title", body, write=not args.no_write)
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime
 import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -81,3 +92,43 @@ def table(headers: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """``--work DIR`` (keep the scratch files there) and ``--no-write`` (print only)."""
+    parser.add_argument("--work", help="scratch dir (default: a temporary dir, removed)")
+    parser.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+
+
+@contextlib.contextmanager
+def scratch_dir(path: str | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created if needed, kept afterwards) or a new temporary dir removed on exit, error or not."""
+    work = Path(path or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if not path:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(name: str, title: str, body: str | Sequence[str], write: bool = True, also: Sequence[Path] = ()) -> str:
+    """Print a benchmark's section body and, when ``write``, replace its section of BENCHMARKS.md
+    (``also``: other files it wrote, named in the closing line). Returns the text."""
+    text = body if isinstance(body, str) else "\n".join(body)
+    print(text)
+    if write:
+        path = write_section(name, title, text)
+        print(f"wrote {path}" + "".join(f" and {p}" for p in also))
+    return text
+
+
+def save_figure(fig: Any, out_png: Path, dpi: int = 120) -> Path:
+    """Tight layout, write ``out_png`` (parent dirs created), close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    plt.close(fig)
+    return out_png

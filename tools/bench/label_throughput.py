@@ -29,13 +29,12 @@ import argparse
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from tools.bench.common import ROOT, table, write_section
+from tools.bench.common import add_output_args, publish, scratch_dir, table
 from tools.bench.fixtures import random_model_dir, synthetic_data
 
 PROJECT_HOURS = 1_000_000
@@ -121,8 +120,7 @@ def main() -> int:
     p.add_argument("--read-batch-size", type=int, default=16)
     p.add_argument("--batch-max-frames", type=int, default=40000)
     p.add_argument("--gpu", action="store_true", help="CUDA teacher, fbank on GPU, bf16 ceiling, GPU-hour projection")
-    p.add_argument("--work", help="scratch dir (default: a temporary dir, removed)")
-    p.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    add_output_args(p)
     args = p.parse_args()
     # Ray runs its workers at nice 15 (RAY_worker_niceness); the naive loop and the ceiling run in this
     # process. On a machine shared with other work, equal niceness keeps the comparison fair.
@@ -131,10 +129,8 @@ def main() -> int:
         p.error("--gpu: no CUDA device visible")
     n_utts = args.utts or (60 if args.quick else 200)
     actor_counts = args.actors or ([2] if args.quick else [1, 2])
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-label-"))
-    work.mkdir(parents=True, exist_ok=True)
     device = "cuda" if args.gpu else "cpu"
-    try:
+    with scratch_dir(args.work, "bench-label-") as work:
         model_dirs = args.model or [str(random_model_dir(work / "teacher", "demo_teacher"))]
         data_dir = args.data or str(synthetic_data(work / "corpus", n_utts))
         teacher_desc = ", ".join(args.model) if args.model else "demo_teacher preset, random weights"
@@ -228,14 +224,7 @@ def main() -> int:
             if ceil_bf16:
                 body.append(f"bf16 ceiling: {ceil_bf16:.0f} audio-h per GPU-hour -> {PROJECT_HOURS / ceil_bf16:.0f} GPU-hours "
                             "for 1,000,000 h if the pipeline kept up.")
-        text = "\n".join(body)
-        print(text)
-        if not args.no_write:
-            write_section("label_throughput", "Labeling throughput (asr-kd label)", text)
-            print(f"wrote {ROOT / 'BENCHMARKS.md'}")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+        publish("label_throughput", "Labeling throughput (asr-kd label)", body, write=not args.no_write)
     return 0
 
 

@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tools.bench.common import ROOT, table, write_section
+from tools.bench.common import ROOT, add_output_args, publish, save_figure, scratch_dir, table
 from tools.bench.fixtures import random_model_dir, synthetic_data
 
 KS = (1, 2, 4, 8, 16, 32)
@@ -121,11 +120,7 @@ def plot_kl(rows: list[Row], vocab: int, frame_shift_ms: float, out_png: Path, t
     ax.set_ylabel("mean KL(teacher || stored), nats per frame")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 # --------------------------------------------------------------------------------------- student WER
@@ -164,11 +159,7 @@ def plot_wer(rows: list[dict], out_png: Path) -> Path:
     ax.set_xlabel("soft-target bytes per audio-second")
     ax.set_ylabel("student WER (%)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def main() -> int:
@@ -179,13 +170,10 @@ def main() -> int:
     p.add_argument("--utts", type=int, help="synthetic utterances (default 40, --quick 12)")
     p.add_argument("--student-wer", action="append", default=[], metavar="STORE=EVAL_DIR",
                    help="a student's eval dir (wer.json) with the store it was distilled from (repeatable)")
-    p.add_argument("--work", help="scratch dir (default: a temporary dir, removed)")
-    p.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    add_output_args(p)
     args = p.parse_args()
     torch.set_num_threads(1)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-storage-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_dir(args.work, "bench-storage-") as work:
         model_dir = args.model or str(random_model_dir(work / "teacher", "demo_teacher"))
         n = args.utts or (12 if args.quick else 40)
         data_dir = args.data or str(synthetic_data(work / "corpus", n))
@@ -229,14 +217,7 @@ def main() -> int:
                      table(["k", "quantization", "bytes/audio-s", "WER %", "CER %", "eval dir"],
                            [[r["k"], r["quantization"], f"{r['bytes_per_second']:.0f}", f"{r['wer']:.2f}", f"{r['cer']:.2f}",
                              r["eval"]] for r in wrows]), "", f"![WER vs bytes](docs/bench/{wpng.name})"]
-        text = "\n".join(body)
-        print(text)
-        if not args.no_write:
-            write_section("storage", "Soft-target storage: bytes vs KL", text)
-            print(f"wrote {ROOT / 'BENCHMARKS.md'} and {png}")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+        publish("storage", "Soft-target storage: bytes vs KL", body, write=not args.no_write, also=[png])
     return 0
 
 

@@ -17,15 +17,13 @@ the weights), 10 synthetic files of 2-6 s; ``--quick``: 4 files. ``--model DIR``
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tools.bench.common import ROOT, table, write_section
+from tools.bench.common import add_output_args, publish, scratch_dir, table
 from tools.bench.fixtures import random_model_dir, synthetic_data
 
 
@@ -76,13 +74,10 @@ def main() -> int:
     p.add_argument("--model", help="streaming student model dir (default: demo_student preset, random weights)")
     p.add_argument("--data", help="data dir whose wav.scp files are streamed (default: synthetic 2-6 s files)")
     p.add_argument("--files", type=int, help="synthetic files (default 10, --quick 4)")
-    p.add_argument("--work", help="scratch dir (default: a temporary dir, removed)")
-    p.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    add_output_args(p)
     args = p.parse_args()
     torch.set_num_threads(1)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-student-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_dir(args.work, "bench-student-") as work:
         from asr_kd.data.datadir import read_data_dir
 
         model_dir = args.model or str(random_model_dir(work / "student", "demo_student"))
@@ -116,14 +111,7 @@ def main() -> int:
         ]
         if notes:
             body += [""] + notes
-        text = "\n".join(body)
-        print(text)
-        if not args.no_write:
-            write_section("student", "Streaming student: RTF and latency (1 thread)", text)
-            print(f"wrote {ROOT / 'BENCHMARKS.md'}")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+        publish("student", "Streaming student: RTF and latency (1 thread)", body, write=not args.no_write)
     return 0
 
 

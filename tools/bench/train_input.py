@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tools.bench.common import ROOT, table, write_section
+from tools.bench.common import add_output_args, publish, scratch_dir, table
 from tools.bench.fixtures import synthetic_data
 
 
@@ -134,13 +133,10 @@ def main() -> int:
     p.add_argument("--preset", default="demo_student", help="model preset trained")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="batch.num_workers values to measure")
     p.add_argument("--store-frames", type=int, help="frames in the read-speed store (default 1,000,000, --quick 300,000)")
-    p.add_argument("--work", help="scratch dir (default: a temporary dir, removed)")
-    p.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
+    add_output_args(p)
     args = p.parse_args()
     torch.set_num_threads(1)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-input-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_dir(args.work, "bench-train-input-") as work:
         n = args.utts or (40 if args.quick else 120)
         steps = args.steps or (10 if args.quick else 30)
         data_dir = args.data or str(synthetic_data(work / "corpus", n, with_text=True))
@@ -169,14 +165,7 @@ def main() -> int:
             "",
             "Target: >= 1,000,000 frames/s.",
         ]
-        text = "\n".join(body)
-        print(text)
-        if not args.no_write:
-            write_section("train_input", "Training input: data wait and store reads", text)
-            print(f"wrote {ROOT / 'BENCHMARKS.md'}")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+        publish("train_input", "Training input: data wait and store reads", body, write=not args.no_write)
     return 0
 
 

@@ -21,10 +21,9 @@ import argparse
 import csv
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from tools.bench.common import ROOT, table, write_section
+from tools.bench.common import ROOT, publish, scratch_dir, table
 from tools.bench.fixtures import synthetic_data
 
 
@@ -65,8 +64,7 @@ def main() -> None:
     from asr_kd.config import load_config
     from asr_kd.train.config import TrainConfig
 
-    work = Path(tempfile.mkdtemp(prefix="bench_train_parallel_"))
-    try:
+    with scratch_dir(None, "bench_train_parallel_") as work:
         data = args.data
         if not Path(data, "wav.scp").exists():
             data = str(synthetic_data(work / "synthetic", 200, with_text=True))
@@ -88,10 +86,7 @@ def main() -> None:
                 f"{config.batch.max_frames} padded 10 ms frames per optimizer step), {steps} steps on `{shown_data}`; "
                 f"timed from step 20 on (start-up excluded).\n\n"
                 + table(["layout", "ms / step", "steps / s", "speed vs 1 thread"], rows))
-        write_section("train_parallel", "Training layout on one machine: threads vs DDP workers", body)
-        print(f"wrote the train_parallel section of {ROOT / 'BENCHMARKS.md'}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        publish("train_parallel", "Training layout on one machine: threads vs DDP workers", body)
 
 
 if __name__ == "__main__":

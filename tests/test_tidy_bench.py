@@ -1,0 +1,56 @@
+"""tools/bench: every benchmark imports and answers --help; the shared tail (scratch dir, print, write
+its BENCHMARKS.md section) behaves. The benchmarks themselves are not run here."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from tools.bench import common
+
+BENCHES = ["label_throughput", "storage", "student", "train_input", "train_parallel"]
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_bench_imports_and_help_works(name, monkeypatch, capsys):
+    module = importlib.import_module(f"tools.bench.{name}")
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:")
+    if name != "train_parallel":  # it always writes its section and keeps no scratch dir
+        assert "--work" in out and "--no-write" in out
+
+
+def test_scratch_dir_removes_a_temporary_dir_even_on_error_and_keeps_a_given_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(common.tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError):
+        with common.scratch_dir(None, "bench-x-") as work:
+            (work / "f").write_text("x")
+            raise RuntimeError("benchmark failed")
+    assert not work.exists() and work.parent == tmp_path
+    kept = tmp_path / "keep" / "me"
+    with common.scratch_dir(str(kept), "bench-x-") as work:
+        (work / "f").write_text("x")
+    assert (kept / "f").read_text() == "x"
+
+
+def test_publish_prints_and_replaces_only_its_section(tmp_path, monkeypatch, capsys):
+    bench_md = tmp_path / "BENCHMARKS.md"
+    monkeypatch.setattr(common, "BENCHMARKS", bench_md)
+    common.publish("a", "Section A", ["line 1", "line 2"], write=False)
+    assert capsys.readouterr().out == "line 1\nline 2\n" and not bench_md.exists()
+
+    common.publish("a", "Section A", ["first"])
+    common.publish("b", "Section B", "other")
+    common.publish("a", "Section A", ["second"], also=[tmp_path / "fig.png"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == f"wrote {bench_md} and {tmp_path / 'fig.png'}"
+    text = bench_md.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "second" in text and "first" not in text and "other" in text
+    assert text.count("<!-- bench:a -->") == 1 and text.index("bench:a") < text.index("bench:b")

@@ -182,6 +182,66 @@ def test_plot_tool_wrapper(store, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+SYMBOLS = ["<blk>", "<unk>", "▁", "'"] + [chr(ord("a") + i) for i in range(26)]  # the store's 30 units
+
+
+def _tokens(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{s} {i}\n" for i, s in enumerate(SYMBOLS)), encoding="utf-8")
+    return path
+
+
+def _row_labels(fig) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_yticklabels()]
+
+
+def test_plot_rows_are_labeled_with_unit_symbols(store, tmp_path, caplog):
+    from asr_kd.targets.plot import posteriorgram_figure
+
+    reader = StoreReader(store)
+    ids, _ = reader.get_sparse("spk2-e")
+    present = [SYMBOLS[u] for u in np.unique(ids)]  # only the units in the utterance's top-k, in id order
+    assert 4 < len(present) < 30
+    # --tokens as a file, and as a model dir (the teacher's) holding tokens.txt
+    fig = posteriorgram_figure(reader, "spk2-e", tokens=_tokens(tmp_path / "teacher" / "tokens.txt"))
+    assert _row_labels(fig) == present and fig.axes[0].get_ylabel() == "unit"
+    assert _row_labels(posteriorgram_figure(reader, "spk2-e", tokens=tmp_path / "teacher")) == present
+    # this store's units hash is a placeholder: a real tokens.txt of other units is named in a warning
+    assert "differs from the store's u-hash" in caplog.text
+    # no tokens given: STORE/tokens.txt when present, else ids with a hint
+    assert _row_labels(posteriorgram_figure(reader, "spk2-e")) == [str(u) for u in np.unique(ids)]
+    assert "--tokens" in posteriorgram_figure(reader, "spk2-e").axes[0].get_ylabel()
+    _tokens(store / "tokens.txt")
+    assert _row_labels(posteriorgram_figure(reader, "spk2-e")) == present
+
+
+def test_plot_shows_at_most_max_rows_units_the_strongest(store, tmp_path):
+    from asr_kd.targets.plot import posteriorgram_figure
+
+    reader = StoreReader(store)
+    ids, probs = reader.get_sparse("spk2-d")
+    peak = {int(u): float(probs[ids == u].max()) for u in np.unique(ids)}
+    strongest = sorted(sorted(peak, key=lambda u: -peak[u])[:6])
+    fig = posteriorgram_figure(reader, "spk2-d", tokens=_tokens(tmp_path / "tokens.txt"), max_rows=6)
+    assert _row_labels(fig) == [SYMBOLS[u] for u in strongest]
+    assert f"({len(peak) - 6} weaker units not shown)" in fig.axes[0].get_ylabel()
+
+
+def test_plot_title_stays_inside_the_figure(tmp_path):
+    from asr_kd.targets.plot import posteriorgram_figure
+
+    utt = "speaker0042-accent_unseen-voice_new-synthetic_corpus_utterance_000042_with_a_long_id"
+    reader = StoreReader(make_store(tmp_path / "long", {utt: 0.6}))
+    fig = posteriorgram_figure(reader, utt, tokens=_tokens(tmp_path / "tokens.txt"))
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    title = fig.axes[0].title
+    box = title.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, (box, fig.bbox)
+    text = title.get_text()
+    assert text.replace("\n", "").startswith(utt) and "top-4 soft targets" in text
+
+
 def test_verify_against_student_config(store, tmp_path, capsys):
     conf = tmp_path / "student.yaml"
     conf.write_text(

@@ -6,7 +6,7 @@
     asr-kd targets verify STORE [--data DATA_DIR] [--student-config CONF.yaml] [--no-checksums]
     asr-kd targets export-kaldi STORE --out DIR
     asr-kd targets import-kaldi ARK_OR_SCP --out STORE --meta-from STORE_OR_META_JSON [--shard-size N]
-    asr-kd targets plot STORE --utt ID --out plot.png [--tokens tokens.txt]
+    asr-kd targets plot STORE --utt ID --out plot.png [--tokens tokens.txt|TEACHER_DIR]
 
 ``verify`` exits 0 printing one ``OK ...`` line, or 1 listing every problem (store errors, ids that
 differ from the data dir, frame counts off by more than one frame).
@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--utt", required=True)
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--tokens", help="tokens.txt to label rows with unit symbols")
+    p.add_argument("--tokens", help="tokens.txt, or a model dir holding one (the teacher's), to label rows with unit "
+                                    "symbols (default: STORE/tokens.txt if present, else rows show unit ids)")
 
 
 def _ids_preview(ids: list[str]) -> str:

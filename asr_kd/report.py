@@ -1,10 +1,16 @@
 """``asr-kd report``: the results table of a recipe's experiment dir, with figures.
 
-Reads ``<exp>/{teacher,baseline,kd}/eval_{dev,test}[_streaming]/wer.json`` and the model dirs, and
+Reads ``<exp>/{teacher,baseline,kd}/eval_{dev,test}[_streaming]/wer.json`` (and the round-2
+``teacher_r2``, ``kd_r2`` when present) and the model dirs, and
 writes ``report.md``, ``results.json`` (keyed ``teacher``, ``baseline``, ``kd``, each with
 ``test_wer``, ``dev_wer`` in percent, ``params``, ``latency_ms``, ``rtf``, and ``test_wer_by_condition``
 when the corpus labels its test speakers), ``training_curves.png`` and ``posteriorgram.png`` (one test
 utterance through the teacher and both students).
+
+``asr-kd report --ablation DIR --out ablation.md`` tabulates an ablation dir instead (one model dir per
+variant, each with ``eval_dev/wer.json``, as ``recipes/synth/ablation.sh`` writes): dev WER/CER, the
+change relative to its reference row (``teacher_ref``, ``kd_ref`` or ``baseline_ref``), steps, minutes
+and the overrides the variant was trained with (from its ``env.json`` command line).
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ import argparse
 import json
 from pathlib import Path
 
-MODELS = ("teacher", "baseline", "kd")
-LABELS = {"teacher": "teacher (full context)", "baseline": "baseline student (CTC, labeled only)", "kd": "KD student"}
+MODELS = ("teacher", "baseline", "kd", "teacher_r2", "kd_r2")
+"""Model dirs of an experiment dir; ``*_r2`` are the noisy-student round (``run.sh --rounds 2``), when run."""
+LABELS = {"teacher": "teacher (full context)", "baseline": "baseline student (CTC, labeled only)", "kd": "KD student",
+          "teacher_r2": "round-2 teacher (noisy student: labeled + its own soft targets)",
+          "kd_r2": "round-2 KD student (from the round-2 teacher)"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exp", required=True, help="experiment dir holding teacher/, baseline/, kd/")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--exp", help="experiment dir holding teacher/, baseline/, kd/")
+    group.add_argument("--ablation", help="ablation dir (recipes/synth/ablation.sh): one model dir per variant")
     parser.add_argument("--data", help="data dir root (for the posteriorgram utterance from test/)")
     parser.add_argument("--out", required=True, help="report.md path; results.json and PNGs go beside it")
 
@@ -116,7 +127,7 @@ def render(results: dict[str, dict], figures: list[str], by_condition: dict[str,
         lines.append(f"| {LABELS[name]} | {_fmt(r['test_wer'])} | {_fmt(r['test_cer'])} | {_fmt(r['test_wer_streaming'])} | "
                      f"{_fmt(r['dev_wer'])} | {r['params'] / 1e6:.2f} M | {r['size_mb']:.1f} | "
                      f"{_fmt(r['latency_ms'], '.0f', 'full utt.')} | {_fmt(r['rtf'], '.4f')} |")
-    t, b, k = (results.get(n, {}).get("test_wer") for n in MODELS)
+    t, b, k = (results.get(n, {}).get("test_wer") for n in ("teacher", "baseline", "kd"))
     lines.append("")
     if b is not None and k is not None and b > 0:
         lines.append(f"- KD vs baseline: **{100 * (b - k) / b:.1f} % relative WER reduction** "
@@ -207,9 +218,68 @@ def plot_posteriorgrams(exp: Path, data_root: Path, out: Path) -> Path | None:
     return out
 
 
+def _reference(name: str) -> str:
+    return name.split("_", 1)[0] + "_ref"
+
+
+def _overrides(model_dir: Path) -> str:
+    """The ``key=value`` overrides of the command that trained ``model_dir`` (data paths left out)."""
+    env = _read(model_dir / "env.json") or {}
+    argv = env.get("command") or env.get("argv") or []
+    if isinstance(argv, str):
+        argv = argv.split()
+    keep = [a for a in argv if "=" in a and not a.startswith(("data.", "units.from_model=", "kd.store="))]
+    return " ".join(keep)
+
+
+def collect_ablation(root: Path) -> list[dict]:
+    """One row per variant dir of ``root`` that has ``eval_dev/wer.json``."""
+    rows = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        dev = _read(d / "eval_dev" / "wer.json")
+        if dev is None:
+            continue
+        meta = _read(d / "meta.json") or {}
+        metrics = d / "metrics.csv"
+        minutes = None
+        if metrics.exists():
+            import csv
+
+            with open(metrics, newline="") as fh:
+                walls = [float(r["wall_s"]) for r in csv.DictReader(fh) if r.get("wall_s")]
+            minutes = max(walls) / 60 if walls else None
+        rows.append({"name": d.name, "dev_wer": dev.get("wer"), "dev_cer": dev.get("cer"), "steps": meta.get("steps"),
+                     "minutes": minutes, "overrides": _overrides(d)})
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        ref = by_name.get(_reference(r["name"]))
+        if ref is not None and ref is not r and ref["dev_wer"] and r["dev_wer"] is not None:
+            r["relative"] = (r["dev_wer"] - ref["dev_wer"]) / ref["dev_wer"] * 100
+    return rows
+
+
+def render_ablation(rows: list[dict]) -> str:
+    lines = ["| variant | dev WER % | dev CER % | vs reference | steps | minutes | overrides |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = f"{r['relative']:+.1f} % rel." if "relative" in r else "reference" if r["name"].endswith("_ref") else "–"
+        lines.append(f"| {r['name']} | {_fmt(r['dev_wer'])} | {_fmt(r['dev_cer'])} | {rel} | {_fmt(r['steps'], 'd')} | "
+                     f"{_fmt(r['minutes'], '.1f')} | {r['overrides'] or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
-    exp = Path(args.exp)
     out = Path(args.out)
+    if args.ablation:
+        rows = collect_ablation(Path(args.ablation))
+        if not rows:
+            from asr_kd.errors import AsrKdError
+
+            raise AsrKdError(f"{args.ablation}: no variant dir with eval_dev/wer.json; run recipes/synth/ablation.sh first")
+        out.write_text(render_ablation(rows))
+        print(out.read_text())
+        return 0
+    exp = Path(args.exp)
     results = collect(exp)
     if not results:
         from asr_kd.errors import AsrKdError

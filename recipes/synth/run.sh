@@ -2,7 +2,7 @@
 # Synthetic voice-assistant corpus: teacher -> soft targets on unlabeled audio -> streaming student.
 #
 # Usage (from anywhere): recipes/synth/run.sh [--stage N] [--stop-stage N] [--profile tiny|demo|large]
-#                        [--force] [--nj N] [--data DIR] [--exp DIR]
+#                        [--force] [--nj N] [--data DIR] [--exp DIR] [--rounds 1|2]
 # --nj N: parallel jobs for synthesis and labeling, data-parallel teacher training workers (Ray Train
 #         DDP, one CPU thread each); with N >= 2 stages 4 and 5 train the two students side by side.
 # Stages (each skipped when its $exp/.done/NAME marker exists; --force redoes them):
@@ -14,19 +14,26 @@
 #   5 kd           streaming student distilled from the targets      -> $exp/kd   (beside stage 4)
 #   6 eval         baseline and KD student on dev/test, streaming on test -> $exp/{baseline,kd}/eval_*
 #   7 report       results table, plots, results.json                -> $exp/report.md
+# With --rounds 2, a noisy-student round follows (Xie et al. 2020; stages 8-10, then the report again):
+#   8 teacher_r2   the teacher config retrained on labeled (CTC) + unlabeled audio (KD toward the
+#                  round-1 store), with SpecAugment                 -> $exp/teacher_r2 (+ eval on dev/test)
+#   9 label_r2     soft targets of the round-2 teacher             -> $exp/targets_r2
+#  10 kd_r2        the KD student distilled from them               -> $exp/kd_r2 (+ eval on dev/test)
 # Every command run is appended to $exp/commands.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 stage=0
-stop_stage=7
+stop_stage=
 profile=demo
 nj=2
 data=data/synth
 exp=exp/synth
 top_k=8
+rounds=1
 conf=recipes/synth/conf
 . recipes/utils/stage.sh
+stop_stage=${stop_stage:-$([ "$rounds" -ge 2 ] && echo 10 || echo 7)}
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 mkdir -p "$exp"
@@ -114,7 +121,37 @@ if run_stage 6 eval; then
   mark_done eval
 fi
 
-if run_stage 7 report; then
+if [ "$rounds" -ge 2 ]; then
+  spec="specaug={freq_masks: 2, freq_width: 10, time_masks: 2, time_width_ratio: 0.05}"
+  if run_stage 8 teacher_r2; then
+    need $exp/targets/meta.json $exp/teacher/tokens.txt
+    log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher_r2 --resume --workers $nj \
+      "data.train=[$data/train_labeled]" "data.unlabeled=[$data/train_unlabeled]" data.dev=$data/dev \
+      units.from_model=$exp/teacher "kd={store: $exp/targets, ctc_weight: 0.5, unlabeled_per_labeled: 1.0}" "$spec"
+    for set in dev test; do
+      log_run asr-kd evaluate --model $exp/teacher_r2 --data $data/$set --out $exp/teacher_r2/eval_$set
+    done
+    mark_done teacher_r2
+  fi
+  if run_stage 9 label_r2; then
+    need $exp/teacher_r2/model.pt
+    log_run asr-kd label --model $exp/teacher_r2 --data $data/train_all --out $exp/targets_r2 --top-k $top_k --actors $nj
+    mark_done label_r2
+  fi
+  if run_stage 10 kd_r2; then
+    need $exp/targets_r2/meta.json
+    log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd_r2 --resume \
+      "data.train=[$data/train_labeled]" "data.unlabeled=[$data/train_unlabeled]" data.dev=$data/dev \
+      units.from_model=$exp/teacher kd.store=$exp/targets_r2
+    for set in dev test; do
+      log_run asr-kd evaluate --model $exp/kd_r2 --data $data/$set --out $exp/kd_r2/eval_$set
+    done
+    log_run asr-kd evaluate --model $exp/kd_r2 --data $data/test --out $exp/kd_r2/eval_test_streaming --streaming
+    mark_done kd_r2
+  fi
+fi
+
+if run_stage 7 report || { [ "$rounds" -ge 2 ] && [ "$stop_stage" -ge 10 ]; }; then
   log_run asr-kd report --exp $exp --data $data --out $exp/report.md
   cat $exp/report.md
 fi

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Ablations of the synth recipe: each change alone against the recipe's own configuration, scored by
+# dev WER (decide on dev; run.sh reports test once). Run after recipes/synth/run.sh (its data, teacher
+# and store are the references); every variant trains its own model under $out/<name>/.
+#
+# Usage: recipes/synth/ablation.sh [--data data/synth] [--exp exp/synth] [--out exp/synth/ablation]
+#                                  [--only "name1 name2"] [--nj 2]
+# Variants (teacher side: each trains a teacher; student side: each trains a KD or baseline student):
+#   teacher_ref      the recipe's teacher config (reference for the teacher rows)
+#   teacher_bpe128   units: sentencepiece BPE, 128 pieces         (units)
+#   teacher_20ms     model.subsampling=2: 20 ms output frames     (frame rate)
+#   teacher_nospec   SpecAugment off                              (SpecAugment)
+#   kd_ref           the recipe's KD student (reference for the student rows)
+#   kd_alpha_old     kd.ctc_weight=0.06: CTC's share of the loss before the loss-weight fix
+#   kd_last          train.final=last: no weight averaging       (averaging)
+#   kd_T2            targets relabeled at temperature 2           (temperature)
+#   kd_ratio1        one unlabeled batch per labeled batch        (unlabeled ratio)
+#   kd_filter        teacher rejects utterances with mean max prob < 0.7  (label filtering)
+#   kd_spec          SpecAugment on the KD student
+#   baseline_ref     the recipe's baseline student;  baseline_spec: with SpecAugment
+# The table goes to $out/ablation.md (asr-kd report --ablation); every command to $out/commands.log.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+data=data/synth
+exp=exp/synth
+out=
+only=
+nj=2
+conf=recipes/synth/conf
+stage=0
+stop_stage=0
+. recipes/utils/stage.sh
+out=${out:-$exp/ablation}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+need "$exp/teacher/model.pt" "$exp/targets/meta.json" "$data/train_all/wav.scp"
+mkdir -p "$out"
+exp_saved=$exp
+exp=$out  # log_run appends to $out/commands.log
+
+spec="specaug={freq_masks: 2, freq_width: 10, time_masks: 2, time_width_ratio: 0.05}"
+lab="data.train=[$data/train_labeled]"
+unl="data.unlabeled=[$data/train_unlabeled]"
+dev="data.dev=$data/dev"
+
+wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
+
+teacher() {  # name overrides...
+  local name=$1; shift
+  log_run asr-kd train --config $conf/teacher.yaml --out "$out/$name" --resume --no-progress "$lab" "$dev" "$@"
+  log_run asr-kd evaluate --model "$out/$name" --data $data/dev --out "$out/$name/eval_dev"
+}
+
+store() {  # name label-args... -> $out/stores/<name>
+  local name=$1; shift
+  log_run asr-kd label --model $exp_saved/teacher --data $data/train_all --out "$out/stores/$name" \
+    --top-k 8 --actors 1 --no-progress "$@"
+}
+
+student() {  # name config store overrides...
+  local name=$1 cfg=$2 st=$3; shift 3
+  local extra=()
+  [ "$cfg" = student_kd ] && extra=("$unl" "kd.store=$st")
+  log_run asr-kd train --config $conf/$cfg.yaml --out "$out/$name" --resume --no-progress "$lab" "$dev" \
+    units.from_model=$exp_saved/teacher "${extra[@]}" "$@"
+  log_run asr-kd evaluate --model "$out/$name" --data $data/dev --out "$out/$name/eval_dev"
+}
+
+# one job per line: name, then the command; run $nj at a time (one thread each)
+jobs_list=(
+  "teacher_ref|teacher teacher_ref"
+  "teacher_bpe128|teacher teacher_bpe128 units.kind=bpe units.bpe_vocab_size=128"
+  "teacher_20ms|teacher teacher_20ms model.subsampling=2"
+  "teacher_nospec|teacher teacher_nospec specaug=null"
+  "kd_ref|student kd_ref student_kd $exp_saved/targets"
+  "kd_alpha_old|student kd_alpha_old student_kd $exp_saved/targets kd.ctc_weight=0.06"
+  "kd_last|student kd_last student_kd $exp_saved/targets train.final=last"
+  "kd_T2|store T2 --temperature 2 && student kd_T2 student_kd $out/stores/T2 kd.temperature=2"
+  "kd_ratio1|student kd_ratio1 student_kd $exp_saved/targets kd.unlabeled_per_labeled=1"
+  "kd_filter|store filter --min-max-prob 0.7 && student kd_filter student_kd $out/stores/filter"
+  "kd_spec|student kd_spec student_kd $exp_saved/targets '$spec'"
+  "baseline_ref|student baseline_ref student_baseline -"
+  "baseline_spec|student baseline_spec student_baseline - '$spec'"
+)
+
+running=0
+for job in "${jobs_list[@]}"; do
+  name=${job%%|*}
+  cmd=${job#*|}
+  wanted "$name" || continue
+  if [ -f "$out/.done/$name" ]; then log "$name: done before, skipping"; continue; fi
+  log "ablation $name (log: $out/$name.log)"
+  ( eval "$cmd" && mark_done "$name" ) > "$out/$name.log" 2>&1 &
+  running=$((running + 1))
+  if [ "$running" -ge "$nj" ]; then wait -n || log "a variant failed; see its log in $out"; running=$((running - 1)); fi
+done
+while [ "$running" -gt 0 ]; do wait -n || log "a variant failed; see its log in $out"; running=$((running - 1)); done
+
+log_run asr-kd report --ablation "$out" --out "$out/ablation.md"
+cat "$out/ablation.md"

@@ -182,17 +182,38 @@ def plot_curves(exp: Path, out: Path) -> Path | None:
     return out
 
 
-def plot_posteriorgrams(exp: Path, data_root: Path, out: Path) -> Path | None:
-    """Per-frame unit posteriors of the teacher and the students on the first test utterance."""
+def posteriorgram_rows(posteriors: list, symbols: dict[int, str], max_rows: int = 40,
+                       min_peak: float = 0.05) -> tuple[list[int], list[str]]:
+    """Unit ids to plot (those whose posterior reaches ``min_peak`` in any of the ``(units, frames)``
+    arrays, the ``max_rows`` strongest, in id order) and their symbols."""
+    import numpy as np
+
+    peak = np.max([p.max(axis=1) for p in posteriors], axis=0)
+    rows = sorted(int(u) for u in np.argsort(-peak)[:max_rows] if peak[u] >= min_peak)
+    rows = rows or list(range(min(max_rows, len(peak))))
+    return rows, [symbols.get(u, str(u)) for u in rows]
+
+
+def plot_posteriorgrams(exp: Path, data_root: Path, out: Path, max_rows: int = 40) -> Path | None:
+    """Per-frame unit posteriors of the teacher and the students on the first test utterance.
+
+    Rows are units, labeled with their symbols from the model dir's ``tokens.txt`` (``<blk>``, ``a``,
+    ``▁`` for the word boundary): the units that reach a posterior of 0.05 in any of the models, at most
+    ``max_rows`` (the strongest), the same rows in every panel so they can be compared.
+    """
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     import torch
 
     from asr_kd.data.audio import load_audio
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.models.model_dir import load_model_dir
+    from asr_kd.targets.plot import read_token_symbols
 
     test_dir = data_root / "test"
     names = [n for n in MODELS if (exp / n / "model.pt").exists()]
@@ -200,18 +221,26 @@ def plot_posteriorgrams(exp: Path, data_root: Path, out: Path) -> Path | None:
         return None
     data = read_data_dir(test_dir)
     utt = data.utt_ids[0]
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.4 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
+    posts, shifts = {}, {}
+    for name in names:
         loaded = load_model_dir(exp / name)
         wave = load_audio(data.source(utt), sample_rate=loaded.fbank_config.sample_rate)
         with torch.inference_mode():
             feats, lens = loaded.featurize(wave.unsqueeze(0), torch.tensor([wave.numel()]))
             lp, _ = loaded.model(feats, lens)
-        post = lp[0].exp().T.numpy()
-        ax.imshow(post, aspect="auto", origin="lower", interpolation="nearest", cmap="magma", vmin=0, vmax=1)
-        ax.set_ylabel(f"{name}\nunit id")
-    axes[-1, 0].set_xlabel("output frame (40 ms)")
-    fig.suptitle(f"posteriors of test utterance {utt}: {data.text[utt]}")
+        posts[name] = lp[0].exp().T.numpy()  # (units, frames)
+        shifts[name] = loaded.model.frame_shift_ms
+    symbols = read_token_symbols(exp / names[0] / "tokens.txt")
+    rows, labels = posteriorgram_rows(list(posts.values()), symbols, max_rows)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 0.9 + 0.14 * len(rows) * len(names) + 0.4 * len(names)),
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        ax.imshow(posts[name][rows], aspect="auto", origin="lower", interpolation="nearest", cmap="magma", vmin=0, vmax=1)
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel(name, fontsize=9)
+        ax.set_xlabel(f"output frame ({shifts[name]:g} ms)", fontsize=8)
+    title = f"posteriors of test utterance {utt}\n" + textwrap.shorten(f"\u201c{data.text[utt]}\u201d", width=110)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -44,3 +44,20 @@ def test_ablation_report_of_an_empty_dir_says_what_to_run(tmp_path, capsys):
     assert cli_main(["report", "--ablation", str(tmp_path), "--out", str(tmp_path / "a.md")]) != 0
     assert "run recipes/synth/ablation.sh first" in capsys.readouterr().err
     assert not (tmp_path / "a.md").exists()
+
+
+def test_posteriorgram_rows_are_the_units_that_fire_labeled_with_their_symbols():
+    import numpy as np
+
+    from asr_kd.report import posteriorgram_rows
+
+    symbols = {0: "<blk>", 1: "▁", 2: "a", 3: "b", 4: "c"}
+    teacher = np.zeros((5, 4))
+    teacher[0] = [0.9, 0.1, 0.9, 0.9]
+    teacher[3, 1] = 0.8  # "b" fires once
+    student = np.zeros((5, 4))
+    student[1, 2] = 0.06  # "▁" just above the threshold in the other model
+    rows, labels = posteriorgram_rows([teacher, student], symbols)
+    assert rows == [0, 1, 3] and labels == ["<blk>", "▁", "b"]
+    rows, labels = posteriorgram_rows([teacher, student], symbols, max_rows=2)
+    assert labels == ["<blk>", "b"]  # the strongest two, in id order

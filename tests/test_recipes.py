@@ -70,6 +70,26 @@ def test_synth_recipe_runs_every_stage_on_the_tiny_profile(tmp_path):
     again = run("recipes/synth/run.sh", *args, "--stop-stage", "6", cwd=tmp_path)
     assert again.returncode == 0 and again.stderr.count("skipping") == 7
 
+    # the noisy-student round continues the finished run: round-2 teacher, its store, its student
+    r2 = run("recipes/synth/run.sh", *args, "--rounds", "2", cwd=tmp_path)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert r2.stderr.count("skipping") == 7  # stages 0-6 were done
+    for stage in ("teacher_r2", "label_r2", "kd_r2"):
+        assert (exp / ".done" / stage).exists(), stage
+    results = json.loads((exp / "results.json").read_text())
+    assert set(results) == {"teacher", "baseline", "kd", "teacher_r2", "kd_r2"}
+    teacher_r2 = yaml.safe_load((exp / "teacher_r2" / "config.yaml").read_text())
+    assert teacher_r2["kd"]["store"] == str(exp / "targets") and teacher_r2["specaug"] is not None
+    assert json.loads((exp / "targets_r2" / "meta.json").read_text())["teacher_fingerprints"] == [
+        (exp / "teacher_r2" / "fingerprint.txt").read_text().strip()]
+
+    # the ablation script trains and scores its variants against the run's teacher and store
+    abl = run("recipes/synth/ablation.sh", "--data", str(tmp_path / "data"), "--exp", str(exp), "--conf", str(confs),
+              "--only", "kd_ref kd_last", cwd=tmp_path)
+    assert abl.returncode == 0, abl.stdout[-3000:] + abl.stderr[-3000:]
+    table = (exp / "ablation" / "ablation.md").read_text()
+    assert "| kd_ref |" in table and "| kd_last |" in table and "train.final=last" in table
+
 
 def test_synth_recipe_stage_checks_its_inputs(tmp_path):
     proc = run("recipes/synth/run.sh", "--stage", "1", "--stop-stage", "1", "--data", str(tmp_path / "nodata"),

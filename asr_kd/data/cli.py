@@ -7,6 +7,7 @@
     asr-kd data subset  --out OUT DIR (--utt-list FILE | --first N | --random N [--seed S])
     asr-kd data split   --out-dirs A B ... --fractions 0.9 0.1 ... DIR [--seed S]
     asr-kd data cmvn    --out cmvn.json DIR [--max-utts N] [--seed S] [--num-mel-bins F] [--sample-rate R]
+    asr-kd data fbank   DIR [DIR ...] [--config TRAIN.yaml]     (feature cache: DIR/feats.scp + DIR/fbank/)
 
 ``validate`` exits 1 if any dir is invalid (each problem printed on stderr as ``file:line: message``),
 0 otherwise. The other commands exit 2 with the error on bad input (``asr_kd.cli``).
@@ -77,8 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR")
 
 
+    p = sub.add_parser("fbank", help="feature cache: fbank of every utterance once, reused by training "
+                       "(DIR/feats.scp, DIR/fbank/feats.ark, Kaldi layout)")
+    p.add_argument("--config", help="training YAML whose fbank section to use (default: the default fbank config)")
+    p.add_argument("--allow-pipes", action="store_true", help="accept 'command |' entries in wav.scp")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("dirs", metavar="DIR", nargs="+")
+
+
 def run(args: argparse.Namespace) -> int:
     return {
+        "fbank": _fbank,
         "validate": _validate,
         "combine": _combine,
         "subset": _subset,
@@ -283,4 +293,22 @@ def _cmvn(args: argparse.Namespace) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cmvn.save(args.out)
     print(f"{args.out}: CMVN over {cmvn.frames} frames ({cmvn.frames / 360000:.3f} h), {cmvn.num_mel_bins} bins")
+    return 0
+
+
+def _fbank(args: argparse.Namespace) -> int:
+    from asr_kd.config import load_config
+    from asr_kd.data.feature_cache import build_feature_cache
+    from asr_kd.data.features import FbankConfig
+
+    fbank = FbankConfig()
+    if args.config:
+        from asr_kd.train.config import TrainConfig
+
+        fbank = load_config(args.config, TrainConfig).fbank
+    for d in args.dirs:
+        summary = build_feature_cache(d, fbank, progress=not args.no_progress and sys.stderr.isatty(),
+                                      allow_pipes=args.allow_pipes)
+        note = f", {summary.rejects} unreadable (see {summary.path / 'rejects.tsv'})" if summary.rejects else ""
+        print(f"{d}: fbank cache of {summary.cached} utterances, {summary.frames / 360000:.3f} h{note} -> {d}/feats.scp")
     return 0

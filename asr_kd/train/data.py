@@ -1,8 +1,10 @@
 """Training input: utterance tables, rejects, and a DataLoader that yields padded fbank batches.
 
 Audio is read and fbank computed in DataLoader worker processes (``batch.num_workers``), one planned
-batch per item, so the training step never waits on decoding when a worker is free. Features are
-computed on the fly (DESIGN.md); nothing is cached on disk.
+batch per item, so the training step never waits on decoding when a worker is free. A data dir with a
+feature cache (``asr-kd data fbank``, see ``asr_kd.data.feature_cache``) made with the training fbank
+config serves its utterances' features from the cache while their audio is unchanged; everything
+else is computed from audio on the fly.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr_kd.data.audio import audio_duration, load_audio
 from asr_kd.data.datadir import DataDir, read_data_dir
+from asr_kd.data.feature_cache import FeatureCache
 from asr_kd.data.features import Fbank, FbankConfig
 from asr_kd.data.units import Tokenizer, normalize_text
 from asr_kd.errors import AsrKdError, AudioError, DataDirError
@@ -51,6 +54,7 @@ class UtteranceTable:
         self.utts: dict[str, Utterance] = {}
         self.dirs: list[DataDir] = []
         self.rejects: list[tuple[str, str]] = []
+        self.caches: dict[int, FeatureCache] = {}  # id(DataDir) -> its feature cache, when usable
 
     def add_dir(
         self,
@@ -73,6 +77,10 @@ class UtteranceTable:
         if need_text and data.text is None:
             raise DataDirError("this data dir has no 'text' but is listed as labeled (data.train/data.dev)", path)
         self.dirs.append(data)
+        cache = FeatureCache.open(path, fbank)
+        if cache is not None:
+            self.caches[id(data)] = cache
+            log.info("%s: features from its cache (%d utterances)", path, len(cache.scp))
         for utt in data.utt_ids:
             if utt in self.utts:
                 raise DataDirError(f"utterance id {utt!r} occurs in two training data dirs; ids must be unique", path)
@@ -146,26 +154,42 @@ class _PlannedBatches(Dataset):
             torch.set_num_threads(1)
             self._fbank = Fbank(self.fbank_config)
         source, item = self.plan[index]
-        waves, utt_ids, tokens, rejects = [], [], [], []
+        feats: list[torch.Tensor | None] = []
+        waves, wave_rows, utt_ids, tokens, rejects = [], [], [], [], []
         for utt in item.utt_ids:
             u = self.table.utts[utt]
-            try:
-                wave = load_audio(u.data.source(utt), sample_rate=self.fbank_config.sample_rate, allow_pipes=self.allow_pipes)
-            except AudioError as exc:
-                rejects.append((utt, f"{exc.reason}: {exc.detail}"))
-                continue
-            waves.append(wave)
+            cache = self.table.caches.get(id(u.data))
+            audio = u.data.source(utt)
+            cached = cache.get(utt, audio) if cache is not None else None
+            if cached is None:
+                try:
+                    wave = load_audio(audio, sample_rate=self.fbank_config.sample_rate, allow_pipes=self.allow_pipes)
+                except AudioError as exc:
+                    rejects.append((utt, f"{exc.reason}: {exc.detail}"))
+                    continue
+                wave_rows.append(len(feats))
+                waves.append(wave)
+                feats.append(None)
+            else:
+                feats.append(torch.from_numpy(cached))
             utt_ids.append(utt)
             tokens.append(u.tokens)
-        if not waves:
+        if not utt_ids:
             return Batch([], torch.zeros(0, 0, self.fbank_config.num_mel_bins), torch.zeros(0, dtype=torch.long), [], source, rejects)
-        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
-        padded = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            padded[i, : w.numel()] = w
-        with torch.no_grad():
-            feats, feat_lens = self._fbank(padded, lengths)
-        return Batch(utt_ids, feats, feat_lens, tokens, source, rejects)
+        if waves:  # fbank of the uncached utterances, in one padded call
+            lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+            padded = torch.zeros(len(waves), int(lengths.max()))
+            for i, w in enumerate(waves):
+                padded[i, : w.numel()] = w
+            with torch.no_grad():
+                computed, computed_lens = self._fbank(padded, lengths)
+            for i, row in enumerate(wave_rows):
+                feats[row] = computed[i, : int(computed_lens[i])]
+        feat_lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+        batch_feats = torch.zeros(len(feats), int(feat_lens.max()), self.fbank_config.num_mel_bins)
+        for i, f in enumerate(feats):
+            batch_feats[i, : f.shape[0]] = f
+        return Batch(utt_ids, batch_feats, feat_lens, tokens, source, rejects)
 
 
 def make_loader(table: UtteranceTable, plan: list[tuple[str, BatchPlanItem]], fbank: FbankConfig, num_workers: int, allow_pipes: bool = False) -> DataLoader:

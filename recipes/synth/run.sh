@@ -7,6 +7,7 @@
 #         DDP, one CPU thread each); with N >= 2 stages 4 and 5 train the two students side by side.
 # Stages (each skipped when its $exp/.done/NAME marker exists; --force redoes them):
 #   0 prepare      synthesize the corpus with espeak-ng/flite       -> $data/{train_labeled,train_unlabeled,dev,test}
+#                  and cache the fbank of the training and dev sets  -> $data/*/feats.scp (asr-kd data fbank)
 #   1 teacher      train the full-context Conformer teacher          -> $exp/teacher
 #   2 eval_teacher score the teacher on dev and test                 -> $exp/teacher/eval_{dev,test}
 #   3 label        teacher soft targets for labeled+unlabeled (Ray)  -> $exp/targets
@@ -40,6 +41,10 @@ mkdir -p "$exp"
 
 if run_stage 0 prepare; then
   log_run asr-kd prepare synth --profile "$profile" --out "$data" --jobs "$nj"
+  # feature cache: fbank once per training data dir, reused by the teacher and both students
+  start_beside "$data/fbank_unlabeled.log" asr-kd data fbank --no-progress $data/train_unlabeled
+  log_run asr-kd data fbank --no-progress $data/train_labeled $data/dev
+  wait_beside "the feature cache of $data/train_unlabeled" "$data/fbank_unlabeled.log"
   mark_done prepare
 fi
 

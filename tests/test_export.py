@@ -27,7 +27,8 @@ from asr_kd.models import PRESETS, build_model, parse_model_config
 
 torch.set_num_threads(1)
 
-STUDENTS = ["tiny_streaming_conformer", "tiny_lstm"]
+STUDENTS = ["tiny_streaming_conformer", "tiny_lstm", "tiny_streaming_conformer@20ms"]
+"""Presets; ``@20ms`` = the same model with 20 ms output frames (``subsampling: 2``)."""
 SENTENCES = [
     "set an alarm for seven thirty tomorrow morning",
     "what is the weather like in paris",
@@ -63,12 +64,13 @@ def _make_model_dir(path: Path, preset: str, wavs: list[Path]) -> Path:
     from asr_kd.models.model_dir import save_model_dir
 
     tokenizer = CharTokenizer.build(SENTENCES)
-    config = parse_model_config(PRESETS[preset])
+    name, _, rate = preset.partition("@")
+    config = parse_model_config({**PRESETS[name], **({"subsampling": 2} if rate == "20ms" else {})})
     torch.manual_seed(0)
     model = build_model(config, tokenizer.vocab_size).eval()
     with torch.no_grad():  # sharpen the random model so it emits many different non-blank units
         model.frontend.out.weight.mul_(30.0)
-        model.output.weight.mul_(SHARPEN[preset])
+        model.output.weight.mul_(SHARPEN[name])
         model.output.bias.zero_()
     fbank = FbankConfig()
     wave = torch.from_numpy(sf.read(wavs[0], dtype="float32")[0])
@@ -111,6 +113,8 @@ def test_onnx_chunk_outputs_equal_pytorch_chunk_by_chunk(exported, wavs, preset)
     student = OnnxStudent(res.path)
     n = student.info.chunk_input_frames
     assert n == loaded.model.chunk_input_frames
+    sub = loaded.model.subsampling
+    assert student.info.subsampling == sub
     short_last = 0
     for path in wavs:
         feats = _raw_fbank(loaded, path)
@@ -123,7 +127,7 @@ def test_onnx_chunk_outputs_equal_pytorch_chunk_by_chunk(exported, wavs, preset)
             piece = feats[start: start + n]
             with torch.inference_mode():  # PyTorch gets the whole piece, as StreamingRecognizer.finalize does
                 lp_t, state_t = loaded.model.forward_chunk(loaded.cmvn(piece[None]), state_t)
-            usable = piece.shape[0] - piece.shape[0] % 4  # the runtime cuts frames that make no output
+            usable = piece.shape[0] - piece.shape[0] % sub  # the runtime cuts frames that make no output
             if usable == 0:
                 assert lp_t.shape[1] == 0
                 continue
@@ -137,7 +141,7 @@ def test_onnx_chunk_outputs_equal_pytorch_chunk_by_chunk(exported, wavs, preset)
                 else:
                     np.testing.assert_array_equal(b, a.numpy())
             chunks += 1
-        assert chunks == feats.shape[0] // n + (feats.shape[0] % n >= 4)
+        assert chunks == feats.shape[0] // n + (feats.shape[0] % n >= sub)
     assert short_last  # at least one utterance ends with a shorter chunk
 
 
@@ -179,7 +183,8 @@ def test_runtime_partials_grow_and_small_feeds_give_same_text(exported, wavs, pr
         rec.accept_waveform(wave[:100])
     rec.reset()
     rec.accept_waveform(wave)
-    assert rec.finalize() == final and rec.frames_out == KaldiFbank({}).num_frames(wave.size) // 4
+    sub = res.metadata["subsampling"]
+    assert rec.finalize() == final and rec.frames_out == KaldiFbank({}).num_frames(wave.size) // sub
 
 
 # ------------------------------------------------------------------------------------------ metadata
@@ -195,9 +200,9 @@ def test_metadata_in_onnx_and_sidecar_is_complete(exported, preset):
     m = loaded.model
     assert props["model_fingerprint"] == loaded.fingerprint
     assert props["units"] == loaded.tokenizer.symbols and props["blank_id"] == 0
-    assert props["chunk_size"] == m.chunk_size and props["chunk_input_frames"] == 4 * m.chunk_size
-    assert props["subsampling"] == 4 and props["frame_shift_ms"] == 40.0
-    assert props["algorithmic_latency_ms"] == m.algorithmic_latency_ms == m.chunk_size * 40 + 15
+    assert props["chunk_size"] == m.chunk_size and props["chunk_input_frames"] == m.subsampling * m.chunk_size
+    assert props["subsampling"] == m.subsampling and props["frame_shift_ms"] == 10.0 * m.subsampling
+    assert props["algorithmic_latency_ms"] == m.algorithmic_latency_ms == m.chunk_size * 10 * m.subsampling + 15
     assert props["fbank"] == loaded.fbank_config.model_dump(mode="json")
     assert props["cmvn"] == "in_graph" and props["quantization"] is None
     assert [s["name"] for s in props["states"]] == list(STATE_NAMES[loaded.model_config.kind])

@@ -33,6 +33,19 @@ def test_output_shapes_and_lengths(name):
 
 
 @pytest.mark.parametrize("name", KINDS)
+def test_20ms_output_frames_have_the_same_parameters_and_twice_the_frames(name):
+    model40, model20 = make(name), make(name, subsampling=2)
+    assert model20.num_params() == model40.num_params()  # the second conv keeps its shape, stride 1 in time
+    feats = torch.randn(2, 61, 80)
+    with torch.no_grad():
+        log_probs, out_lens = model20(feats, torch.tensor([61, 7]))
+    assert out_lens.tolist() == [30, 3] and log_probs.shape == (2, 30, VOCAB)  # T // 2
+    assert model20.frame_shift_ms == 20.0
+    if model20.is_streaming:
+        assert model20.algorithmic_latency_ms == model20.chunk_size * 20 + 15
+
+
+@pytest.mark.parametrize("name", KINDS)
 def test_shorter_than_one_output_frame(name):
     model = make(name)
     with torch.no_grad():

@@ -39,17 +39,19 @@ def run_chunks(model, feats: torch.Tensor, chunk_frames: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", STREAMING)
-@pytest.mark.parametrize("chunk_size,left_chunks", [(4, 2), (3, 1), (2, 0)])
-def test_chunked_equals_offline_masked(name, chunk_size, left_chunks):
-    model = make(name, chunk_size=chunk_size, **({"left_chunks": left_chunks} if "conformer" in name else {}))
+@pytest.mark.parametrize("chunk_size,left_chunks,subsampling", [(4, 2, 4), (3, 1, 4), (2, 0, 4), (4, 2, 2), (3, 1, 2)])
+def test_chunked_equals_offline_masked(name, chunk_size, left_chunks, subsampling):
+    model = make(name, chunk_size=chunk_size, subsampling=subsampling,
+                 **({"left_chunks": left_chunks} if "conformer" in name else {}))
     n = model.chunk_input_frames
-    total = 10 * n + 4 * (chunk_size // 2) + 3  # several chunks, then a partial chunk and 3 leftover frames
+    assert n == chunk_size * subsampling
+    total = 10 * n + 4 * (chunk_size // 2) + 3  # several chunks, then a partial chunk and leftover frames
     torch.manual_seed(1)
     feats = torch.randn(2, total, 80)
     with torch.no_grad():
         offline, lens = model(feats, torch.tensor([total, total]))
     chunked = run_chunks(model, feats, n)
-    assert chunked.shape == offline.shape == (2, total // 4, VOCAB)
+    assert chunked.shape == offline.shape == (2, total // subsampling, VOCAB)
     assert (chunked - offline).abs().max().item() < ATOL
     ids_off = greedy_ctc(offline, lens)
     assert ids_off == greedy_ctc(chunked, lens)

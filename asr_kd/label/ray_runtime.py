@@ -74,23 +74,29 @@ def init_ray(address: str | None) -> bool:
         _prepare_local_cluster()
         ray.init(address="local", _node_ip_address=LOOPBACK, **common)
     else:
-        _check_cluster_auth(address)
-        ray.init(address=address, **common)
+        gcs = _check_cluster_auth(address)
+        if gcs.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1"):
+            _pin_to_loopback()  # a cluster on this machine's loopback: join it as a loopback node too
+        ray.init(address=gcs, **common)
     return True
 
 
 # --------------------------------------------------------------------------------------- local cluster
 
 
-def _prepare_local_cluster() -> None:
+def _pin_to_loopback() -> None:
+    """Ray derives every bind address from the node IP; in single-machine mode the node IP is
+    127.0.0.1 instead of the address of the first network interface (ray.init would otherwise turn an
+    explicit 127.0.0.1 into that address). Set for this process and the processes it starts."""
     from ray._private import ray_constants
 
-    # loopback: Ray derives every bind address from the node IP; in single-machine mode the node IP
-    # is 127.0.0.1 instead of the address of the first network interface (ray.init would otherwise
-    # turn an explicit 127.0.0.1 into that address). Set for this process and the ones it starts.
     os.environ[SINGLE_NODE_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # Ray Train DDP (gloo) between local workers
+
+
+def _prepare_local_cluster() -> None:
+    _pin_to_loopback()
     mode = auth_mode()
     if mode == "token" and not (os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_PATH_ENV)):
         # a token for this run only: inherited by the processes we start, never written to disk
@@ -178,8 +184,9 @@ def configured_token() -> tuple[str | None, str]:
     return None, ""
 
 
-def _check_cluster_auth(address: str) -> None:
-    """Refuse to join unless the cluster's authentication and ours agree (token by default)."""
+def _check_cluster_auth(address: str) -> str:
+    """Refuse to join unless the cluster's authentication and ours agree (token by default); returns
+    the GCS address."""
     mode = auth_mode()
     gcs = _gcs_address(address)
     # a random token no cluster has: served means the cluster checks no token at all
@@ -202,3 +209,4 @@ def _check_cluster_auth(address: str) -> None:
                 f"{AUTH_MODE_ENV} (token is the default) and {_TOKEN_HELP}")
         log.warning("joining the Ray cluster at %s without authentication (%s=disabled)", gcs, AUTH_MODE_ENV)
     _set_auth_mode(mode)
+    return gcs

@@ -10,10 +10,17 @@ final model dir, so the results format is identical to ``--workers 1``. Worker o
 On CPU each worker gets one thread (``threads_per_worker``): on this project's 2-core machine two
 1-thread workers train the teacher ~1.5x faster than one process with 2 threads. Paths in the config
 are made absolute first, because Ray workers do not run in the caller's directory.
+
+Nothing listens beyond the machine: the local Ray cluster binds loopback and uses a per-run token
+(``asr_kd.label.ray_runtime.init_ray``), Gloo/NCCL talk over ``lo``, and the DDP rendezvous is a
+``FileStore`` in a private temporary directory instead of Ray Train's default ``TCPStore``, whose
+server torch binds to all interfaces.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from asr_kd.train.config import TrainConfig
@@ -50,6 +57,38 @@ def _worker_loop(cfg: dict) -> None:
           rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
 
 
+def file_store_torch_config(store_file: str):
+    """A Ray Train ``TorchConfig`` whose process group meets in ``file://store_file`` (a FileStore: no
+    socket) instead of a TCPStore on rank 0 (torch binds its server to all interfaces). Single machine
+    only — which is what ``train --workers`` runs on."""
+    import dataclasses
+
+    import ray
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import (V1WorkerGroup, _set_torch_distributed_env_vars, _setup_torch_process_group,
+                                        _TorchBackend)
+
+    class _FileStoreTorchBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            backend = backend_config.backend
+            if backend is None:
+                backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
+            if not isinstance(worker_group, V1WorkerGroup):
+                worker_group.execute(_set_torch_distributed_env_vars)
+            ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend, world_rank=i,
+                                                       world_size=len(worker_group), init_method=f"file://{store_file}",
+                                                       timeout_s=backend_config.timeout_s)
+                     for i in range(len(worker_group))])
+
+    @dataclasses.dataclass
+    class _FileStoreTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return _FileStoreTorchBackend
+
+    return _FileStoreTorchConfig()
+
+
 def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: bool = False, use_gpu: bool | None = None,
                       threads_per_worker: int = 1, progress: bool = True) -> None:
     import ray
@@ -60,6 +99,7 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
     from asr_kd.train.metrics import ProgressWatcher, read_progress
 
     started = init_ray(None)
+    rendezvous = Path(tempfile.mkdtemp(prefix="asr-kd-ddp-"))  # private (0700), fresh: no stale store file
     try:
         if use_gpu is None:
             use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
@@ -67,6 +107,7 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
         out.mkdir(parents=True, exist_ok=True)
         trainer = TorchTrainer(
             _worker_loop,
+            torch_config=file_store_torch_config(str(rendezvous / "store")),
             train_loop_config={"config": absolutize(config).model_dump(mode="json"), "out": str(out), "resume": resume,
                                "threads": threads_per_worker},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
@@ -81,3 +122,4 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
     finally:
         if started:
             ray.shutdown()
+        shutil.rmtree(rendezvous, ignore_errors=True)

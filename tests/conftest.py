@@ -25,9 +25,16 @@ def ray_cluster():
     """A local Ray instance (2 CPUs, no dashboard) shared by all tests of the session (~3 s to start)."""
     import ray
     if not ray.is_initialized():
+        from asr_kd.label.ray_runtime import LOOPBACK, _pin_to_loopback
+
+        saved = dict(os.environ)
+        _pin_to_loopback()  # like a local asr-kd run: nothing listens beyond 127.0.0.1
         # address="local": a new cluster of our own, never one that another process on the machine runs
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+        ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=2, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+        os.environ.clear()
+        os.environ.update(saved)  # the CLI subprocesses of later tests start from the usual environment
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray

@@ -93,6 +93,7 @@ def _pin_to_loopback() -> None:
     os.environ[SINGLE_NODE_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # Ray Train DDP (gloo) between local workers
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # (NCCL bootstrap on GPUs)
 
 
 def _prepare_local_cluster() -> None:

@@ -171,11 +171,25 @@ def test_target_delay_of_a_distilled_student_is_added_to_its_reported_latency(tm
     from asr_kd.evaluate import evaluate
     from asr_kd.export.evaluate_onnx import load_onnx_for_evaluation
     from asr_kd.export.onnx_export import export_onnx
-    from factories import make_data, make_teacher
+    from asr_kd.config import load_config
+    from asr_kd.label.pipeline import LabelOptions, label_local
+    from asr_kd.train.config import TrainConfig
+    from asr_kd.train.loop import Trainer
+    from factories import make_data, make_teacher, tiny_train_config
 
-    student = make_teacher(tmp_path / "student", preset="tiny_streaming_conformer")
+    # the student dir comes from a real one-step KD run with kd.target_delay: 2, so meta.json is what
+    # training writes (the test used to write the meta.json it then checked; mutation caught: the trainer
+    # not recording kd in meta.json -> target_delay_ms 0 and latencies 80 ms short)
+    teacher = make_teacher(tmp_path / "teacher")
+    labeled = make_data(tmp_path / "lab", 3, with_text=True, min_s=1.2)
+    unlabeled = make_data(tmp_path / "unl", 3, prefix="u", min_s=1.2)
+    label_local([str(teacher)], str(unlabeled), str(tmp_path / "store"), LabelOptions(top_k=4, progress=False))
+    conf = tiny_train_config(tmp_path / "kd.yaml", [str(labeled)], unlabeled=[str(unlabeled)], store=str(tmp_path / "store"),
+                             from_model=str(teacher), max_steps=1, extra={"kd.target_delay": 2})
+    student = tmp_path / "student"
+    Trainer(load_config(conf, TrainConfig), student, progress=False).run()
+    assert json.loads((student / "meta.json").read_text())["kd"]["target_delay"] == 2
     chunk = load_model_dir(student).model.chunk_size
-    (student / "meta.json").write_text(json.dumps({"kd": {"target_delay": 2}}))  # as a KD run writes it
     assert load_model_dir(student).target_delay_ms == 80.0
     data = make_data(tmp_path / "d", 2, with_text=True)
     for streaming in (False, True):

@@ -31,3 +31,29 @@ def test_wer_by_condition_is_empty_without_a_condition_map(tmp_path):
     (tmp_path / "data" / "test").mkdir(parents=True)
     assert wer_by_condition(tmp_path / "exp", tmp_path / "data") == {}
     assert render_conditions({}) == []
+
+
+def _row(test_wer: float, params: float) -> dict:
+    return {"test_wer": test_wer, "test_cer": test_wer / 2, "test_wer_streaming": None, "dev_wer": test_wer + 1,
+            "params": params, "size_mb": params * 4 / 1e6, "latency_ms": None, "rtf": 0.01}
+
+
+@pytest.mark.parametrize("teacher, baseline, kd, relative, recovered, kd_over_baseline, kd_over_teacher", [
+    # by hand: (40 - 35) / 40 = 12.5 % relative; (40 - 35) / (40 - 20) = 25 % of the gap
+    (20.0, 40.0, 35.0, "12.5", "25", "0.875", "1.75"),
+    # the README's demo numbers: (84.09 - 82.48) / 84.09 = 1.915 %; 1.61 / 9.78 = 16.5 % -> "16"
+    (74.31, 84.09, 82.48, "1.9", "16", "0.981", "1.11"),
+    # KD worse than the baseline: a negative reduction and a negative share, not clipped
+    (20.0, 40.0, 44.0, "-10.0", "-20", "1.100", "2.20"),
+])
+def test_headline_numbers_match_a_hand_computation(teacher, baseline, kd, relative, recovered, kd_over_baseline,
+                                                   kd_over_teacher):
+    """The report's two headline figures: relative WER reduction = (baseline - KD) / baseline and share of
+    the teacher-baseline gap recovered = (baseline - KD) / (baseline - teacher). (Mutations caught: dividing
+    by the KD WER, the gap taken as KD - teacher, the share rounded from the relative reduction.)"""
+    from asr_kd.report import render
+
+    text = render({"teacher": _row(teacher, 2.0e6), "baseline": _row(baseline, 0.5e6), "kd": _row(kd, 0.5e6)}, [])
+    assert f"**{relative} % relative WER reduction** (KD / baseline = {kd_over_baseline})" in text, text
+    assert f"gap that KD recovers: **{recovered} %** (KD / teacher = {kd_over_teacher})" in text, text
+    assert "Student parameters: 25 % of the teacher's." in text

@@ -47,3 +47,20 @@ def test_unalignable_transcript_is_rejected_with_its_reason(tmp_path):
     table20 = UtteranceTable()
     table20.add_dir(str(data), FbankConfig(), tok, True, 0.1, 30.0, subsampling=2)
     assert sorted(table20.utts) == ["u_fits", "u_too_long"] and table20.rejects == []
+
+
+def test_config_keys_that_would_do_nothing_are_refused():
+    import pytest
+
+    from asr_kd.config import validate_config
+    from asr_kd.errors import ConfigError
+    from asr_kd.train.config import TrainConfig
+
+    base = {"model": {"kind": "conformer", "d_model": 32, "num_layers": 1, "nhead": 2, "d_ffn": 64}, "data": {"train": ["x"]}}
+    validate_config({**base, "units": {"kind": "bpe", "bpe_vocab_size": 64}}, TrainConfig)  # used: fine
+    with pytest.raises(ConfigError, match="bpe_vocab_size does nothing"):
+        validate_config({**base, "units": {"kind": "char", "bpe_vocab_size": 64}}, TrainConfig)
+    with pytest.raises(ConfigError, match="average_share does nothing with train.final: best"):
+        validate_config({**base, "train": {"final": "best", "average_share": 0.3}}, TrainConfig)
+    with pytest.raises(ConfigError, match="pseudo_ctc_weight does nothing without data.unlabeled"):
+        validate_config({**base, "kd": {"store": "s", "pseudo_ctc_weight": 0.5}}, TrainConfig)

@@ -106,4 +106,15 @@ class TrainConfig(StrictModel):
             raise ValueError("data.train (labeled dirs) or data.unlabeled must name at least one data dir")
         if self.data.unlabeled and self.kd is None:
             raise ValueError("data.unlabeled needs a kd section naming a soft-target store")
+        # a key that would do nothing is an error, not silently accepted
+        if "bpe_vocab_size" in self.units.model_fields_set and (self.units.kind != "bpe" or self.units.from_model):
+            raise ValueError("units.bpe_vocab_size does nothing here: it applies to units.kind: bpe trained from "
+                             "the transcripts, not to char units or units.from_model (remove it)")
+        unused = {"average_share", "average_every_steps"} & self.train.model_fields_set
+        if unused and self.train.final != "average":
+            raise ValueError(f"train.{sorted(unused)[0]} does nothing with train.final: {self.train.final} "
+                             "(it applies to final: average; remove it or set final: average)")
+        if self.kd is not None and self.kd.pseudo_ctc_weight > 0 and not self.data.unlabeled:
+            raise ValueError("kd.pseudo_ctc_weight does nothing without data.unlabeled (pseudo transcripts are used "
+                             "on utterances that have no transcript)")
         return self

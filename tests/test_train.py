@@ -1,4 +1,6 @@
-"""Training: a tiny teacher learns, --resume after SIGKILL is exact, the KD path learns, DDP on Ray Train.
+"""Training: a tiny teacher learns, the KD path learns, DDP on Ray Train and on plain gloo (ranks in lockstep).
+
+--resume after SIGKILL is shown in test_reliability.py (num_workers 0/1, a KD store, a kill mid-checkpoint).
 
 One clean synthetic corpus (two espeak-ng voices, no noise, short sentences) is made per module in
 a few seconds; the teacher trained on it is shared by the KD test.
@@ -124,62 +126,133 @@ def test_kd_path_alone_learns_from_soft_targets(teacher, corpus, tmp_path):
     assert kd["wer"] <= fresh["wer"] - 15.0, (kd["wer"], fresh["wer"])
 
 
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    latest = (model_dir / "checkpoints" / "latest").read_text().strip()
-    return torch.load(model_dir / "checkpoints" / latest, weights_only=True)["model"]
+def _listing(model_dir: Path) -> dict[str, list[str]]:
+    """The files a training run leaves: the model dir's top level and its checkpoints/ (Ray's own
+    ray_results/ excluded), with step numbers blanked (two workers cut batches from another length grid)."""
+    import re
+
+    top = sorted(p.name for p in model_dir.iterdir() if p.name != "ray_results")
+    ckpts = sorted({re.sub(r"step-\d+", "step-N", p.name) for p in (model_dir / "checkpoints").iterdir()})
+    return {"top": top, "checkpoints": ckpts}
 
 
-def test_resume_after_sigkill_reaches_the_same_weights(corpus, tmp_path):
-    """Kill -9 after step 5 (checkpoint at step 4), resume, and compare with an uninterrupted run.
-
-    Tolerance: exact equality. Same data order (plan from seed+epoch), RNG states (dropout and
-    SpecAugment) and optimizer/scheduler state are restored, and CPU kernels are deterministic.
-    """
-    conf = tmp_path / "c.yaml"
-    cfg = config(corpus, train={"max_epochs": 3, "max_steps": 9, "checkpoint_every_steps": 2, "log_every_steps": 1},
-                 specaug={"freq_masks": 2, "time_masks": 2}, model={**TINY_TEACHER, "dropout": 0.1})
-    conf.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    full = run_cli("train", "--config", str(conf), "--out", str(tmp_path / "full"), "--no-progress")
-    assert full.returncode == 0, full.stderr[-2000:]
-    killed = run_cli("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress",
-                     env={"ASR_KD_TEST_KILL_AFTER_STEP": "5"})
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert not (tmp_path / "resumed" / "model.pt").exists()
-    again = run_cli("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress")
-    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite checkpoints silently
-    resumed = run_cli("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from step-00000004.pt" in resumed.stderr
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert load_model_dir(tmp_path / "full").fingerprint == load_model_dir(tmp_path / "resumed").fingerprint
-
-
-def test_two_ray_train_workers_write_the_same_results_format(corpus, tmp_path, ray_cluster):
+def test_two_ray_train_workers_write_the_same_model_dir_and_checkpoints_as_one(corpus, tmp_path, ray_cluster):
+    """README: 2 workers write the same model dir and checkpoints as 1. The listings (model dir and
+    checkpoints/) are equal to a 1-worker run's, and so are the files that do not depend on the weights
+    (model.yaml, tokens.txt, cmvn.json, the metrics.csv header); the progress file's dev WER is the last
+    one logged. The old test only checked that five files exist and asserted 0 <= dev_wer, true of any
+    number. (Not yet run against mutants: ``train_distributed`` fails since 2bb54e6 -- the dumped config
+    carries units.bpe_vocab_size, which the new check refuses.)"""
     from asr_kd.train.distributed import train_distributed
 
     cfg = config(corpus, train={"max_epochs": 2, "checkpoint_every_steps": 5, "log_every_steps": 2})
     out = tmp_path / "ddp"
     train_distributed(cfg, str(out), workers=2, progress=False)
-    for name in ("model.pt", "fingerprint.txt", "metrics.csv", "config.yaml", "training_curve.png"):
-        assert (out / name).is_file(), name
-    assert (out / "checkpoints" / "latest").exists()
+    single = train(cfg, tmp_path / "single", progress=False)
+    assert _listing(out) == _listing(tmp_path / "single")
+    for name in ("model.yaml", "tokens.txt", "cmvn.json"):
+        assert (out / name).read_text() == (tmp_path / "single" / name).read_text(), name
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == (tmp_path / "single" / "metrics.csv").read_text().splitlines()[0]
     env = __import__("json").loads((out / "env.json").read_text())
     assert env["world_size"] == 2
     # the driver's progress bar follows rank 0's progress.json: it must end at the last step
     progress = read_progress(out)
     assert progress["step"] == progress["total_steps"] > 0
-    assert progress["dev_epoch"] == 2 and 0 <= progress["dev_wer"]
+    header = rows[0].split(",")
+    dev_rows = [dict(zip(header, r.split(","))) for r in rows[1:] if r.startswith("dev")]
+    assert len(dev_rows) == 2  # one dev score per epoch, from rank 0 only
+    assert progress["dev_epoch"] == 2 and progress["dev_wer"] == pytest.approx(float(dev_rows[-1]["dev_wer"]))
     assert progress["summary"].startswith(f"trained {out}: ") and progress["summary"].endswith("2 workers")
-    single = train(cfg, tmp_path / "single", progress=False)
-    rows = (out / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[2]) for r in rows[1:] if r.startswith("train")]
     # batch.max_frames is per optimizer step: each worker takes half-size batches, so two workers make
     # about as many steps as one (batches are cut from a different length grid, hence the tolerance)
     assert abs(max(steps) - single.steps) <= max(2, single.steps // 5)
     load_model_dir(out)
+
+
+DDP_RANK = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from asr_kd.config import load_config
+from asr_kd.train.config import TrainConfig
+from asr_kd.train.loop import Trainer
+
+rank, conf, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+torch.set_num_threads(1)
+dist.init_process_group("gloo", rank=rank, world_size=2)
+trainer = Trainer(load_config(conf, TrainConfig), out, progress=False, rank=rank, world_size=2)
+trainer.run()
+if rank == 1:  # rank 0's core holds the final (averaged/best) weights by now; its last step is in epoch-001.pt
+    torch.save(trainer.core.state_dict(), sys.argv[4])
+print(json.dumps({"steps": trainer.step, "rejects": sorted(u for u, _ in trainer.table.rejects)}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known bug (asr_kd/train/loop.py, owner: the training loop): a rank whose batch "
+                   "has no usable audio backpropagates a zero loss without a DDP forward, so DDP's reducer is not "
+                   "prepared and that rank's all-reduce is skipped; the ranks' weights drift apart (measured: "
+                   "frontend.conv.0.weight differs by ~1e-3 after 7 steps). With no NaN files the ranks are "
+                   "bit-identical (checked). Fix: forward a dummy input through the DDP model and scale its loss by 0.")
+def test_ddp_ranks_hold_identical_weights_even_when_one_ranks_audio_all_failed(tmp_path):
+    """Two gloo DDP processes running the real Trainer (rank/world_size as Ray Train gives them), one
+    utterance per batch, half the utterances NaN audio that fails only when read: some step finds one
+    rank with no usable audio while the other trains. That rank must still join the gradient all-reduce
+    (zero loss); both ranks make the same number of steps and end with bit-identical weights, which
+    moved. (Mutation caught: the empty batch skipped with ``continue`` on every world size -> the ranks
+    fall out of step: a hang, killed by the timeout, or different weights.)"""
+    import socket
+
+    import numpy as np
+    import soundfile as sf
+
+    from asr_kd.data.datadir import read_data_dir, write_data_dir
+    from factories import make_data, tiny_train_config, tone
+
+    data = make_data(tmp_path / "lab", 8, with_text=True, min_s=1.2, step_s=0.1)
+    d = read_data_dir(data)
+    for i in range(6):
+        nan = tone(1.2, 50 + i)
+        nan[200:300] = np.nan
+        path = tmp_path / f"nan{i}.wav"
+        sf.write(path, nan, 16000, subtype="FLOAT")
+        utt = f"nan-utt{i}"
+        d.wav_scp[utt], d.utt2spk[utt], d.text[utt] = str(path), "nan", "hello world"
+    write_data_dir(d, data)
+    conf = tiny_train_config(tmp_path / "c.yaml", [str(data)], max_steps=None, checkpoint_every=1,
+                             extra={"batch.max_utts": 1, "train.max_epochs": 1, "train.final": "last",
+                                    "train.keep_last_checkpoints": 10})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+           "KALDI_ROOT": "/nonexistent-kaldi-root"}
+    out = tmp_path / "m"
+    procs = [subprocess.Popen([sys.executable, "-c", DDP_RANK, str(r), str(conf), str(out), str(tmp_path / "rank1.pt")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=240)
+            assert proc.returncode == 0, stderr[-3000:]
+            results.append(__import__("json").loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    (r0, r1) = results
+    assert r0["steps"] == r1["steps"] == 7  # 14 one-utterance batches, 7 per rank
+    # audio of both ranks failed somewhere (each rank met NaN files), so empty batches were met on both sides
+    assert any(u.startswith("nan-") for u in r0["rejects"]) and any(u.startswith("nan-") for u in r1["rejects"])
+    rank0 = torch.load(out / "checkpoints" / "epoch-001.pt", weights_only=True)["model"]
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), k
+    first = torch.load(out / "checkpoints" / "step-00000001.pt", weights_only=True)["model"]
+    assert any(not torch.equal(first[k], rank0[k]) for k in first if first[k].is_floating_point())  # training moved them
 
 
 def test_progress_watcher_shows_each_dev_score_once(tmp_path, capsys):

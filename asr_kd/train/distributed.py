@@ -47,7 +47,9 @@ def _worker_loop(cfg: dict) -> None:
 
     torch.set_num_threads(cfg["threads"])
     ctx = ray.train.get_context()
-    config = TrainConfig.model_validate(cfg["config"])
+    # the validated object itself (pickled by Ray): a dump re-validated here would count defaults as keys
+    # the user set, which the config's "key does nothing" checks refuse
+    config = cfg["config"] if isinstance(cfg["config"], TrainConfig) else TrainConfig.model_validate(cfg["config"])
     # the worker's CPU share, not the single-process train.threads: N workers x 2 threads on 2 cores
     # would oversubscribe them (and torch/OpenMP spin-waits make that 10-100x slower)
     config.train.threads = cfg["threads"]
@@ -108,7 +110,7 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
         trainer = TorchTrainer(
             _worker_loop,
             torch_config=file_store_torch_config(str(rendezvous / "store")),
-            train_loop_config={"config": absolutize(config).model_dump(mode="json"), "out": str(out), "resume": resume,
+            train_loop_config={"config": absolutize(config), "out": str(out), "resume": resume,
                                "threads": threads_per_worker},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": threads_per_worker}),

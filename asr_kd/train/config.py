@@ -17,6 +17,11 @@ from asr_kd.data.specaug import SpecAugmentConfig
 from asr_kd.models import ModelConfig
 
 
+def _changed(section: StrictModel, name: str) -> bool:
+    """True when ``section.name`` differs from the field's default."""
+    return getattr(section, name) != type(section).model_fields[name].default
+
+
 class UnitsConfig(StrictModel):
     """Output units. A student must reuse its teacher's units: set ``from_model`` to the teacher dir."""
 
@@ -106,11 +111,12 @@ class TrainConfig(StrictModel):
             raise ValueError("data.train (labeled dirs) or data.unlabeled must name at least one data dir")
         if self.data.unlabeled and self.kd is None:
             raise ValueError("data.unlabeled needs a kd section naming a soft-target store")
-        # a key that would do nothing is an error, not silently accepted
-        if "bpe_vocab_size" in self.units.model_fields_set and (self.units.kind != "bpe" or self.units.from_model):
+        # a key that would do nothing is an error, not silently accepted. Compared with the defaults (not
+        # with the keys given) so that a resolved config, written with every default, validates again.
+        if _changed(self.units, "bpe_vocab_size") and (self.units.kind != "bpe" or self.units.from_model):
             raise ValueError("units.bpe_vocab_size does nothing here: it applies to units.kind: bpe trained from "
                              "the transcripts, not to char units or units.from_model (remove it)")
-        unused = {"average_share", "average_every_steps"} & self.train.model_fields_set
+        unused = [k for k in ("average_share", "average_every_steps") if _changed(self.train, k)]
         if unused and self.train.final != "average":
             raise ValueError(f"train.{sorted(unused)[0]} does nothing with train.final: {self.train.final} "
                              "(it applies to final: average; remove it or set final: average)")

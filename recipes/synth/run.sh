@@ -36,7 +36,7 @@ conf=recipes/synth/conf
 . recipes/utils/stage.sh
 stop_stage=${stop_stage:-$([ "$rounds" -ge 2 ] && echo 10 || echo 7)}
 
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # Ray: local runs bind loopback with a per-run token (README, Security)
 mkdir -p "$exp"
 
 if run_stage 0 prepare; then

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,8 +34,8 @@ from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
 from asr_kd.targets.store import StoreReader
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.loop import Trainer
-from factories import (add_bad_audio, asr_kd, asr_kd_popen, make_data, make_teacher,
-                             tiny_train_config)
+from factories import (ROOT, add_bad_audio, asr_kd, asr_kd_popen, cli_env, make_data, make_teacher,
+                       tiny_train_config)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -132,22 +134,72 @@ def _assert_tensors_equal(a, b, where: str) -> None:
         assert a == b, where
 
 
-def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path):
-    data = make_data(tmp_path / "lab", 12, with_text=True)
-    conf = tiny_train_config(tmp_path / "conf.yaml", [str(data)], max_steps=8, checkpoint_every=2)
+DIE_WHILE_WRITING_CHECKPOINT = r"""
+import os, signal, sys
+
+real_fsync = os.fsync
+
+def dying_fsync(fd):
+    # the real atomic_save runs until it fsyncs step 6's checkpoint; the file is cut to half its bytes and
+    # the process dies there (as a kill -9 or power loss in the middle of the write would leave it)
+    if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("step-00000006.pt"):
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync(fd)
+
+os.fsync = dying_fsync
+from asr_kd.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _kd_parts(root: Path) -> dict:
+    teacher = make_teacher(root / "teacher")
+    unlabeled = make_data(root / "unl", 12, prefix="u", min_s=1.2, step_s=0.1)
+    store = root / "store"
+    label_local([str(teacher)], str(unlabeled), str(store), LabelOptions(top_k=4, shard_size=4, progress=False))
+    return {"unlabeled": [str(unlabeled)], "store": str(store), "from_model": str(teacher)}
+
+
+@pytest.mark.parametrize("variant", ["in_process_reading", "kd_store_reader_process", "kill_while_writing_checkpoint"])
+def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path, variant):
+    """Shown at 24 labeled utterances of 1.2-1.8 s (+ 12 unlabeled with a store for kd_store), 8 steps.
+
+    Variants: ``batch.num_workers: 0`` (audio read in the training process), killed after step 5; a KD run
+    with a soft-target store and ``batch.num_workers: 1`` (the default: a DataLoader reader process whose
+    prefetched batches die with the run), killed after step 5; and (num_workers 1) a kill that lands while
+    step 6's checkpoint is being written -- the real ``atomic_save`` runs until its fsync, the file is cut to
+    half and the process killed. Mutations tried, each failing this test: the DataLoader iterator drawing
+    from the global RNG (no private generator) -> kd_store_reader_process weights differ; ``atomic_save``
+    writing in place -> a half file under the final name; ``latest`` updated before the checkpoint is
+    written -> the resume loads the half file.
+    """
+    data = make_data(tmp_path / "lab", 24, with_text=True, min_s=1.2, step_s=0.1)
+    # dropout on: a resumed run must also draw the same dropout masks (the global RNG is in the checkpoint)
+    extra = {"batch.num_workers": 0 if variant == "in_process_reading" else 1, "model.dropout": 0.1}
+    kd = _kd_parts(tmp_path) if variant == "kd_store_reader_process" else {}
+    conf = tiny_train_config(tmp_path / "conf.yaml", [str(data)], max_steps=8, checkpoint_every=2, extra=extra, **kd)
 
     full = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "full"), "--no-progress")
     assert full.returncode == 0, full.stderr[-3000:]
 
-    killed = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress",
-                    ASR_KD_TEST_KILL_AFTER_STEP="5")
+    args = ["train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress"]
+    if variant == "kill_while_writing_checkpoint":
+        killed = subprocess.run([sys.executable, "-c", DIE_WHILE_WRITING_CHECKPOINT, *args], capture_output=True, text=True,
+                                timeout=300, cwd=ROOT, env=cli_env())
+    else:
+        killed = asr_kd(*args, ASR_KD_TEST_KILL_AFTER_STEP="5")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpts = tmp_path / "resumed" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000004.pt"
+    if variant == "kill_while_writing_checkpoint":
+        # the half-written file is there, but only under its temporary name
+        assert [p.name for p in ckpts.glob("step-00000006*")] == ["step-00000006.pt.tmp"]
     assert not (tmp_path / "resumed" / "model.pt").exists()  # no final model from a killed run
 
-    again = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress")
-    assert again.returncode != 0 and "--resume" in again.stderr  # refuses to overwrite silently
+    if variant == "in_process_reading":
+        again = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress")
+        assert again.returncode != 0 and "--resume" in again.stderr  # refuses to overwrite silently
 
     resumed = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -165,6 +217,9 @@ def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path
     header = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()[0].split(",")
     train_steps = [int(r[header.index("step")]) for r in steps if r[header.index("kind")] == "train"]
     assert sorted(train_steps) == list(range(1, 9)), train_steps
+    if kd:
+        kd_losses = [r[header.index("kd_loss")] for r in steps if r[header.index("kind")] == "train"]
+        assert any(v not in ("", "nan") for v in kd_losses[-3:]), kd_losses  # the resumed steps did distill
 
 
 # --------------------------------------------------------------------------------------- damaged stores
@@ -278,9 +333,26 @@ def test_store_of_other_frame_timing_is_refused(kd_setup, capsys, tmp_path, reco
 
 
 # --------------------------------------------------------------------------------------- bad audio
+class _RecordingTrainer(Trainer):
+    """The real trainer, recording the utterance ids of every batch it computes a loss on (what was
+    trained, not what the batch plan promised)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.consumed: list[str] = []
+
+    def _losses(self, batch, *args, **kwargs):
+        self.consumed.extend(batch.utt_ids)
+        return super()._losses(batch, *args, **kwargs)
+
+
 def test_corpus_with_bad_audio_labels_and_trains_keeping_every_good_utterance(tmp_path, ray_cluster):
+    """Shown at 114 good utterances + 6 bad (5 %), one epoch of each training path. The utterances that
+    reached a loss are recorded and compared with the good set (the test used to check the batch plan,
+    which a loop dropping batches after a reject would still pass). Mutation caught: the training loop
+    skipping the rest of a batch after its first reject -> good utterances missing from ``consumed``."""
     teacher = make_teacher(tmp_path / "teacher")
-    corpus = make_data(tmp_path / "corpus", 114, with_text=True, prefix="c", min_s=0.3, step_s=0.1)
+    corpus = make_data(tmp_path / "corpus", 114, with_text=True, prefix="c", min_s=1.0, step_s=0.05)  # alignable by CTC at 40 ms
     good = set(read_data_dir(corpus).utt_ids)
     bad = add_bad_audio(corpus, tmp_path / "corpus" / "bad_audio")
     assert len(bad) / (len(bad) + len(good)) == pytest.approx(0.05, abs=0.001)
@@ -304,28 +376,29 @@ def test_corpus_with_bad_audio_labels_and_trains_keeping_every_good_utterance(tm
     # training, labeled (CTC) path: unreadable files are excluded up front or when their batch is read
     conf = tiny_train_config(tmp_path / "ctc.yaml", [str(corpus)], max_steps=None, max_frames=2000,
                              extra={"train.max_epochs": 1})
-    trainer = Trainer(load_config(conf, TrainConfig), tmp_path / "ctc", progress=False)
+    trainer = _RecordingTrainer(load_config(conf, TrainConfig), tmp_path / "ctc", progress=False)
     result = trainer.run()
     assert result.epochs == 1
     train_rejects = dict(line.split("\t", 1) for line in (tmp_path / "ctc" / "rejects.tsv").read_text().splitlines())
     assert sorted(train_rejects) == sorted(expected_reasons), train_rejects
     assert "nan_or_inf" in train_rejects["bad-nan"] and "outside" in train_rejects["bad-toolong"]
-    planned = {u for _, item in trainer._plan(0) for u in item.utt_ids}
-    assert good | {"bad-rate8k"} <= planned
+    # what was trained, not what was planned: every good utterance (and the resampled 8 kHz one) went
+    # through a loss exactly once in the epoch, and nothing else did
+    assert sorted(trainer.consumed) == sorted(good | {"bad-rate8k"})
 
     # training, distillation path: the corpus as unlabeled data with the store; the labeler's rejects excuse
     # the utterances without targets, and nothing else is dropped
-    small = make_data(tmp_path / "small", 6, with_text=True)
+    small = make_data(tmp_path / "small", 6, with_text=True, min_s=1.2)
     conf = tiny_train_config(tmp_path / "kd.yaml", [str(small)], unlabeled=[str(corpus)], store=str(store),
                              from_model=str(teacher), max_steps=None, max_frames=2000, extra={"train.max_epochs": 1})
-    trainer = Trainer(load_config(conf, TrainConfig), tmp_path / "kd", progress=False)
+    trainer = _RecordingTrainer(load_config(conf, TrainConfig), tmp_path / "kd", progress=False)
     trainer.run()
     assert set(trainer.unlabeled_ids) == good | {"bad-rate8k"}
     kd_rejects = dict(line.split("\t", 1) for line in (tmp_path / "kd" / "rejects.tsv").read_text().splitlines())
     assert sorted(kd_rejects) == sorted(expected_reasons), kd_rejects
     assert kd_rejects["bad-nan"].startswith("teacher reject: nan_or_inf")
-    planned = {u for _, item in trainer._plan(0) for u in item.utt_ids}
-    assert good | {"bad-rate8k"} <= planned
+    from_corpus = [u for u in trainer.consumed if u in good or u.startswith("bad-")]
+    assert sorted(from_corpus) == sorted(good | {"bad-rate8k"})  # one epoch = each unlabeled utterance once
     assert np.isfinite([float(x) for x in _train_losses(tmp_path / "kd")]).all()
 
 

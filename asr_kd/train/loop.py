@@ -437,8 +437,14 @@ class Trainer:
                     with self._autocast():
                         log_probs, out_lens = self.model(feats, lens)
                     loss, ctc_val, kd_val = self._losses(batch, log_probs.float(), out_lens)
-                else:  # DDP: a batch whose audio all failed still joins the gradient all-reduce, with zero loss
-                    loss, ctc_val, kd_val = sum(p.sum() for p in self.model.parameters()) * 0.0, None, None
+                else:  # DDP: a batch whose audio all failed still joins the gradient all-reduce, with zero loss.
+                    # It must go through the DDP model's forward: that prepares DDP's reducer; a loss built
+                    # from the parameters alone would skip this rank's all-reduce and the ranks drift apart.
+                    n = 4 * self.core.subsampling  # a few frames of the global mean: one output frame or more
+                    dummy = torch.zeros(1, n, c.fbank.num_mel_bins, device=self.device)
+                    with self._autocast():
+                        dummy_out, _ = self.model(dummy, torch.tensor([n], device=self.device))
+                    loss, ctc_val, kd_val = dummy_out.float().sum() * 0.0, None, None
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip))

@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
     parser.add_argument("--data", required=True, help="data dir to label (text not needed)")
     parser.add_argument("--out", required=True, help="soft-target store dir; rerunning resumes it")
-    parser.add_argument("--top-k", type=int, default=8, help="units kept per 40 ms frame (1-64)")
+    parser.add_argument("--top-k", type=int, default=8, help="units kept per output frame (40 ms, or 20 ms for subsampling-2 teachers; 1-64)")
     parser.add_argument("--quantization", choices=["log8", "float16"], default="log8",
                         help="log8: 1-byte log-probability codes; float16: 2-byte probabilities")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature applied to the teachers")

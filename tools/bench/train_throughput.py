@@ -100,12 +100,17 @@ def main() -> None:
             rows.append([name, args.steps, f"{results['audio']:.1f}", f"{results['cache']:.1f}",
                          f"{results['cache'] / results['audio']:.2f}x"])
         shown = src.resolve()
-        shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+        if shown.is_relative_to(ROOT):
+            shown = f"`{shown.relative_to(ROOT)}`"
+        elif shown.is_relative_to(work.resolve()):
+            shown = "300 synthetic tone utterances of 2-6 s (`tools/bench/fixtures.py`; the demo corpus was absent)"
+        else:
+            shown = f"`{shown}`"
         body = (f"Configs `{Path(args.conf).name}/teacher.yaml` and `student_baseline.yaml` (char units), {args.steps} "
-                f"steps each on `{shown}`, one torch thread; CPU-seconds include DataLoader workers and start-up.\n\n"
+                f"steps each on {shown}, one torch thread; CPU-seconds include DataLoader workers and start-up.\n\n"
                 + table(["model", "steps", "audio-s / CPU-s, fbank from audio (before)",
                          "audio-s / CPU-s, feature cache (after)", "speed-up"], rows)
-                + f"\nBuilding the cache (`asr-kd data fbank`): {summary.cached} utterances, {summary.frames / 360000:.2f} h "
+                + f"\n\nBuilding the cache (`asr-kd data fbank`): {summary.cached} utterances, {summary.frames / 360000:.2f} h "
                 f"in {cache_cpu:.1f} CPU-s ({cache_wall:.1f} s wall), {(summary.path / 'feats.ark').stat().st_size / 1e6:.0f} MB.\n")
         publish("train_throughput", "Training throughput: fbank from audio vs the feature cache", body,
                 write=not args.no_write)

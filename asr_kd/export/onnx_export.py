@@ -220,8 +220,15 @@ def _check_parity(path: Path, step: _ChunkStep, init: list[torch.Tensor], names:
 def _quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("root").setLevel(logging.ERROR)  # quantize_dynamic logs shape-inference chatter
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES))
+    # quantize_dynamic logs shape-inference chatter on the root logger: quiet it for this call only (a lasting
+    # root level of ERROR would silence every later warning of the process, ours included)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES))
+    finally:
+        root.setLevel(level)
 
 
 def export_onnx(model_dir: str | Path, out_path: str | Path, int8: bool = False) -> ExportResult:

@@ -1,4 +1,4 @@
-"""Size and condition profiles of the synthetic corpus: ``tiny`` (tests), ``demo`` (CPU demo), ``large``.
+"""Size and condition profiles of the synthetic corpus: ``tiny`` (tests), ``demo`` (CPU demo), ``medium``, ``large``.
 
 A profile is a validated ``SynthProfile``; to tune sizes, copy one with ``profile.model_copy(update=...)``
 or load a YAML file with the same keys (``asr-kd prepare synth --profile my_profile.yaml``).
@@ -129,6 +129,11 @@ DEMO = SynthProfile(
     # milder conditions than the default so a CPU-sized teacher converges within the demo's budget
     augment=AugmentConfig(noise_prob=0.5, snr_db=(10.0, 30.0), reverb_prob=0.15),
 )
+# medium: the demo's voices and conditions with 4x the labeled and unlabeled audio (~15 h), for the
+# "longer run" between demo and large (hours on 2 cores). Utterance i of a split is the same in every
+# profile with these voices, so demo-sized subsets of it are demo utterances (test is identical).
+MEDIUM = DEMO.model_copy(update={"name": "medium", "sizes": SplitSizes(train_labeled=4000, train_unlabeled=16000,
+                                                                      dev=400, test=300)})
 LARGE = SynthProfile(
     name="large",
     sizes=SplitSizes(train_labeled=20000, train_unlabeled=200000, dev=2000, test=2000),
@@ -136,7 +141,7 @@ LARGE = SynthProfile(
                        test_unlabeled_accent=8, test_unseen_accent=12),
     max_words=20,
 )
-PROFILES: dict[str, SynthProfile] = {p.name: p for p in (TINY, DEMO, LARGE)}
+PROFILES: dict[str, SynthProfile] = {p.name: p for p in (TINY, DEMO, MEDIUM, LARGE)}
 
 
 def get_profile(name_or_path: str) -> SynthProfile:

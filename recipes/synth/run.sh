@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Synthetic voice-assistant corpus: teacher -> soft targets on unlabeled audio -> streaming student.
 #
-# Usage (from anywhere): recipes/synth/run.sh [--stage N] [--stop-stage N] [--profile tiny|demo|large]
+# Usage (from anywhere): recipes/synth/run.sh [--stage N] [--stop-stage N] [--profile tiny|demo|medium|large|FILE.yaml]
 #                        [--force] [--nj N] [--data DIR] [--exp DIR] [--rounds 1|2]
 # --nj N: parallel jobs for synthesis and labeling, data-parallel teacher training workers (Ray Train
 #         DDP, one CPU thread each); with N >= 2 stages 4 and 5 train the two students side by side.

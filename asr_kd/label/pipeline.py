@@ -120,19 +120,24 @@ def plan_batches(shard: list[str], seconds: dict[str, float], max_utts: int, max
     run forms exactly the batches an uninterrupted one does."""
     if max_utts < 1 or max_frames < 1:
         raise AsrKdError(f"label: batch sizes must be >= 1, got {max_utts} utterances / {max_frames} frames")
-    batches: list[list[str]] = []
-    cur: list[str] = []
+    return _pack(shard, [max(int(seconds[utt] * 100), 1) for utt in shard], max_frames, max_utts)
+
+
+def _pack(items: list, frames: list[int], max_frames: int, max_utts: int | None = None) -> list[list]:
+    """Greedy cut of ``items`` (in the given order) into consecutive groups whose count x longest
+    ``frames`` stays within ``max_frames`` (and at most ``max_utts`` items); a lone long item is its own group."""
+    groups: list[list] = []
+    cur: list = []
     longest = 0
-    for utt in shard:
-        n = max(int(seconds[utt] * 100), 1)
-        if cur and (len(cur) >= max_utts or max(longest, n) * (len(cur) + 1) > max_frames):
-            batches.append(cur)
+    for item, n in zip(items, frames):
+        if cur and ((max_utts is not None and len(cur) >= max_utts) or max(longest, n) * (len(cur) + 1) > max_frames):
+            groups.append(cur)
             cur, longest = [], 0
-        cur.append(utt)
+        cur.append(item)
         longest = max(longest, n)
     if cur:
-        batches.append(cur)
-    return batches
+        groups.append(cur)
+    return groups
 
 
 def _batch_rows(data: DataDir, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
@@ -203,17 +208,7 @@ def label_groups(ensemble: "TeacherEnsemble", batch: dict[str, Any], batch_max_f
 def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
     """Indices grouped (longest first) so that count x longest stays within ``max_frames`` samples/160."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups, cur, longest = [], [], 0
-    for i in order:
-        n = max(lengths[i] // 160, 1)
-        if cur and max(longest, n) * (len(cur) + 1) > max_frames:
-            groups.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, n)
-    if cur:
-        groups.append(cur)
-    return groups
+    return _pack(order, [max(lengths[i] // 160, 1) for i in order], max_frames)
 
 
 class TeacherActor:

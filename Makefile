@@ -13,7 +13,6 @@ STAMP := $(VENV)/.asr-kd-installed
 DEBIAN_TOOLS := espeak-ng flite sox sctk
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
-export KALDI_ROOT ?= /nonexistent-kaldi-root
 
 .PHONY: demo test system-tools venv clean
 

@@ -70,17 +70,25 @@ def build_command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def parse_command_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse a command's arguments; ``key=value`` overrides (``asr-kd train``) may come before, between
+    or after the options (plain ``parse_args`` rejects overrides that follow an option)."""
+    try:
+        return parser.parse_intermixed_args(argv)
+    except TypeError:  # argparse cannot intermix a parser that has subcommands (asr-kd data, targets)
+        return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("ASR_KD_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("KALDI_ROOT", "/nonexistent-kaldi-root-silences-kaldi-io-banner")
     _quiet_speechbrain()
     top = _top_parser()
     if not argv or argv[0] not in COMMANDS:
         top.parse_args(argv[:1] or ["--help"])
         return 2
     parser, module = build_command_parser(argv[0])
-    args = parser.parse_args(argv[1:])
+    args = parse_command_args(parser, argv[1:])
     try:
         return int(module.run(args) or 0)
     except AsrKdError as exc:

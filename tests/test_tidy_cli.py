@@ -54,3 +54,26 @@ def test_our_warnings_and_speechbrain_warnings_still_show(tmp_path):
     assert f"WARNING asr_kd.data.cmvn: cmvn: skipped 1 of 3 utterance(s): {utt}" in proc.stderr
     assert "sb-warning-is-shown" in proc.stderr
     assert "sb-info-is-hidden" not in proc.stderr and "quirks" not in proc.stderr
+
+
+def test_train_overrides_may_follow_options_and_commands_with_subcommands_still_parse():
+    from asr_kd.cli import build_command_parser, parse_command_args
+
+    parser, _ = build_command_parser("train")
+    args = parse_command_args(parser, ["--config", "c.yaml", "optim.lr=1e-3", "--no-progress", "--out", "o",
+                                       "kd.ctc_weight=0.1"])
+    assert args.overrides == ["optim.lr=1e-3", "kd.ctc_weight=0.1"] and args.out == "o" and args.no_progress
+    parser, _ = build_command_parser("data")
+    args = parse_command_args(parser, ["fbank", "--no-progress", "d1", "d2"])
+    assert args.dirs == ["d1", "d2"] and args.no_progress
+
+
+def test_commands_that_read_kaldi_files_print_no_kaldi_io_banner(tmp_path):
+    data = make_data(tmp_path / "d", 3)
+    env = _env_at_info()
+    env.pop("KALDI_ROOT", None)  # as a user without Kaldi runs it
+    proc = subprocess.run([sys.executable, "-m", "asr_kd.cli", "data", "fbank", "--no-progress", str(data)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (data / "feats.scp").is_file()
+    assert "KALDI_ROOT" not in proc.stdout + proc.stderr and "####" not in proc.stderr, proc.stderr

@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 
 
 def _kaldi_io():
-    from asr_kd.targets.kaldi import _kaldi_io as load  # one place sets KALDI_ROOT to silence kaldi-io's banner
+    from asr_kd.targets.kaldi import _kaldi_io as load  # one place imports kaldi-io without its banner
 
     return load()
 

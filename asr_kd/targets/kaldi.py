@@ -30,9 +30,21 @@ log = logging.getLogger(__name__)
 
 
 def _kaldi_io():
-    os.environ.setdefault("KALDI_ROOT", "/nonexistent-kaldi-root-silences-kaldi-io-banner")
-    import kaldi_io
+    """``import kaldi_io`` without its import-time banner.
 
+    kaldi-io 0.9.8 prints an 80-column "path does not exist: KALDI_ROOT" warning to stderr on import
+    whenever ``$KALDI_ROOT`` is not an existing directory (we only read and write ark/scp files and need
+    no Kaldi binaries), so every command that touched a feature cache printed it. Its stderr is captured
+    during the import and logged at DEBUG instead.
+    """
+    import contextlib
+    import io
+
+    banner = io.StringIO()
+    with contextlib.redirect_stderr(banner):
+        import kaldi_io
+    if banner.getvalue().strip():
+        log.debug("kaldi-io at import: %s", " ".join(banner.getvalue().split()))
     return kaldi_io
 
 

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Synthesize train_labeled, train_unlabeled, dev and test with local TTS engines "
                                    "(resumable: rerun the same command to finish an interrupted run).")
     p.add_argument("--profile", default="demo",
-                   help="tiny (tests), demo (CPU demo), medium (the demo with 4x the audio), large (GPU/cluster), or a YAML file "
+                   help="tiny (tests), demo (CPU demo), medium (the demo with ~2x the audio), large (GPU/cluster), or a YAML file "
                         "with SynthProfile keys (default: demo)")
     p.add_argument("--out", required=True, help="output folder (data dirs, audio/, synth_manifest.json)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed: same seed, same bytes (default 0)")

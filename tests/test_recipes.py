@@ -89,6 +89,9 @@ def test_synth_recipe_runs_every_stage_on_the_tiny_profile(tmp_path):
     assert abl.returncode == 0, abl.stdout[-3000:] + abl.stderr[-3000:]
     table = (exp / "ablation" / "ablation.md").read_text()
     assert "| kd_ref |" in table and "| kd_last |" in table and "train.final=last" in table
+    # the reference row is the recipe's own KD student, scored by run.sh, not a retrained copy
+    assert (exp / "ablation" / "kd_ref").resolve() == (exp / "kd").resolve()
+    assert "% rel. |" in table.split("| kd_last |")[1].splitlines()[0]
 
 
 def test_synth_recipe_stage_checks_its_inputs(tmp_path):

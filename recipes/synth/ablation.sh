@@ -6,18 +6,21 @@
 # Usage: recipes/synth/ablation.sh [--data data/synth] [--exp exp/synth] [--out exp/synth/ablation]
 #                                  [--only "name1 name2"] [--nj 2]
 # Variants (teacher side: each trains a teacher; student side: each trains a KD or baseline student):
-#   teacher_ref      the recipe's teacher config (reference for the teacher rows)
+#   teacher_ref      the recipe's teacher, $exp/teacher (reference for the teacher rows; not retrained)
 #   teacher_bpe128   units: sentencepiece BPE, 128 pieces         (units)
 #   teacher_20ms     model.subsampling=2: 20 ms output frames     (frame rate)
-#   teacher_nospec   SpecAugment off                              (SpecAugment)
-#   kd_ref           the recipe's KD student (reference for the student rows)
+#   teacher_spec     SpecAugment on (2 x 10 bins, 2 x 5 % time)   (SpecAugment)
+#   teacher_lr1      optim.lr=1e-3, warmup 200: the learning rate before 2026-12-02
+#   kd_ref           the recipe's KD student, $exp/kd (reference for the student rows; not retrained)
 #   kd_alpha_old     kd.ctc_weight=0.06: CTC's share of the loss before the loss-weight fix
 #   kd_last          train.final=last: no weight averaging       (averaging)
 #   kd_T2            targets relabeled at temperature 2           (temperature)
 #   kd_ratio1        one unlabeled batch per labeled batch        (unlabeled ratio)
 #   kd_filter        teacher rejects utterances with mean max prob < 0.7  (label filtering)
 #   kd_spec          SpecAugment on the KD student
-#   baseline_ref     the recipe's baseline student;  baseline_spec: with SpecAugment
+#   kd_lr3           optim.lr=3e-3: the baseline's learning rate (the KD student's own is 8e-3)
+#   kd_chunk8        8-frame chunks (335 ms latency) instead of 15 (615 ms); baseline_chunk8 likewise
+#   baseline_ref     the recipe's baseline student, $exp/baseline;  baseline_spec: with SpecAugment
 # The table goes to $out/ablation.md (asr-kd report --ablation); every command to $out/commands.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,21 +70,30 @@ student() {  # name config store overrides...
   log_run asr-kd evaluate --model "$out/$name" --data $data/dev --out "$out/$name/eval_dev"
 }
 
+reference() {  # name model: the recipe's own model (trained and scored on dev by run.sh) is the reference row
+  need "$exp_saved/$2/eval_dev/wer.json"
+  ln -sfn "$(cd "$exp_saved/$2" && pwd)" "$out/$1"
+}
+
 # one job per line: name, then the command; run $nj at a time (one thread each)
 jobs_list=(
-  "teacher_ref|teacher teacher_ref"
+  "teacher_ref|reference teacher_ref teacher"
   "teacher_bpe128|teacher teacher_bpe128 units.kind=bpe units.bpe_vocab_size=128"
   "teacher_20ms|teacher teacher_20ms model.subsampling=2"
-  "teacher_nospec|teacher teacher_nospec specaug=null"
-  "kd_ref|student kd_ref student_kd $exp_saved/targets"
+  "teacher_spec|teacher teacher_spec '$spec'"
+  "teacher_lr1|teacher teacher_lr1 optim.lr=1e-3 optim.warmup_steps=200"
+  "kd_ref|reference kd_ref kd"
   "kd_alpha_old|student kd_alpha_old student_kd $exp_saved/targets kd.ctc_weight=0.06"
   "kd_last|student kd_last student_kd $exp_saved/targets train.final=last"
   "kd_T2|store T2 --temperature 2 && student kd_T2 student_kd $out/stores/T2 kd.temperature=2"
   "kd_ratio1|student kd_ratio1 student_kd $exp_saved/targets kd.unlabeled_per_labeled=1"
   "kd_filter|store filter --min-max-prob 0.7 && student kd_filter student_kd $out/stores/filter"
   "kd_spec|student kd_spec student_kd $exp_saved/targets '$spec'"
-  "baseline_ref|student baseline_ref student_baseline -"
+  "baseline_ref|reference baseline_ref baseline"
   "baseline_spec|student baseline_spec student_baseline - '$spec'"
+  "kd_lr3|student kd_lr3 student_kd $exp_saved/targets optim.lr=3e-3"
+  "kd_chunk8|student kd_chunk8 student_kd $exp_saved/targets model.chunk_size=8 model.left_chunks=4"
+  "baseline_chunk8|student baseline_chunk8 student_baseline - model.chunk_size=8 model.left_chunks=4"
 )
 
 running=0

@@ -25,7 +25,9 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment_info() -> dict:
+def environment_info(command: list[str] | None = None) -> dict:
+    """Provenance of a result; ``command`` is the user's command line (default: this process's ``sys.argv``;
+    a Ray Train worker passes its driver's, not the Ray worker's own argv)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -37,7 +39,7 @@ def environment_info() -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "command": sys.argv,
+        "command": list(command) if command is not None else sys.argv,
         "git_commit": git_commit(),
         "packages": versions,
     }

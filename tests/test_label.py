@@ -302,9 +302,6 @@ def test_collector_writes_nothing_twice_when_a_batch_comes_back_twice(setup, tmp
     assert sorted(index) == sorted(shard)  # each utterance once
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known bug (asr_kd/label/pipeline.py, owner: the labeling pipeline): rows that "
-                   "arrive after their shard was written start a new pending entry, so a late duplicate rewrites the "
-                   "shard and counts it twice, and a late partial duplicate leaves the shard 'incomplete'")
 def test_collector_ignores_a_batch_that_comes_back_after_its_shard_was_written(setup, tmp_path):
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector

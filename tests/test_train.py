@@ -156,6 +156,8 @@ def test_two_ray_train_workers_write_the_same_model_dir_and_checkpoints_as_one(c
     assert rows[0] == (tmp_path / "single" / "metrics.csv").read_text().splitlines()[0]
     env = __import__("json").loads((out / "env.json").read_text())
     assert env["world_size"] == 2
+    # provenance names the driver's command (this pytest run), not the Ray worker process's argv
+    assert env["command"] == sys.argv and not any("default_worker.py" in a for a in env["command"])
     # the driver's progress bar follows rank 0's progress.json: it must end at the last step
     progress = read_progress(out)
     assert progress["step"] == progress["total_steps"] > 0

@@ -278,6 +278,7 @@ class _ShardCollector:
         self.sample_rate = sample_rate
         self.pending: dict[int, dict[str, tuple]] = {}
         self.written: list[int] = []
+        self._done: set[int] = set()  # shards written by this run (late rows for them are dropped)
         self.labeled = 0
         self.rejected = 0
         self.seconds = 0.0
@@ -287,6 +288,8 @@ class _ShardCollector:
         n = len(batch["utt_id"])
         for i in range(n):
             shard = int(batch["shard"][i])
+            if shard in self._done:  # a retried task's rows after their shard was written: already stored
+                continue
             utt = str(batch["utt_id"][i])
             row = (batch["ids"][i], batch["probs"][i], str(batch["pseudo"][i]), float(batch["max_prob"][i]),
                    float(batch["entropy"][i]), str(batch["error"][i]), int(batch["samples"][i]))
@@ -322,6 +325,7 @@ class _ShardCollector:
         write_pseudo_part(self.writer.out_dir, shard, pseudo)
         self.writer.write_shard(shard, items)
         self.written.append(shard)
+        self._done.add(shard)
         self.labeled += len(items)
         self.rejected += len(rejects)
         if self.stop_after and len(self.written) >= self.stop_after:

@@ -4,7 +4,7 @@ Every model maps normalized 80-dim log-mel fbank at 10 ms frames to CTC log-prob
 ``10 ms x subsampling`` (40 ms by default). Sizes are set here; the presets below are starting points
 (parameter counts from ``build_model`` with a 30-symbol character vocabulary; the demo teacher and
 students are the models of ``recipes/synth/conf/*.yaml``; latency of the demo student:
-8 x 40 ms + 15 ms fbank window = 335 ms).
+15 x 40 ms + 15 ms fbank window = 615 ms).
 
 Presets (YAML ``model:`` sections)::
 
@@ -15,9 +15,9 @@ Presets (YAML ``model:`` sections)::
     {kind: conformer, d_model: 144, num_layers: 4, nhead: 4, d_ffn: 576, kernel_size: 15,
      frontend_channels: 32, dropout: 0.1}
     # demo streaming student (0.50 M params, 24 % of the demo teacher; recipes/synth/conf/student_*.yaml):
-    # 320 ms chunks
+    # 600 ms chunks
     {kind: conformer, streaming: true, d_model: 72, num_layers: 4, nhead: 4, d_ffn: 256,
-     kernel_size: 15, frontend_channels: 16, chunk_size: 8, left_chunks: 4,
+     kernel_size: 15, frontend_channels: 16, chunk_size: 15, left_chunks: 2,
      dynamic_chunk_training: true, dropout: 0.1}
     # demo LSTM student (0.48 M params, 23 % of the demo teacher; 175 ms latency; no recipe uses it)
     {kind: lstm, d_model: 96, hidden_size: 176, num_layers: 2, frontend_channels: 16}
@@ -154,7 +154,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo_teacher": dict(kind="conformer", d_model=144, num_layers=4, nhead=4, d_ffn=576, kernel_size=15,
                          frontend_channels=32, dropout=0.1),
     "demo_student": dict(kind="conformer", streaming=True, d_model=72, num_layers=4, nhead=4, d_ffn=256,
-                         kernel_size=15, frontend_channels=16, chunk_size=8, left_chunks=4,
+                         kernel_size=15, frontend_channels=16, chunk_size=15, left_chunks=2,
                          dynamic_chunk_training=True, dropout=0.1),
     "demo_lstm": dict(kind="lstm", d_model=96, hidden_size=176, num_layers=2, frontend_channels=16),
 }

@@ -20,6 +20,7 @@ server torch binds to all interfaces.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _worker_loop(cfg: dict) -> None:
     # worker output is not forwarded to the driver (log_to_driver=False); the driver shows a bar from
     # rank 0's progress.json instead
     train(config, cfg["out"], resume=cfg["resume"], progress=False,
-          rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
+          rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), command=cfg["command"])
 
 
 def file_store_torch_config(store_file: str):
@@ -111,7 +112,7 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
             _worker_loop,
             torch_config=file_store_torch_config(str(rendezvous / "store")),
             train_loop_config={"config": absolutize(config), "out": str(out), "resume": resume,
-                               "threads": threads_per_worker},
+                               "threads": threads_per_worker, "command": list(sys.argv)},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": threads_per_worker}),
             run_config=RunConfig(name="ray_train", storage_path=str(out / "ray_results")),

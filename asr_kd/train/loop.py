@@ -90,8 +90,9 @@ def _build_tokenizer(config: TrainConfig, texts: dict[str, str], out_dir: Path) 
 
 class Trainer:
     def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, command: list[str] | None = None):
         self.config = config
+        self.command = command
         self.out = Path(out_dir)
         self.resume = resume
         self.rank = rank
@@ -119,7 +120,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             dump_config(c, self.out / "config.yaml")
-            info = environment_info() | {"world_size": self.world_size}
+            info = environment_info(self.command) | {"world_size": self.world_size}
             (self.out / "env.json").write_text(json.dumps(info, indent=2) + "\n")
 
         # units
@@ -497,7 +498,7 @@ class Trainer:
         plot_training_curve(self.out, f"{self.out.name}: {c.model.kind}")
         best = self.ckpt.ranking()
         best_wer = best[0][1] if best and math.isfinite(best[0][1]) else None
-        summary = (f"trained {self.out}: {self.step} steps, {self.epoch} epochs, {n_params / 1e6:.2f} M params, "
+        summary = (f"trained {self.out}: {self.step} steps, {self._epochs_done():g} epochs, {n_params / 1e6:.2f} M params, "
                    f"best dev WER {best_wer if best_wer is None else f'{best_wer:.2f}%'}, "
                    f"{len(self.table.rejects)} rejects{self._reject_breakdown()}, {wall / 60:.1f} min"
                    + (f", {self.world_size} workers" if self.world_size > 1 else ""))
@@ -528,8 +529,13 @@ class Trainer:
                        extra_meta={"weights_from": source, "steps": self.step, "epochs": self.epoch,
                                    "kd": self.config.kd.model_dump() if self.config.kd else None})
 
+    def _epochs_done(self) -> float:
+        """Epochs the run covered, to 0.1 (a run cut by ``max_steps`` ends inside an epoch)."""
+        return round(self.step / max(1, self.batches_per_epoch), 1)
+
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          rank: int = 0, world_size: int = 1) -> TrainResult:
-    """Train per ``config`` into the model dir ``out_dir``; ``rank``/``world_size`` for DDP workers."""
-    return Trainer(config, out_dir, resume, progress, rank, world_size).run()
+          rank: int = 0, world_size: int = 1, command: list[str] | None = None) -> TrainResult:
+    """Train per ``config`` into the model dir ``out_dir``; ``rank``/``world_size`` for DDP workers,
+    ``command`` the user's command line for ``env.json`` (default ``sys.argv``)."""
+    return Trainer(config, out_dir, resume, progress, rank, world_size, command).run()

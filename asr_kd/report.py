@@ -257,7 +257,8 @@ def _overrides(model_dir: Path) -> str:
     argv = env.get("command") or env.get("argv") or []
     if isinstance(argv, str):
         argv = argv.split()
-    keep = [a for a in argv if "=" in a and not a.startswith(("data.", "units.from_model=", "kd.store="))]
+    # key=value overrides only: not options (--x=y; a DDP run before aa5ba9b recorded Ray's worker argv)
+    keep = [a for a in argv if "=" in a and not a.startswith(("-", "data.", "units.from_model=", "kd.store="))]
     return " ".join(keep)
 
 

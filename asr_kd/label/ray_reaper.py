@@ -1,9 +1,10 @@
 """``python -m asr_kd.label.ray_reaper OWNER``: kill a local Ray cluster once its driver is gone.
 
-Started by ``asr_kd.label.ray_runtime.start_reaper`` with a pipe on stdin that only the driver holds:
-EOF on stdin means the driver has exited (normally, on Ctrl-C, or by ``kill -9``). Then every process
-whose environment holds ``ASR_KD_RAY_OWNER=OWNER`` — GCS, raylet, agents, workers of that run, and
-nothing else — is sent SIGKILL, rescanning until none is left (at most ~10 s). Linux only (/proc);
+Started by ``asr_kd.label.ray_runtime.start_reaper`` with a pipe on stdin that the driver holds: EOF on
+stdin, or the reaper being re-parented, means the driver has exited (normally, on Ctrl-C, or by
+``kill -9``). Then every process
+whose environment holds ``ASR_KD_RAY_OWNER=OWNER`` — GCS, raylet, workers of that run — and every
+process below them in the process tree (Ray's agents, which lack the marker), and nothing else, is sent SIGKILL, rescanning until none is left (at most ~10 s). Linux only (/proc);
 elsewhere it exits without doing anything.
 """
 
@@ -33,12 +34,55 @@ def owned_pids(owner: str) -> list[int]:
     return found
 
 
-def reap(owner: str, timeout: float = 10.0) -> int:
+def _parents() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every live process (from /proc/PID/stat)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "(comm)": state, ppid, ... starttime is the 20th
+        if len(fields) > 19 and fields[0] != b"Z":
+            parents[int(entry)] = (int(fields[1]), int(fields[19]))
+    return parents
+
+
+def with_descendants(pids: list[int], parents: dict[int, tuple[int, int]]) -> list[int]:
+    """``pids`` and every live process below them in the process tree.
+
+    Ray's raylet starts its dashboard and runtime-env agents without our environment marker, so they are
+    found as the raylet's children. The raylet shares the driver's fate and may be gone before the reaper
+    looks, its agents re-parented and their lineage lost: so ``wait_for_driver_exit`` also remembers the
+    tree while the driver runs. The agents used to outlive a ``kill -9``'d driver until their own parent
+    check noticed, sometimes by more than 15 s."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid == os.getpid():
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(found)
+
+
+def reap(owner: str, timeout: float = 10.0, remembered: dict[int, int] | None = None) -> int:
+    """SIGKILL the run's processes: marked ones, their descendants, and ``remembered`` ({pid: start time},
+    seen below them while the driver ran; a pid whose start time changed was reused and is spared)."""
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     quiet = 0
     while time.monotonic() < deadline and quiet < 2:
-        pids = owned_pids(owner)
+        parents = _parents()
+        pids = set(with_descendants(owned_pids(owner), parents))
+        pids |= {pid for pid, start in (remembered or {}).items() if pid in parents and parents[pid][1] == start}
+        pids.discard(os.getpid())
         quiet = 0 if pids else quiet + 1
         for pid in pids:
             try:
@@ -55,13 +99,33 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if len(argv) != 1 or not argv[0] or not os.path.isdir("/proc"):
         return 0
-    try:
-        while sys.stdin.buffer.read(65536):
-            pass
-    except OSError:
-        pass
-    reap(argv[0])
+    remembered = wait_for_driver_exit(argv[0])
+    reap(argv[0], remembered=remembered)
     return 0
+
+
+def wait_for_driver_exit(owner: str, poll_s: float = 1.0) -> dict[int, int]:
+    """Return once the driver (our parent) is gone — EOF on stdin, or we were re-parented — with the
+    run's processes seen meanwhile (marked ones and everything below them, {pid: start time}).
+
+    EOF alone is not enough: a process that inherited the pipe's write end keeps it open after the
+    driver's ``kill -9`` (Ray's agents outlived the driver in 2 of 4 test runs with an EOF-only reaper)."""
+    import select
+
+    driver = os.getppid()
+    stdin = sys.stdin.buffer
+    remembered: dict[int, int] = {}
+    while os.getppid() == driver:
+        parents = _parents()  # the run's process tree while it is whole: {pid: start time}
+        remembered.update({pid: parents[pid][1] for pid in with_descendants(owned_pids(owner), parents)
+                           if pid in parents})
+        try:
+            ready, _, _ = select.select([stdin], [], [], poll_s)
+            if ready and not os.read(stdin.fileno(), 65536):
+                return remembered  # EOF: every holder of the write end has exited
+        except (OSError, ValueError):
+            return remembered
+    return remembered
 
 
 if __name__ == "__main__":

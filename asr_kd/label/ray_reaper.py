@@ -2,10 +2,10 @@
 
 Started by ``asr_kd.label.ray_runtime.start_reaper`` with a pipe on stdin that the driver holds: EOF on
 stdin, or the reaper being re-parented, means the driver has exited (normally, on Ctrl-C, or by
-``kill -9``). Then every process
-whose environment holds ``ASR_KD_RAY_OWNER=OWNER`` — GCS, raylet, workers of that run — and every
-process below them in the process tree (Ray's agents, which lack the marker), and nothing else, is sent SIGKILL, rescanning until none is left (at most ~10 s). Linux only (/proc);
-elsewhere it exits without doing anything.
+``kill -9``). Then every process whose environment holds ``ASR_KD_RAY_OWNER=OWNER`` (GCS, raylet,
+workers of that run), every process below them, and every process seen below them while the driver
+ran — nothing else — is sent SIGKILL, rescanning until none is left (at most ~10 s). Linux only
+(/proc); elsewhere it exits without doing anything.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ def _parents() -> dict[int, tuple[int, int]]:
 def with_descendants(pids: list[int], parents: dict[int, tuple[int, int]]) -> list[int]:
     """``pids`` and every live process below them in the process tree.
 
-    Ray's raylet starts its dashboard and runtime-env agents without our environment marker, so they are
-    found as the raylet's children. The raylet shares the driver's fate and may be gone before the reaper
-    looks, its agents re-parented and their lineage lost: so ``wait_for_driver_exit`` also remembers the
-    tree while the driver runs. The agents used to outlive a ``kill -9``'d driver until their own parent
-    check noticed, sometimes by more than 15 s."""
+    A process started without our environment marker is still found as a child of one that has it. The
+    raylet shares the driver's fate and may be gone before the reaper looks, its dashboard and
+    runtime-env agents re-parented and their lineage lost: so ``wait_for_driver_exit`` also remembers the
+    tree while the driver runs. Before, the agents outlived a ``kill -9``'d driver in some runs by more
+    than 15 s."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in parents.items():
         children.setdefault(ppid, []).append(pid)
@@ -108,8 +108,8 @@ def wait_for_driver_exit(owner: str, poll_s: float = 1.0) -> dict[int, int]:
     """Return once the driver (our parent) is gone — EOF on stdin, or we were re-parented — with the
     run's processes seen meanwhile (marked ones and everything below them, {pid: start time}).
 
-    EOF alone is not enough: a process that inherited the pipe's write end keeps it open after the
-    driver's ``kill -9`` (Ray's agents outlived the driver in 2 of 4 test runs with an EOF-only reaper)."""
+    Being re-parented is the direct sign of the driver's death; EOF comes only once every process holding
+    the pipe's write end has exited, which an inherited descriptor could delay."""
     import select
 
     driver = os.getppid()

@@ -18,41 +18,35 @@ import time
 OWNER_ENV = "ASR_KD_RAY_OWNER"
 
 
-def owned_pids(owner: str) -> list[int]:
-    """Pids of live processes (not zombies) whose initial environment holds OWNER_ENV=owner."""
+def _scan(owner: str) -> tuple[dict[int, int], dict[int, int]]:
+    """One pass over /proc: ``({pid: start time} of every live process, {pid: start time} of this run's
+    processes)`` — those whose initial environment holds OWNER_ENV=owner and every process below them.
+    Start times are in clock ticks since boot (they tell a reused pid from the process we saw)."""
     needle = f"{OWNER_ENV}={owner}".encode()
-    found = []
+    parents: dict[int, int] = {}
+    started: dict[int, int] = {}
+    marked = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:  # gone, or another user's process
-            continue
-    return found
-
-
-def _parents() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, start time in clock ticks) of every live process (from /proc/PID/stat)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+        pid = int(entry)
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
-        except OSError:
+            fields = stat[stat.rfind(b")") + 2:].split()  # after "(comm)": state, ppid, ...; starttime is the 20th
+            if len(fields) <= 19 or fields[0] == b"Z":
+                continue
+            parents[pid], started[pid] = int(fields[1]), int(fields[19])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    marked.append(pid)
+        except OSError:  # gone, or another user's process
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()  # after "(comm)": state, ppid, ... starttime is the 20th
-        if len(fields) > 19 and fields[0] != b"Z":
-            parents[int(entry)] = (int(fields[1]), int(fields[19]))
-    return parents
+    return started, {pid: started[pid] for pid in with_descendants(marked, parents)}
 
 
-def with_descendants(pids: list[int], parents: dict[int, tuple[int, int]]) -> list[int]:
-    """``pids`` and every live process below them in the process tree.
+def with_descendants(pids: list[int], parents: dict[int, int]) -> list[int]:
+    """``pids`` and every live process below them in the process tree (``parents``: {pid: parent pid}).
 
     A process started without our environment marker is still found as a child of one that has it. The
     raylet shares the driver's fate and may be gone before the reaper looks, its dashboard and
@@ -60,12 +54,12 @@ def with_descendants(pids: list[int], parents: dict[int, tuple[int, int]]) -> li
     tree while the driver runs. Before, the agents outlived a ``kill -9``'d driver in some runs by more
     than 15 s."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in parents.items():
+    for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = set(), list(pids)
     while todo:
         pid = todo.pop()
-        if pid in found or pid == os.getpid():
+        if pid in found:
             continue
         found.add(pid)
         todo.extend(children.get(pid, []))
@@ -79,10 +73,8 @@ def reap(owner: str, timeout: float = 10.0, remembered: dict[int, int] | None = 
     deadline = time.monotonic() + timeout
     quiet = 0
     while time.monotonic() < deadline and quiet < 2:
-        parents = _parents()
-        pids = set(with_descendants(owned_pids(owner), parents))
-        pids |= {pid for pid, start in (remembered or {}).items() if pid in parents and parents[pid][1] == start}
-        pids.discard(os.getpid())
+        started, run = _scan(owner)
+        pids = set(run) | {pid for pid, start in (remembered or {}).items() if started.get(pid) == start}
         quiet = 0 if pids else quiet + 1
         for pid in pids:
             try:
@@ -116,9 +108,7 @@ def wait_for_driver_exit(owner: str, poll_s: float = 1.0) -> dict[int, int]:
     stdin = sys.stdin.buffer
     remembered: dict[int, int] = {}
     while os.getppid() == driver:
-        parents = _parents()  # the run's process tree while it is whole: {pid: start time}
-        remembered.update({pid: parents[pid][1] for pid in with_descendants(owned_pids(owner), parents)
-                           if pid in parents})
+        remembered.update(_scan(owner)[1])  # the run's process tree while it is whole
         try:
             ready, _, _ = select.select([stdin], [], [], poll_s)
             if ready and not os.read(stdin.fileno(), 65536):

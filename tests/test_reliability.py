@@ -162,7 +162,8 @@ def _kd_parts(root: Path) -> dict:
     return {"unlabeled": [str(unlabeled)], "store": str(store), "from_model": str(teacher)}
 
 
-@pytest.mark.parametrize("variant", ["in_process_reading", "kd_store_reader_process", "kill_while_writing_checkpoint"])
+@pytest.mark.parametrize("variant", ["in_process_reading", "kd_store_reader_process", "kill_while_writing_checkpoint",
+                                     "ddp_two_workers"])
 def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path, variant):
     """Shown at 24 labeled utterances of 1.2-1.8 s (+ 12 unlabeled with a store for kd_store), 8 steps.
 
@@ -170,10 +171,12 @@ def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path
     with a soft-target store and ``batch.num_workers: 1`` (the default: a DataLoader reader process whose
     prefetched batches die with the run), killed after step 5; and (num_workers 1) a kill that lands while
     step 6's checkpoint is being written -- the real ``atomic_save`` runs until its fsync, the file is cut to
-    half and the process killed. Mutations tried, each failing this test: the DataLoader iterator drawing
+    half and the process killed; ``--workers 2`` (Ray Train DDP, dropout on), rank 0 killed after step 5: each rank
+    must resume its own random stream (dropout masks), and the driver must fail rather than finish. Mutations tried, each failing this test: the DataLoader iterator drawing
     from the global RNG (no private generator) -> kd_store_reader_process weights differ; ``atomic_save``
     writing in place -> a half file under the final name; ``latest`` updated before the checkpoint is
-    written -> the resume loads the half file.
+    written -> the resume loads the half file; every rank restoring rank 0's random state -> ddp_two_workers
+    weights differ.
     """
     data = make_data(tmp_path / "lab", 24, with_text=True, min_s=1.2, step_s=0.1)
     # dropout on: a resumed run must also draw the same dropout masks (the global RNG is in the checkpoint)
@@ -181,16 +184,22 @@ def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path
     kd = _kd_parts(tmp_path) if variant == "kd_store_reader_process" else {}
     conf = tiny_train_config(tmp_path / "conf.yaml", [str(data)], max_steps=8, checkpoint_every=2, extra=extra, **kd)
 
-    full = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "full"), "--no-progress")
+    workers = ["--workers", "2"] if variant == "ddp_two_workers" else []
+    full = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "full"), "--no-progress", *workers)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    args = ["train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress"]
-    if variant == "kill_while_writing_checkpoint":
+    args = ["train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress", *workers]
+    if variant == "ddp_two_workers":
+        # the kill lands in rank 0 (a Ray worker); the driver must report the failure, not finish
+        killed = asr_kd(*args, ASR_KD_TEST_KILL_AFTER_STEP="5")
+        assert killed.returncode not in (0, None), killed.stdout[-2000:]
+    elif variant == "kill_while_writing_checkpoint":
         killed = subprocess.run([sys.executable, "-c", DIE_WHILE_WRITING_CHECKPOINT, *args], capture_output=True, text=True,
                                 timeout=300, cwd=ROOT, env=cli_env())
     else:
         killed = asr_kd(*args, ASR_KD_TEST_KILL_AFTER_STEP="5")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    if variant != "ddp_two_workers":
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpts = tmp_path / "resumed" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000004.pt"
     if variant == "kill_while_writing_checkpoint":
@@ -202,7 +211,7 @@ def test_training_killed_with_sigkill_then_resumed_equals_uninterrupted(tmp_path
         again = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--no-progress")
         assert again.returncode != 0 and "--resume" in again.stderr  # refuses to overwrite silently
 
-    resumed = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress")
+    resumed = asr_kd("train", "--config", str(conf), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress", *workers)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "8 steps" in resumed.stdout
 

@@ -252,15 +252,37 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
-        set_rng_state(state["rng"])
-        if self.specaug is not None and "specaug_rng" in state:
-            self.specaug.generator.set_state(state["specaug_rng"])
+        own = state
+        ranks = state.get("rank_rng")
+        if self.world_size > 1:
+            if ranks is not None and len(ranks) == self.world_size:
+                own = ranks[self.rank]
+            elif self.is_main:
+                log.warning("resuming %d workers from a checkpoint of %s: every rank continues from rank 0's random "
+                            "state (dropout/SpecAugment draws differ from an uninterrupted run)", self.world_size,
+                            f"{len(ranks)} workers" if ranks else "one process")
+        set_rng_state(own["rng"])
+        if self.specaug is not None and "specaug_rng" in own:
+            self.specaug.generator.set_state(own["specaug_rng"])
         if state.get("average") is not None:
             self.average, self.average_count = state["average"], int(state["average_count"])
             self.average_step = int(state["average_step"])
         log.info("resumed from %s (epoch %d, step %d, batch %d of the epoch)", path.name, self.epoch, self.step, self.batch_in_epoch)
 
-    def _state(self) -> dict:
+    def _rank_rng_states(self) -> list[dict]:
+        """The random-number state of every rank (dropout masks, SpecAugment), gathered on all ranks: a
+        collective under DDP, so every rank calls it at the same step. Each rank draws its own stream after
+        the first step (its batches differ), so an exact resume restores each rank's own state."""
+        own = {"rng": rng_state()}
+        if self.specaug is not None:
+            own["specaug_rng"] = self.specaug.generator.get_state()
+        if self.world_size == 1:
+            return [own]
+        states: list = [None] * self.world_size
+        torch.distributed.all_gather_object(states, own)
+        return states
+
+    def _state(self, rank_rng: list[dict]) -> dict:
         s = {
             "model": self.core.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -268,10 +290,12 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng_state(),
+            "rng": rank_rng[0]["rng"],
         }
         if self.specaug is not None:
-            s["specaug_rng"] = self.specaug.generator.get_state()
+            s["specaug_rng"] = rank_rng[0]["specaug_rng"]
+        if self.world_size > 1:
+            s["rank_rng"] = rank_rng
         if self.average is not None:
             s["average"], s["average_count"], s["average_step"] = self.average, self.average_count, self.average_step
         return s
@@ -467,8 +491,10 @@ class Trainer:
                     write_progress(self.out, step=self.step, total_steps=self.total_steps, epoch=self.epoch + 1,
                                    loss=loss.item())
                     t_last, frames_since = now, 0
-                if self.is_main and self.step % c.train.checkpoint_every_steps == 0:
-                    self.ckpt.save_step(self._state(), self.step)
+                if self.step % c.train.checkpoint_every_steps == 0:
+                    rank_rng = self._rank_rng_states()  # every rank: a collective under DDP
+                    if self.is_main:
+                        self.ckpt.save_step(self._state(rank_rng), self.step)
                 if kill_after and self.step == kill_after and self.is_main:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.step >= self.total_steps:
@@ -478,6 +504,7 @@ class Trainer:
             if epoch_finished:
                 self.epoch += 1
                 self.batch_in_epoch = 0
+            rank_rng = self._rank_rng_states()  # every rank: a collective under DDP
             if not self.is_main:
                 continue
             dev_wer, dev_cer = self._evaluate_dev()
@@ -485,7 +512,7 @@ class Trainer:
             if dev_wer is not None:
                 bar.write(f"epoch {self.epoch}: step {self.step}, dev WER {dev_wer:.2f}% CER {dev_cer:.2f}%")
             write_progress(self.out, dev_epoch=self.epoch, dev_step=self.step, dev_wer=dev_wer, dev_cer=dev_cer)
-            self.ckpt.save_epoch(self._state(), self.epoch if epoch_finished else self.epoch + 1, dev_wer)
+            self.ckpt.save_epoch(self._state(rank_rng), self.epoch if epoch_finished else self.epoch + 1, dev_wer)
         bar.close()
         self._maybe_accumulate_average(last=True)  # an epoch plan may end the run short of total_steps
         if self.is_main:

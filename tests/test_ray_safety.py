@@ -215,6 +215,8 @@ def test_address_with_mismatched_authentication_is_a_clear_error(tmp_path):
         opted_out = label(address, "s3", RAY_AUTH_MODE="disabled")
         assert opted_out.returncode == 2 and "requires token authentication" in opted_out.stderr
         assert "RAY_AUTH_MODE" in opted_out.stderr
+        # a refused connection leaves no store behind (a half-made store dir would look like a started run)
+        assert not any((tmp_path / out).exists() for out in ("s1", "s2", "s3"))
         token_file = tmp_path / "token"
         token_file.write_text(token + "\n")
         right = label(address, "s4", RAY_AUTH_TOKEN_PATH=str(token_file))
@@ -228,6 +230,7 @@ def test_address_with_mismatched_authentication_is_a_clear_error(tmp_path):
         open_cluster = label(address, "s5", RAY_AUTH_TOKEN=token)  # default mode: token
         assert open_cluster.returncode == 2, open_cluster.stderr[-2000:]
         assert "runs without authentication" in open_cluster.stderr and "RAY_AUTH_MODE=disabled" in open_cluster.stderr
+        assert not (tmp_path / "s5").exists()
     finally:
         stop_head(head)
 

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -408,6 +409,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
     # the driver loads the teachers once to check them and to fill the store's meta
     ensemble = TeacherEnsemble(model_dirs, o.weights, device="cpu", top_k=o.top_k, temperature=o.temperature)
+    created_store = not Path(out_dir).exists()
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, o.shard_size, seconds)
@@ -418,7 +420,12 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     log.info("label: %d utterances in %d shards, %d already done, %d to do", len(data), len(shards), len(done), len(todo))
     started_ray = False
     if todo:
-        started_ray = init_ray(o.address)
+        try:
+            started_ray = init_ray(o.address)
+        except BaseException:
+            if created_store and not done:  # nothing labeled yet: leave no empty store behind a failed connect
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False

@@ -20,6 +20,9 @@
 #   kd_spec          SpecAugment on the KD student
 #   kd_lr3           optim.lr=3e-3: the baseline's learning rate (the KD student's own is 8e-3)
 #   kd_chunk8        8-frame chunks (335 ms latency) instead of 15 (615 ms); baseline_chunk8 likewise
+#   kd_seed1         train.seed=1: the reference again with another seed (run-to-run noise)
+#   kd_a06_r1        kd_alpha_old and kd_ratio1 together
+#   kd_a0_r1         kd.ctc_weight=0 (KD only, no transcripts) with one unlabeled batch per labeled batch
 #   baseline_ref     the recipe's baseline student, $exp/baseline;  baseline_spec: with SpecAugment
 # The table goes to $out/ablation.md (asr-kd report --ablation); every command to $out/commands.log.
 set -euo pipefail
@@ -94,6 +97,9 @@ jobs_list=(
   "kd_lr3|student kd_lr3 student_kd $exp_saved/targets optim.lr=3e-3"
   "kd_chunk8|student kd_chunk8 student_kd $exp_saved/targets model.chunk_size=8 model.left_chunks=4"
   "baseline_chunk8|student baseline_chunk8 student_baseline - model.chunk_size=8 model.left_chunks=4"
+  "kd_seed1|student kd_seed1 student_kd $exp_saved/targets train.seed=1"
+  "kd_a06_r1|student kd_a06_r1 student_kd $exp_saved/targets kd.ctc_weight=0.06 kd.unlabeled_per_labeled=1"
+  "kd_a0_r1|student kd_a0_r1 student_kd $exp_saved/targets kd.ctc_weight=0 kd.unlabeled_per_labeled=1"
 )
 
 running=0

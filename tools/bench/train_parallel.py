@@ -1,14 +1,19 @@
-"""Training speed on the CPU cores of one machine: threads in one process vs Ray Train DDP workers.
+"""Training speed on the CPU cores of one machine: threads in one process vs Ray Train DDP workers,
+each with its batches read by a DataLoader process (``batch.num_workers: 1``) or in the training
+process (``batch.num_workers: 0``).
 
 The demo recipe trains its teacher with ``asr-kd train --workers 2`` (two 1-thread DDP workers) rather
-than one process with 2 torch threads; this measures why. Each layout trains the same config (the demo
+than one process with 2 torch threads, reading its cached features in the training process; this
+measures why. Each layout trains the same config (the demo
 teacher, ``recipes/synth/conf/teacher.yaml``, no dev set, no checkpoints) for ``--steps`` optimizer
 steps on the same data. ``batch.max_frames`` is per optimizer step (each DDP worker takes half), so
 every layout does the same work per step and steps/s compare directly. Timed from ``metrics.csv``
 (rank 0 logs every 10 steps): seconds between the step-``skip`` row and the last row, which leaves out
 process/Ray start-up, CMVN and the first DataLoader fork.
 
-Layouts: ``1 process x 1 thread``, ``1 process x N threads``, ``N workers x 1 thread`` (N = cores).
+Layouts: ``1 process x 1 thread``, ``1 process x N threads``, ``N workers x 1 thread`` (N = cores), the
+last two with and without a reader process. With the demo corpus, run ``asr-kd data fbank`` on ``--data``
+first so that batches come from the feature cache as in the recipe.
 
     python -m tools.bench.train_parallel [--data data/synth/train_labeled] [--steps 150] [--quick]
 
@@ -37,13 +42,14 @@ def seconds_per_step(model_dir: Path, skip: int) -> float:
     return (float(last["wall_s"]) - float(first["wall_s"])) / (int(last["step"]) - int(first["step"]))
 
 
-def run_layout(config, out: Path, workers: int, threads: int) -> float:
+def run_layout(config, out: Path, workers: int, threads: int, readers: int) -> float:
     from asr_kd.train.distributed import train_distributed
     from asr_kd.train.loop import train
 
     shutil.rmtree(out, ignore_errors=True)
     config = config.model_copy(deep=True)
     config.train.threads = threads
+    config.batch.num_workers = readers
     if workers == 1:
         train(config, out, progress=False)
     else:
@@ -71,21 +77,28 @@ def main() -> None:
         config = load_config(args.config, TrainConfig, [
             f"data.train=[{data}]", "data.dev=null", f"train.max_steps={steps}", f"train.checkpoint_every_steps={10 * steps}",
             "train.log_every_steps=10", "train.max_epochs=1000"])
-        layouts = [(1, 1), (1, cores), (cores, 1)] if cores > 1 else [(1, 1)]
+        # (workers, threads per worker, DataLoader reader processes per worker)
+        layouts = ([(1, 1, 0), (1, cores, 1), (1, cores, 0), (cores, 1, 1), (cores, 1, 0)] if cores > 1
+                   else [(1, 1, 0), (1, 1, 1)])
         results = []
-        for workers, threads in layouts:
-            sps = run_layout(config, work / f"w{workers}t{threads}", workers, threads)
-            results.append((workers, threads, sps))
-            print(f"{workers} worker(s) x {threads} thread(s): {sps * 1000:.0f} ms/step")
-        base = results[0][2]
+        for workers, threads, readers in layouts:
+            sps = run_layout(config, work / f"w{workers}t{threads}r{readers}", workers, threads, readers)
+            results.append((workers, threads, readers, sps))
+            print(f"{workers} worker(s) x {threads} thread(s), {readers} reader(s): {sps * 1000:.0f} ms/step")
+        base = results[0][3]
         rows = [[f"{'1 process' if w == 1 else f'{w} Ray Train workers (DDP)'} x {t} thread(s)",
-                 f"{sps * 1000:.0f}", f"{1 / sps:.2f}", f"{base / sps:.2f}x"] for w, t, sps in results]
+                 "reader process" if r else "in the training process",
+                 f"{sps * 1000:.0f}", f"{1 / sps:.2f}", f"{base / sps:.2f}x"] for w, t, r, sps in results]
+        best = min(results, key=lambda x: x[3])
+        reading = (f"Fastest: {'1 process' if best[0] == 1 else f'{best[0]} DDP workers'} x {best[1]} thread(s), batches "
+                   f"read {'by a reader process' if best[2] else 'in the training process'} "
+                   f"({base / best[3]:.2f}x one thread).")
         shown_data = Path(data).resolve()
         shown_data = shown_data.relative_to(ROOT) if shown_data.is_relative_to(ROOT) else shown_data
         body = (f"Demo teacher config (`{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}`, "
                 f"{config.batch.max_frames} padded 10 ms frames per optimizer step), {steps} steps on `{shown_data}`; "
-                f"timed from step 20 on (start-up excluded).\n\n"
-                + table(["layout", "ms / step", "steps / s", "speed vs 1 thread"], rows))
+                f"timed from step 20 on (start-up excluded). {reading}\n\n"
+                + table(["layout", "batches read", "ms / step", "steps / s", "speed vs 1 thread"], rows))
         publish("train_parallel", "Training layout on one machine: threads vs DDP workers", body)
 
 

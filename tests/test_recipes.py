@@ -139,3 +139,9 @@ def test_librispeech_recipe_wiring_on_a_tiny_tree(tmp_path):
     assert set(results) == {"teacher", "baseline", "kd"}
     store_index = (tmp_path / "exp" / "targets" / "index.tsv").read_text().splitlines()
     assert len(store_index) == 3 * 2 * 3  # every utterance of the three training subsets, labeled once
+    # the teacher trained on train-clean-100 speed-perturbed 3 ways (Kaldi's sp ids), the students did not
+    sp = sorted((data / "train_clean_100_sp" / "utt2spk").read_text().split()[::2])
+    base = sorted((data / "train_clean_100" / "utt2spk").read_text().split()[::2])
+    assert sp == sorted(f"sp{f}-{u}" for f in ("0.9", "1.0", "1.1") for u in base)
+    teacher_conf = (tmp_path / "exp" / "teacher" / "config.yaml").read_text()
+    assert "train_clean_100_sp" in teacher_conf and "train_clean_100_sp" not in (tmp_path / "exp" / "kd" / "config.yaml").read_text()

@@ -1,4 +1,4 @@
-"""``asr-kd data``: validate, combine, subset and split Kaldi-style data dirs; compute global CMVN.
+"""``asr-kd data``: validate, combine, subset, split and speed-perturb Kaldi-style data dirs; CMVN; fbank cache.
 
 ::
 
@@ -8,6 +8,7 @@
     asr-kd data split   --out-dirs A B ... --fractions 0.9 0.1 ... DIR [--seed S]
     asr-kd data cmvn    --out cmvn.json DIR [--max-utts N] [--seed S] [--num-mel-bins F] [--sample-rate R]
     asr-kd data fbank   DIR [DIR ...] [--config TRAIN.yaml]     (feature cache: DIR/feats.scp + DIR/fbank/)
+    asr-kd data perturb-speed DIR --out OUT [--factors 0.9,1.0,1.1] [--jobs N]   (Kaldi's 3-way speed perturbation)
 
 ``validate`` exits 1 if any dir is invalid (each problem printed on stderr as ``file:line: message``),
 0 otherwise. The other commands exit 2 with the error on bad input (``asr_kd.cli``).
@@ -86,8 +87,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", metavar="DIR", nargs="+")
 
 
+    p = sub.add_parser("perturb-speed", help="speed-perturbed copies (Kaldi's sp0.9-/sp1.0-/sp1.1- ids) and their "
+                       "union, the audio rendered to FLAC (asr_kd.data.perturb)")
+    p.add_argument("--out", required=True, help="output data dir: the union; each factor's dir under OUT/parts/")
+    p.add_argument("--factors", default="0.9,1.0,1.1", help="comma-separated speed factors (default 0.9,1.0,1.1)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel render processes (default: all cores)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="Hz of the rendered audio (input is resampled to it)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out (rendered audio there is reused)")
+    p.add_argument("--allow-pipes", action="store_true", help="accept 'command |' entries in wav.scp")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("dir", metavar="DIR")
+
+
 def run(args: argparse.Namespace) -> int:
     return {
+        "perturb-speed": _perturb_speed,
         "fbank": _fbank,
         "validate": _validate,
         "combine": _combine,
@@ -311,4 +325,17 @@ def _fbank(args: argparse.Namespace) -> int:
                                       allow_pipes=args.allow_pipes)
         note = f", {summary.rejects} unreadable (see {summary.path / 'rejects.tsv'})" if summary.rejects else ""
         print(f"{d}: fbank cache of {summary.cached} utterances, {summary.frames / 360000:.3f} h{note} -> {d}/feats.scp")
+    return 0
+
+
+def _perturb_speed(args: argparse.Namespace) -> int:
+    from asr_kd.data.perturb import parse_factors, perturb_speed
+
+    factors = parse_factors(args.factors)
+    if args.jobs < 1:
+        raise AsrKdError(f"--jobs must be >= 1, got {args.jobs}")
+    _check_out(args.out, args.force)
+    summary = perturb_speed(args.dir, args.out, factors, jobs=args.jobs, sample_rate=args.sample_rate,
+                            progress=not args.no_progress and sys.stderr.isatty(), allow_pipes=args.allow_pipes)
+    print(summary.line())
     return 0

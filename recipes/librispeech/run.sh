@@ -8,8 +8,9 @@
 #   --address     Ray cluster for labeling and training ('auto' after 'ray start'; empty = local)
 #   --workers     Ray Train (DDP) workers for student and teacher training (one GPU each when present)
 # Stages (skipped when $exp/.done/NAME exists; --force redoes):
-#   0 prepare   data dirs for every subset; the unlabeled ones keep their text aside as text.ref
-#   1 teacher   full-context Conformer on train-clean-100
+#   0 prepare   data dirs for every subset; the unlabeled ones keep their text aside as text.ref;
+#               train-clean-100 speed-perturbed x 0.9/1.0/1.1 (Kaldi's sp ids; audio rendered to FLAC, ~2x its size)
+#   1 teacher   full-context Conformer on train-clean-100 with speed perturbation (300 h of audio per epoch)
 #   2 label     teacher soft targets for train-clean-100 + 360 + other-500 (Ray)
 #   3 baseline  streaming student, CTC on train-clean-100 only
 #   4 kd        streaming student distilled on all 960 h
@@ -43,13 +44,15 @@ if run_stage 0 prepare; then
   log_run asr-kd prepare librispeech --corpus-dir "$corpus_dir" --out $data --unlabeled \
     --subsets train-clean-360 train-other-500
   log_run asr-kd data combine --force --out $data/train_960_audio $data/train_clean_100 $data/train_clean_360 $data/train_other_500
+  log_run asr-kd data perturb-speed $data/train_clean_100 --out $data/train_clean_100_sp --factors 0.9,1.0,1.1 \
+    --jobs "$nj" --force --no-progress
   mark_done prepare
 fi
 
 if run_stage 1 teacher; then
-  need $data/train_clean_100/text $data/dev_clean/text
+  need $data/train_clean_100_sp/text $data/dev_clean/text
   log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers "$workers" \
-    "data.train=[$data/train_clean_100]" data.dev=$data/dev_clean
+    "data.train=[$data/train_clean_100_sp]" data.dev=$data/dev_clean
   mark_done teacher
 fi
 

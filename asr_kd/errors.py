@@ -85,3 +85,25 @@ class ModelDirError(AsrKdError):
 
 class StoreError(AsrKdError):
     """A soft-target store is corrupt, incomplete or incompatible with what uses it."""
+
+
+def remote_error_message(exc: BaseException) -> str | None:
+    """The message of an asr-kd error raised in a Ray worker or actor, found in ``exc`` (what the driver
+    got: Ray Train's ControllerError/WorkerGroupError, Ray core's RayTaskError/ActorDiedError); None if
+    the failure was not one of ours. Lets the CLI print the cause instead of Ray's nested tracebacks."""
+    import re
+
+    seen: set[int] = set()
+    todo: list = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        if isinstance(e, AsrKdError):
+            return str(e.args[0]) if e.args else str(e)
+        todo.extend([e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)])
+        todo.extend((getattr(e, "worker_failures", None) or {}).values())
+    # an actor's creation error reaches the driver as text only: "asr_kd.xxx.SomeError: message"
+    found = re.search(r"asr_kd\.[\w.]+Error: (.+)", str(exc))
+    return found.group(1).strip() if found else None

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from asr_kd.data.audio import audio_duration, load_audio
 from asr_kd.data.datadir import DataDir, read_data_dir
-from asr_kd.errors import AsrKdError, AudioError
+from asr_kd.errors import AsrKdError, AudioError, remote_error_message
 from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
 from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
 
@@ -216,9 +216,11 @@ class TeacherActor:
     """Ray Data actor: fbank + teacher ensemble on batches of decoded audio."""
 
     def __init__(self, model_dirs: list[str], weights: list[float] | None, top_k: int, temperature: float,
-                 batch_max_frames: int, threads: int = 1):
+                 batch_max_frames: int, threads: int = 1, device: str = "auto"):
+        from asr_kd.devices import resolve_device
+
         torch.set_num_threads(threads)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device))  # an actor given a GPU it cannot use fails instead of using its CPU
         self.ensemble = TeacherEnsemble(model_dirs, weights, device=device, top_k=top_k, temperature=temperature)
         self.batch_max_frames = batch_max_frames
         self.calls = 0
@@ -446,12 +448,18 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
                             runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
                                                        top_k=o.top_k, temperature=o.temperature,
-                                                       batch_max_frames=o.batch_max_frames))
+                                                       batch_max_frames=o.batch_max_frames,
+                                                       device="cuda" if gpus > 0 else "cpu"))
         bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(collector.add(batch))
                 bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}", shards=f"{len(done) + len(collector.written)}/{len(shards)}")
+        except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
+            ours = remote_error_message(exc)
+            if ours is None:
+                raise
+            raise AsrKdError(f"label: {ours}") from None
         finally:
             bar.close()
             if started_ray:
@@ -475,7 +483,9 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     o = options or LabelOptions()
     t0 = time.time()
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
-    ensemble = TeacherEnsemble(model_dirs, o.weights, device="cuda" if torch.cuda.is_available() else "cpu",
+    from asr_kd.devices import resolve_device
+
+    ensemble = TeacherEnsemble(model_dirs, o.weights, device=str(resolve_device("auto")),
                                top_k=o.top_k, temperature=o.temperature)
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}

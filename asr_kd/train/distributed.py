@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from asr_kd.errors import AsrKdError, remote_error_message
 from asr_kd.train.config import TrainConfig
 
 
@@ -60,6 +61,13 @@ def _worker_loop(cfg: dict) -> None:
           rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), command=cfg["command"])
 
 
+def _require_cuda() -> None:
+    """Run in each GPU worker: fail with the reason when CUDA is unusable there (asr_kd.devices)."""
+    from asr_kd.devices import resolve_device
+
+    resolve_device("cuda")
+
+
 def file_store_torch_config(store_file: str):
     """A Ray Train ``TorchConfig`` whose process group meets in ``file://store_file`` (a FileStore: no
     socket) instead of a TCPStore on rank 0 (torch binds its server to all interfaces). Single machine
@@ -76,6 +84,8 @@ def file_store_torch_config(store_file: str):
             backend = backend_config.backend
             if backend is None:
                 backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
+            if backend == "nccl":  # before NCCL's own failure, say why a GPU worker cannot use its GPU
+                worker_group.execute(_require_cuda)
             if not isinstance(worker_group, V1WorkerGroup):
                 worker_group.execute(_set_torch_distributed_env_vars)
             ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend, world_rank=i,
@@ -92,6 +102,98 @@ def file_store_torch_config(store_file: str):
     return _FileStoreTorchConfig()
 
 
+def _use_gpu(config: TrainConfig, workers: int, cluster_gpus: float, use_gpu: bool | None) -> bool:
+    """One GPU per worker when the cluster has GPUs; never some workers on GPUs and the rest (or all)
+    silently on CPUs."""
+    from asr_kd.devices import DeviceError
+
+    if use_gpu is not None:
+        return use_gpu
+    if config.train.device == "cpu" or cluster_gpus == 0:
+        return False
+    if cluster_gpus < workers:
+        raise DeviceError(f"--workers {workers} but the Ray cluster has {cluster_gpus:g} GPU(s): DDP needs one GPU per "
+                          f"worker. Use --workers {int(cluster_gpus)} (or add GPUs); to train on CPUs knowingly, set "
+                          "train.device=cpu")
+    return True
+
+
+def _require_cuda() -> None:
+    """Run in each GPU worker: fail with the reason when CUDA is unusable there (asr_kd.devices)."""
+    from asr_kd.devices import resolve_device
+
+    resolve_device("cuda")
+
+
+def file_store_torch_config(store_file: str):
+    """A Ray Train ``TorchConfig`` whose process group meets in ``file://store_file`` (a FileStore: no
+    socket) instead of a TCPStore on rank 0 (torch binds its server to all interfaces). Single machine
+    only — which is what ``train --workers`` runs on."""
+    import dataclasses
+
+    import ray
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import (V1WorkerGroup, _set_torch_distributed_env_vars, _setup_torch_process_group,
+                                        _TorchBackend)
+
+    class _FileStoreTorchBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            backend = backend_config.backend
+            if backend is None:
+                backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
+            if backend == "nccl":  # before NCCL's own failure, say why a GPU worker cannot use its GPU
+                worker_group.execute(_require_cuda)
+            if not isinstance(worker_group, V1WorkerGroup):
+                worker_group.execute(_set_torch_distributed_env_vars)
+            ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend, world_rank=i,
+                                                       world_size=len(worker_group), init_method=f"file://{store_file}",
+                                                       timeout_s=backend_config.timeout_s)
+                     for i in range(len(worker_group))])
+
+    @dataclasses.dataclass
+    class _FileStoreTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return _FileStoreTorchBackend
+
+    return _FileStoreTorchConfig()
+
+
+def _use_gpu(config: TrainConfig, workers: int, cluster_gpus: float, use_gpu: bool | None) -> bool:
+    """One GPU per worker when the cluster has GPUs; never some workers on GPUs and the rest (or all)
+    silently on CPUs."""
+    from asr_kd.devices import DeviceError
+
+    if use_gpu is not None:
+        return use_gpu
+    if config.train.device == "cpu" or cluster_gpus == 0:
+        return False
+    if cluster_gpus < workers:
+        raise DeviceError(f"--workers {workers} but the Ray cluster has {cluster_gpus:g} GPU(s): DDP needs one GPU per "
+                          f"worker. Use --workers {int(cluster_gpus)} (or add GPUs); to train on CPUs knowingly, set "
+                          "train.device=cpu")
+    return True
+
+
+def _our_error(exc: BaseException) -> str | None:
+    """The message of the first asr-kd error in ``exc``'s chain (Ray wraps a worker's exception)."""
+    from asr_kd.errors import AsrKdError, remote_error_message
+
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, AsrKdError):
+            return str(e.args[0]) if e.args else str(e)
+        # Ray Train keeps the worker's exception in controller_failure / worker_failures, Ray core in cause
+        todo.extend([e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)])
+        todo.extend((getattr(e, "worker_failures", None) or {}).values())
+    return None
+
+
 def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: bool = False, use_gpu: bool | None = None,
                       threads_per_worker: int = 1, progress: bool = True) -> None:
     import ray
@@ -104,8 +206,10 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
     started = init_ray(None)
     rendezvous = Path(tempfile.mkdtemp(prefix="asr-kd-ddp-"))  # private (0700), fresh: no stale store file
     try:
-        if use_gpu is None:
-            use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
+        use_gpu = _use_gpu(config, workers, ray.cluster_resources().get("GPU", 0), use_gpu)
+        if use_gpu:  # a worker given a GPU it cannot use fails (asr_kd.devices), it does not train on its CPU
+            config = config.model_copy(deep=True)
+            config.train.device = "cuda"
         out = Path(out_dir).resolve()
         out.mkdir(parents=True, exist_ok=True)
         trainer = TorchTrainer(
@@ -118,7 +222,13 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
             run_config=RunConfig(name="ray_train", storage_path=str(out / "ray_results")),
         )
         with ProgressWatcher(out, desc=f"train {out.name} ({workers} workers)", enabled=progress):
-            trainer.fit()
+            try:
+                trainer.fit()
+            except Exception as exc:  # a worker's clear error (e.g. DeviceError) arrives wrapped by Ray Train
+                ours = remote_error_message(exc)
+                if ours is None:
+                    raise
+                raise AsrKdError(ours) from None
         summary = read_progress(out).get("summary")
         if summary:
             print(summary)

@@ -28,7 +28,8 @@ from asr_kd.data.datadir import combine_data_dirs, read_data_dir
 from asr_kd.data.specaug import SpecAugment
 from asr_kd.data.units import BpeTokenizer, CharTokenizer, Tokenizer, find_oov, load_tokenizer, normalize_text
 from asr_kd.decode import greedy_ctc
-from asr_kd.errors import AsrKdError, ConfigError, StoreError
+from asr_kd.devices import resolve_device
+from asr_kd.errors import AsrKdError, StoreError
 from asr_kd.models import build_model
 from asr_kd.models.model_dir import save_model_dir
 from asr_kd.provenance import environment_info
@@ -56,11 +57,8 @@ class TrainResult:
 
 
 def choose_device(pref: str) -> torch.device:
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible")
-    if pref == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(pref)
+    """``train.device``: the GPU or the CPU, never a silent CPU run on a GPU machine (``asr_kd.devices``)."""
+    return resolve_device(pref)
 
 
 def lr_lambda(config: TrainConfig, total_steps: int):

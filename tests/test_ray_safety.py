@@ -253,6 +253,10 @@ def test_reaper_kills_children_that_lack_the_owner_marker(tmp_path):
                 break
             time.sleep(0.05)
         child = int((tmp_path / "child.pid").read_text())
+        for _ in range(100):  # $! is known before the forked shell has exec'd 'env -i sleep' (it still has our env)
+            if open(f"/proc/{child}/cmdline", "rb").read().startswith(b"sleep"):
+                break
+            time.sleep(0.05)
         assert OWNER_ENV.encode() not in open(f"/proc/{child}/environ", "rb").read()
         assert reap(owner, timeout=5.0) >= 2
         parent.wait(timeout=5)

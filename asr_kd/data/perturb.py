@@ -100,6 +100,7 @@ def _factor_dir(data: DataDir, factor: str, wav_scp: dict[str, str], seconds: di
     p = f"sp{factor}-"
     keep = [u for u in data.utt_ids
             if (data.segments[u].recording if data.segments is not None else u) not in bad_recordings]
+    kept = set(keep)
     segments = None
     if data.segments is not None:
         segments = {p + u: Segment(p + data.segments[u].recording, data.segments[u].start / f, data.segments[u].end / f)
@@ -118,7 +119,7 @@ def _factor_dir(data: DataDir, factor: str, wav_scp: dict[str, str], seconds: di
         segments=segments,
         text=None if data.text is None else {p + u: data.text[u] for u in keep},
         utt2dur=utt2dur,
-        extra={name: {p + u: v for u, v in table.items() if u in set(keep)} for name, table in data.extra.items()},
+        extra={name: {p + u: v for u, v in table.items() if u in kept} for name, table in data.extra.items()},
     )
 
 

@@ -1,6 +1,6 @@
 """The trainer's bookkeeping on tiny data (seconds each, one CPU thread): checkpoint rotation, best-by-dev
 ranking, ``final: best``, the LR schedules at their boundaries, a non-finite gradient skipped, the
-temperature-mismatch refusal and ``kd.kd_on_labeled``.
+temperature-mismatch refusal, ``kd.kd_on_labeled`` and ``train.init_from``.
 
 Each test names the mutation of the library it was checked against (broken on purpose, seen failing,
 restored). Checkpoint *averaging* and the CTC/KD loss weighting are deliberately not pinned here.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from asr_kd.config import load_config
-from asr_kd.errors import StoreError
+from asr_kd.errors import AsrKdError, StoreError
 from asr_kd.label.pipeline import LabelOptions, label_local
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.loop import Trainer, lr_lambda
@@ -199,3 +199,41 @@ def test_kd_on_labeled_decides_whether_labeled_utterances_get_a_kd_term(kd_parts
     assert len(rows) == 3 and all(r["ctc_loss"] not in ("", "nan") for r in rows)
     has_kd = [r["kd_loss"] not in ("", "nan") for r in rows]
     assert has_kd == [kd_on_labeled] * 3, rows
+
+
+# ------------------------------------------------------------------------------ train.init_from
+def test_init_from_starts_from_the_model_dirs_weights_and_cmvn(tmp_path):
+    """A run with ``train.init_from`` and a zero learning rate ends exactly at the source model's weights
+    and keeps its CMVN, though its own data would give other statistics. (Mutations caught: init_from
+    ignored -> random weights; CMVN re-estimated from the new data.)"""
+    data = _data(tmp_path / "d", 4)
+    src = tmp_path / "src"
+    Trainer(_config(tmp_path, "a", [str(data)], max_steps=4), src, progress=False).run()
+    other = make_data(tmp_path / "other", 4, with_text=True, min_s=1.3, step_s=0.3, prefix="o", seed=7)  # other audio, other statistics
+    cfg = _config(tmp_path, "b", [str(other)], max_steps=2, from_model=str(src),
+                  extra={"train.init_from": str(src), "optim.lr": 1e-30, "optim.weight_decay": 0.0})
+    Trainer(cfg, tmp_path / "b", progress=False).run()
+    want, got = _model(src / "model.pt"), _model(tmp_path / "b" / "model.pt")
+    assert want.keys() == got.keys()
+    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+    import json
+    assert json.loads((tmp_path / "b" / "cmvn.json").read_text()) == json.loads((src / "cmvn.json").read_text())
+
+
+def test_init_from_a_model_of_another_shape_or_unit_set_is_refused(tmp_path):
+    """Another ``model`` section (d_model) or another unit set: refused before training, naming what
+    differs and where to fix it. (Mutation caught: only the weight shapes compared -> a unit-set change
+    with the same vocabulary size would load.)"""
+    data = _data(tmp_path / "d", 4)
+    src = tmp_path / "src"
+    Trainer(_config(tmp_path, "a", [str(data)], max_steps=2), src, progress=False).run()
+    bigger = _config(tmp_path, "b", [str(data)], from_model=str(src),
+                     extra={"train.init_from": str(src), "model.d_model": 48})
+    with pytest.raises(AsrKdError, match=r"init_from=.*d_model: 32 there, 48 here"):
+        Trainer(bigger, tmp_path / "b", progress=False).run()
+    other_text = _data(tmp_path / "o", 4, prefix="o")
+    text = other_text / "text"  # the same audio with transcripts of other characters: another unit set
+    text.write_text("".join(f"{line.split()[0]} zebra quiz vex\n" for line in text.read_text().splitlines()))
+    other_units = _config(tmp_path, "c", [str(other_text)], extra={"train.init_from": str(src)})
+    with pytest.raises(AsrKdError, match=r"init_from=.*units .* there, .* here \(set units.from_model="):
+        Trainer(other_units, tmp_path / "c", progress=False).run()

@@ -73,6 +73,9 @@ class LoopConfig(StrictModel):
     average_every_steps: int = Field(10, ge=1, description="add the weights to the average every this many optimizer steps "
                                      "inside the averaging window (and at the last step)")
     log_every_steps: int = Field(10, ge=1)
+    init_from: str | None = Field(None, description="model dir whose weights (and CMVN) start this run: fine-tuning, "
+                                  "or a noisy-student round started from the previous teacher; its model config, "
+                                  "units and fbank must equal this config's")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")

@@ -158,8 +158,14 @@ class Trainer:
         self.store = None
         if c.kd is not None:
             self._open_store()
-        if self.resume and self.ckpt.latest() is not None and (self.out / "cmvn.json").exists():
+        resuming = self.resume and self.ckpt.latest() is not None
+        if resuming and (self.out / "cmvn.json").exists():
             self.cmvn = GlobalCMVN.load(self.out / "cmvn.json")
+        elif c.train.init_from:
+            # the weights were trained on this normalization: keep it rather than re-estimate
+            self.cmvn = self._init_from(c.train.init_from, load_weights=not resuming)
+            if self.is_main:
+                self.cmvn.save(self.out / "cmvn.json")
         else:
             train_data = combine_data_dirs(self.table.dirs).subset(sorted(self.table.utts))
             self.cmvn = compute_global_cmvn(train_data, c.fbank, max_utts=d.cmvn_max_utts, seed=c.train.seed, progress=self.progress)
@@ -180,6 +186,34 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         if self.resume:
             self._restore()
+
+    def _init_from(self, model_dir: str, load_weights: bool) -> GlobalCMVN:
+        """Start from the weights of ``model_dir`` (``train.init_from``); return its CMVN.
+
+        The model config, units and fbank config must equal this run's: a weight copy between different
+        architectures or unit sets would load silently wrong or not at all. When resuming, the
+        checkpoint's weights win and only the CMVN is taken.
+        """
+        from asr_kd.models.model_dir import load_model_dir
+
+        c = self.config
+        src = load_model_dir(model_dir)
+        differences = []
+        if src.model_config.model_dump(mode="json") != c.model.model_dump(mode="json"):
+            a, b = src.model_config.model_dump(mode="json"), c.model.model_dump(mode="json")
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            differences.append("model " + ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in keys))
+        if src.tokenizer.units_hash() != self.tokenizer.units_hash():
+            differences.append(f"units {src.tokenizer!r} there, {self.tokenizer!r} here (set units.from_model={model_dir})")
+        if src.fbank_config.model_dump(mode="json") != c.fbank.model_dump(mode="json"):
+            differences.append("fbank settings differ")
+        if differences:
+            raise AsrKdError(f"train.init_from={model_dir}: cannot start from this model dir: " + "; ".join(differences)
+                             + "; make this config's model/units/fbank sections equal to the model dir's (its model.yaml)")
+        if load_weights:
+            self.model.load_state_dict(src.model.state_dict())
+            log.info("initialized from %s (fingerprint %s)", model_dir, src.fingerprint)
+        return src.cmvn
 
     def _open_store(self) -> None:
         from asr_kd.targets.store import StoreReader, check_compatible

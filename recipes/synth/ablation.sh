@@ -11,6 +11,8 @@
 #   teacher_20ms     model.subsampling=2: 20 ms output frames     (frame rate)
 #   teacher_spec     SpecAugment on (2 x 10 bins, 2 x 5 % time)   (SpecAugment)
 #   teacher_lr1      optim.lr=1e-3, warmup 200: the learning rate before 2026-12-02
+#   teacher_sp       speed-perturbed labeled set x0.9/1.0/1.1 (needs run.sh --speed-perturb 0.9,1.0,1.1)
+#   teacher_sp_d0    the same with model.dropout=0.0
 #   kd_ref           the recipe's KD student, $exp/kd (reference for the student rows; not retrained)
 #   kd_alpha_old     kd.ctc_weight=0.06: CTC's share of the loss before the loss-weight fix
 #   kd_last          train.final=last: no weight averaging       (averaging)
@@ -47,6 +49,9 @@ exp=$out  # log_run appends to $out/commands.log
 
 spec="specaug={freq_masks: 2, freq_width: 10, time_masks: 2, time_width_ratio: 0.05}"
 lab="data.train=[$data/train_labeled]"
+# the teacher's labeled data: the speed-perturbed copy when run.sh made one (--speed-perturb), as for $exp/teacher
+lab_teacher=$lab
+[ ! -f $data/train_labeled_sp/text ] || lab_teacher="data.train=[$data/train_labeled_sp]"
 unl="data.unlabeled=[$data/train_unlabeled]"
 dev="data.dev=$data/dev"
 
@@ -54,7 +59,7 @@ wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
 teacher() {  # name overrides...
   local name=$1; shift
-  log_run asr-kd train --config $conf/teacher.yaml --out "$out/$name" --resume --no-progress "$lab" "$dev" "$@"
+  log_run asr-kd train --config $conf/teacher.yaml --out "$out/$name" --resume --no-progress "$lab_teacher" "$dev" "$@"
   log_run asr-kd evaluate --model "$out/$name" --data $data/dev --out "$out/$name/eval_dev"
 }
 
@@ -85,6 +90,8 @@ jobs_list=(
   "teacher_20ms|teacher teacher_20ms model.subsampling=2"
   "teacher_spec|teacher teacher_spec '$spec'"
   "teacher_lr1|teacher teacher_lr1 optim.lr=1e-3 optim.warmup_steps=200"
+  "teacher_sp|teacher teacher_sp data.train=[$data/train_labeled_sp]"
+  "teacher_sp_d0|teacher teacher_sp_d0 data.train=[$data/train_labeled_sp] model.dropout=0.0"
   "kd_ref|reference kd_ref kd"
   "kd_alpha_old|student kd_alpha_old student_kd $exp_saved/targets kd.ctc_weight=0.06"
   "kd_last|student kd_last student_kd $exp_saved/targets train.final=last"

@@ -199,10 +199,10 @@ class Trainer:
         c = self.config
         src = load_model_dir(model_dir)
         differences = []
-        if src.model_config.model_dump(mode="json") != c.model.model_dump(mode="json"):
-            a, b = src.model_config.model_dump(mode="json"), c.model.model_dump(mode="json")
-            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            differences.append("model " + ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in keys))
+        theirs, ours = src.model_config.model_dump(mode="json"), c.model.model_dump(mode="json")
+        keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if keys:
+            differences.append("model " + ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in keys))
         if src.tokenizer.units_hash() != self.tokenizer.units_hash():
             differences.append(f"units {src.tokenizer!r} there, {self.tokenizer!r} here (set units.from_model={model_dir})")
         if src.fbank_config.model_dump(mode="json") != c.fbank.model_dump(mode="json"):

@@ -49,9 +49,6 @@ exp=$out  # log_run appends to $out/commands.log
 
 spec="specaug={freq_masks: 2, freq_width: 10, time_masks: 2, time_width_ratio: 0.05}"
 lab="data.train=[$data/train_labeled]"
-# the teacher's labeled data: the speed-perturbed copy when run.sh made one (--speed-perturb), as for $exp/teacher
-lab_teacher=$lab
-[ ! -f $data/train_labeled_sp/text ] || lab_teacher="data.train=[$data/train_labeled_sp]"
 unl="data.unlabeled=[$data/train_unlabeled]"
 dev="data.dev=$data/dev"
 
@@ -59,7 +56,7 @@ wanted() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
 teacher() {  # name overrides...
   local name=$1; shift
-  log_run asr-kd train --config $conf/teacher.yaml --out "$out/$name" --resume --no-progress "$lab_teacher" "$dev" "$@"
+  log_run asr-kd train --config $conf/teacher.yaml --out "$out/$name" --resume --no-progress "$lab" "$dev" "$@"
   log_run asr-kd evaluate --model "$out/$name" --data $data/dev --out "$out/$name/eval_dev"
 }
 

@@ -82,7 +82,9 @@ def untrained_copy(model_dir: Path, out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def teacher(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "teacher"
-    result = train(config(corpus), out, progress=False)
+    # 45 epochs (~45 s on 2 cores): at 25 the dev WER was 72 % on an AMD EPYC but 80.8 % on an Intel Xeon
+    # (same seed, different float paths), too close to the 80 % bar; at 45 it is 61.6 % on the Xeon.
+    result = train(config(corpus, train={"max_epochs": 45}), out, progress=False)
     assert result.steps > 0
     return out
 
@@ -121,7 +123,7 @@ def test_kd_path_alone_learns_from_soft_targets(teacher, corpus, tmp_path):
     kd = evaluate(str(student), str(corpus / "dev"), str(tmp_path / "eval_kd"), progress=False)
     fresh = evaluate(str(untrained_copy(student, tmp_path / "fresh")), str(corpus / "dev"), str(tmp_path / "eval_fresh"),
                      progress=False)
-    # seeded run: kd 80.8 % WER / 40.3 % CER vs untrained 100 % / 98 % (teacher: ~72 % / ~36 %)
+    # seeded run (Intel Xeon): kd 72.2 % WER / 33.3 % CER vs untrained 100 % / 98 % (teacher: 61.6 % / 29.5 %)
     assert kd["cer"] <= fresh["cer"] - 40.0, (kd["cer"], fresh["cer"])
     assert kd["wer"] <= fresh["wer"] - 15.0, (kd["wer"], fresh["wer"])
 

@@ -6,7 +6,18 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True, help="teacher model dir (repeat for an ensemble)")
+    parser.add_argument("--model", action="append", required=True,
+                        help="teacher dir (repeat for an ensemble): an asr-kd model dir or a local Hugging Face CTC "
+                             "directory (Wav2Vec2/Hubert/WavLM ForCTC), detected from its files; 'hf:DIR' forces Hugging Face")
+    parser.add_argument("--units-from", help="model dir or tokens.txt whose units (and, for a model dir, framing) the store "
+                        "is written in; needed when no --model is an asr-kd model dir")
+    parser.add_argument("--unit-map", action="append", help="TEACHER_SYMBOL STUDENT_SYMBOL file overriding the automatic "
+                        "unit mapping of a Hugging Face teacher ('-' = unmapped); one for all, or one per such teacher")
+    parser.add_argument("--unmapped", choices=["renormalize", "blank"], default="renormalize",
+                        help="probability of teacher units with no student unit: drop and renormalize, or give to blank")
+    parser.add_argument("--frame-conversion", choices=["mean", "peak"], default="mean",
+                        help="teacher frames (20 ms) -> stored frames (40 ms): average each group, or keep the frame "
+                             "with the largest non-blank probability")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
     parser.add_argument("--data", required=True, help="data dir to label (text not needed)")
     parser.add_argument("--out", required=True, help="soft-target store dir; rerunning resumes it")
@@ -37,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds, batch_max_frames=args.batch_max_frames, actors=args.actors,
         actor_num_cpus=args.actor_cpus, num_gpus_per_actor=args.gpus_per_actor, min_max_prob=args.min_max_prob,
         max_entropy=args.max_entropy, weights=args.weights, allow_pipes=args.allow_pipes, address=args.address,
-        progress=not args.no_progress,
+        progress=not args.no_progress, units_from=args.units_from, unit_map_files=args.unit_map,
+        unmapped_rule=args.unmapped, frame_conversion=args.frame_conversion,
     )
     if args.local:
         summary = label_local(args.model, args.data, args.out, options)

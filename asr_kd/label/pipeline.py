@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 KILL_ACTOR_ENV = "ASR_KD_TEST_KILL_ACTOR_AFTER_BATCHES"  # test hook: an actor dies once after N batches
 KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the dying actor (die only once)
 STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
+NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
 BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
 
@@ -69,6 +71,20 @@ class LabelOptions:
     allow_pipes: bool = False
     address: str | None = None  # None: local Ray; "auto" or HOST:PORT joins a cluster
     progress: bool = True
+    units_from: str | None = None  # model dir or tokens.txt: the store's units (and framing) for foreign teachers
+    unit_map_files: list[str] | None = None  # per foreign teacher (or one for all): TEACHER_SYMBOL STUDENT_SYMBOL lines
+    unmapped_rule: str = "renormalize"  # mass of unmapped teacher units: "renormalize" or "blank"
+    frame_conversion: str = "mean"  # teacher frames -> stored frames: "mean" or "peak" (asr_kd.label.frame_rate)
+
+    def ensemble_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``TeacherEnsemble`` that these options set."""
+        def absolute(p: str) -> str:  # Ray actors may run in another working directory
+            return str(Path(p).resolve())
+
+        return dict(weights=self.weights, top_k=self.top_k, temperature=self.temperature,
+                    units_from=absolute(self.units_from) if self.units_from else None,
+                    unit_map_files=[absolute(f) for f in self.unit_map_files] if self.unit_map_files else None, unmapped_rule=self.unmapped_rule,
+                    frame_conversion=self.frame_conversion)
 
 
 @dataclasses.dataclass
@@ -165,23 +181,31 @@ def read_audio_group(batch: dict[str, np.ndarray], sample_rate: int, max_seconds
     ``meta`` (JSON) holds the utterance ids, their lengths in samples and their errors."""
     from asr_kd.data.datadir import AudioSource
 
+    from asr_kd.data.datadir import is_pipe
+
     torch.set_num_threads(1)
     waves, metas = [], []
     for utts in batch["utts"]:
-        parts, ids, lengths, errors = [], [], [], []
+        parts, ids, lengths, errors, notes = [], [], [], [], []
         for utt, path, start, end in json.loads(str(utts)):
+            note = ""
             try:
                 wave = load_audio(AudioSource(utt, path, start, end), sample_rate=sample_rate, max_seconds=max_seconds,
                                   allow_pipes=allow_pipes).numpy().astype(np.float32)
                 err = ""
+                if not is_pipe(path):
+                    rate = sf.info(path).samplerate
+                    if rate != sample_rate:
+                        note = f"file {path} is {rate} Hz: resampled to {sample_rate} Hz for the teachers"
             except AudioError as exc:
                 wave, err = np.zeros(0, dtype=np.float32), f"{exc.reason}: {exc.detail}"
             parts.append(wave)
             ids.append(utt)
             lengths.append(int(wave.shape[0]))
             errors.append(err)
+            notes.append(note)
         waves.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
-        metas.append(json.dumps({"utt_ids": ids, "lengths": lengths, "errors": errors}))
+        metas.append(json.dumps({"utt_ids": ids, "lengths": lengths, "errors": errors, "notes": notes}))
     return {"shard": batch["shard"], "wave": waves, "meta": np.array(metas, dtype=object)}
 
 
@@ -194,7 +218,8 @@ def label_groups(ensemble: "TeacherEnsemble", batch: dict[str, Any], batch_max_f
         bounds = np.cumsum([0] + m["lengths"])
         wave = np.asarray(wave, dtype=np.float32)
         waves = [wave[bounds[i]: bounds[i + 1]] for i in range(len(m["lengths"]))]
-        outs.append(label_rows(ensemble, m["utt_ids"], [int(shard)] * len(waves), waves, m["errors"], batch_max_frames))
+        outs.append(label_rows(ensemble, m["utt_ids"], [int(shard)] * len(waves), waves, m["errors"], batch_max_frames,
+                               m.get("notes")))
     if not outs:
         return label_rows(ensemble, [], [], [], [], batch_max_frames)
     merged: dict[str, Any] = {}
@@ -215,13 +240,13 @@ def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
 class TeacherActor:
     """Ray Data actor: fbank + teacher ensemble on batches of decoded audio."""
 
-    def __init__(self, model_dirs: list[str], weights: list[float] | None, top_k: int, temperature: float,
-                 batch_max_frames: int, threads: int = 1, device: str = "auto"):
+    def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
+                 device: str = "auto"):
         from asr_kd.devices import resolve_device
 
         torch.set_num_threads(threads)
         device = str(resolve_device(device))  # an actor given a GPU it cannot use fails instead of using its CPU
-        self.ensemble = TeacherEnsemble(model_dirs, weights, device=device, top_k=top_k, temperature=temperature)
+        self.ensemble = TeacherEnsemble(model_dirs, device=device, **ensemble_kwargs)
         self.batch_max_frames = batch_max_frames
         self.calls = 0
         self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
@@ -235,9 +260,11 @@ class TeacherActor:
         return label_groups(self.ensemble, batch, self.batch_max_frames)
 
 
-def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int) -> dict[str, Any]:
-    """Run the ensemble over decoded rows; returns one output row per input row (errors kept)."""
+def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int,
+               notes: list | None = None) -> dict[str, Any]:
+    """Run the ensemble over decoded rows; returns one output row per input row (errors and notes kept)."""
     n = len(utt_ids)
+    unmapped = np.zeros(n)
     out_ids: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.int64)] * n
     out_probs: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.float32)] * n
     pseudo = [""] * n
@@ -263,9 +290,11 @@ def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: li
                 pseudo[i] = r.pseudo_text
                 max_prob[i] = r.mean_max_prob
                 entropy[i] = r.mean_entropy
+                unmapped[i] = r.unmapped_mass
     return {"utt_id": np.asarray(utt_ids, dtype=object), "shard": np.asarray(shards), "ids": out_ids, "probs": out_probs,
             "pseudo": np.asarray(pseudo, dtype=object), "max_prob": max_prob, "entropy": entropy,
-            "error": np.asarray(errs, dtype=object), "samples": np.asarray([len(w) for w in waves])}
+            "error": np.asarray(errs, dtype=object), "samples": np.asarray([len(w) for w in waves]),
+            "unmapped": unmapped, "note": np.asarray([str(x) for x in (notes or [""] * n)], dtype=object)}
 
 
 # --------------------------------------------------------------------------------------- driver
@@ -274,7 +303,8 @@ def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: li
 class _ShardCollector:
     """Groups result rows by shard and writes a shard once all its utterances are back."""
 
-    def __init__(self, writer, shards: list[list[str]], options: LabelOptions, sample_rate: int):
+    def __init__(self, writer, shards: list[list[str]], options: LabelOptions, sample_rate: int, record_unmapped: bool = False):
+        self.record_unmapped = record_unmapped
         self.writer = writer
         self.shards = shards
         self.options = options
@@ -286,6 +316,7 @@ class _ShardCollector:
         self.rejected = 0
         self.seconds = 0.0
         self.stop_after = int(os.environ.get(STOP_DRIVER_ENV, "0") or 0)
+        self.notes = 0  # utterances with a note (e.g. resampled)
 
     def add(self, batch: dict[str, Any]) -> int:
         n = len(batch["utt_id"])
@@ -295,14 +326,19 @@ class _ShardCollector:
                 continue
             utt = str(batch["utt_id"][i])
             row = (batch["ids"][i], batch["probs"][i], str(batch["pseudo"][i]), float(batch["max_prob"][i]),
-                   float(batch["entropy"][i]), str(batch["error"][i]), int(batch["samples"][i]))
+                   float(batch["entropy"][i]), str(batch["error"][i]), int(batch["samples"][i]),
+                   float(batch["unmapped"][i]), str(batch["note"][i]))
+            if row[8]:
+                self.notes += 1
+                if self.notes <= NOTES_LOGGED:
+                    log.warning("label: utterance %s: %s", utt, row[8])
             self.pending.setdefault(shard, {})[utt] = row  # keyed by id: a retried task cannot duplicate
             if len(self.pending[shard]) == len(self.shards[shard]):
                 self._write(shard)
         return n
 
     def _reject_reason(self, row: tuple) -> str | None:
-        _, _, _, max_prob, entropy, error, _ = row
+        _, _, _, max_prob, entropy, error = row[:6]
         o = self.options
         if error:
             return error
@@ -314,7 +350,7 @@ class _ShardCollector:
 
     def _write(self, shard: int) -> None:
         rows = self.pending.pop(shard)
-        items, rejects, pseudo = [], [], []
+        items, rejects, pseudo, unmapped = [], [], [], []
         for utt in self.shards[shard]:
             row = rows[utt]
             reason = self._reject_reason(row)
@@ -323,9 +359,12 @@ class _ShardCollector:
                 continue
             items.append((utt, np.asarray(row[0]), np.asarray(row[1], dtype=np.float32)))
             pseudo.append((utt, row[2]))
+            unmapped.append((utt, int(np.asarray(row[0]).shape[0]), row[7]))
             self.seconds += row[6] / self.sample_rate
         self.writer.write_rejects(rejects)
         write_pseudo_part(self.writer.out_dir, shard, pseudo)
+        if self.record_unmapped:
+            write_unmapped_part(self.writer.out_dir, shard, unmapped)
         self.writer.write_shard(shard, items)
         self.written.append(shard)
         self._done.add(shard)
@@ -342,6 +381,41 @@ def write_pseudo_part(store_dir: Path, shard: int, rows: list[tuple[str, str]]) 
     tmp = d / f"shard-{shard:05d}.txt.tmp"
     tmp.write_text("".join(f"{u} {t}\n" for u, t in rows), encoding="utf-8")
     os.replace(tmp, d / f"shard-{shard:05d}.txt")
+
+
+def write_unmapped_part(store_dir: Path, shard: int, rows: list[tuple[str, int, float]]) -> None:
+    """Per utterance of one shard: stored frames and mean per-frame unmapped teacher mass, ``unmapped/shard-NNNNN.tsv``."""
+    d = Path(store_dir) / "unmapped"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f"shard-{shard:05d}.tsv.tmp"
+    tmp.write_text("".join(f"{u}\t{n}\t{m:.6g}\n" for u, n, m in rows), encoding="utf-8")
+    os.replace(tmp, d / f"shard-{shard:05d}.tsv")
+
+
+def merge_unmapped(store_dir: Path) -> float | None:
+    """Frame-weighted mean unmapped mass over the stored utterances (``None`` when nothing was recorded)."""
+    frames = 0
+    mass = 0.0
+    parts = sorted((Path(store_dir) / "unmapped").glob("shard-*.tsv"))
+    if not parts:
+        return None
+    for part in parts:
+        for line in part.read_text(encoding="utf-8").splitlines():
+            _, n, m = line.split("\t")
+            frames += int(n)
+            mass += int(n) * float(m)
+    return mass / frames if frames else 0.0
+
+
+def _finish_store(writer, out_dir: str, n_shards: int, ensemble: TeacherEnsemble) -> None:
+    """Finalize the store, merge text.pseudo and record the measured unmapped mass in its meta."""
+    writer.finalize(expected_shards=n_shards)
+    merge_pseudo(Path(out_dir))
+    if ensemble.has_foreign:
+        mass = merge_unmapped(Path(out_dir))
+        writer.record_measured(unmapped_mass=mass)
+        log.info("label: mean unmapped teacher mass %.4f per frame (rule %s; per utterance in %s/unmapped/)",
+                 mass or 0.0, ensemble.unmapped_rule, out_dir)
 
 
 def merge_pseudo(store_dir: Path) -> Path:
@@ -362,7 +436,8 @@ def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOpti
 
 
 def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any]:
-    return dict(
+    extra = {"teachers": ensemble.describe()} if ensemble.has_foreign else {}
+    return dict(**extra,
         teacher_fingerprints=ensemble.fingerprints,
         teacher_weights=ensemble.weights,
         units_hash=ensemble.tokenizer.units_hash(),
@@ -374,6 +449,15 @@ def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any
         temperature=options.temperature,
         fbank=ensemble.fbank_config.model_dump(mode="json"),
     )
+
+
+def _resolve_spec(spec: str) -> str:
+    """A ``--model`` argument with its directory made absolute (an ``hf:`` prefix kept) for the actors."""
+    from asr_kd.label.teacher import HF_PREFIX
+
+    if spec.startswith(HF_PREFIX):
+        return HF_PREFIX + str(Path(spec[len(HF_PREFIX):]).resolve())
+    return str(Path(spec).resolve())
 
 
 READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task
@@ -410,15 +494,15 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     t0 = time.time()
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
     # the driver loads the teachers once to check them and to fill the store's meta
-    ensemble = TeacherEnsemble(model_dirs, o.weights, device="cpu", top_k=o.top_k, temperature=o.temperature)
+    ensemble = TeacherEnsemble(model_dirs, device="cpu", **o.ensemble_kwargs())
     created_store = not Path(out_dir).exists()
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, o.shard_size, seconds)
     done = sorted(writer.completed_shards())
     todo = [s for s in range(len(shards)) if s not in set(done)]
-    sample_rate = ensemble.fbank_config.sample_rate
-    collector = _ShardCollector(writer, shards, o, sample_rate)
+    sample_rate = ensemble.sample_rate
+    collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
     log.info("label: %d utterances in %d shards, %d already done, %d to do", len(data), len(shards), len(done), len(todo))
     started_ray = False
     if todo:
@@ -446,8 +530,8 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=o.actors),
                             num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
                             runtime_env={"env_vars": hooks} if hooks else None,
-                            fn_constructor_kwargs=dict(model_dirs=[str(Path(m).resolve()) for m in model_dirs], weights=o.weights,
-                                                       top_k=o.top_k, temperature=o.temperature,
+                            fn_constructor_kwargs=dict(model_dirs=[_resolve_spec(m) for m in model_dirs],
+                                                       ensemble_kwargs=o.ensemble_kwargs(),
                                                        batch_max_frames=o.batch_max_frames,
                                                        device="cuda" if gpus > 0 else "cpu"))
         bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
@@ -468,8 +552,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
             raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. {next(iter(missing.values()))[:3]} "
                              "missing); rerun the same command to finish them")
-    writer.finalize(expected_shards=len(shards))
-    merge_pseudo(Path(out_dir))
+    _finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)
     print(summary.line())
@@ -485,14 +568,13 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
     from asr_kd.devices import resolve_device
 
-    ensemble = TeacherEnsemble(model_dirs, o.weights, device=str(resolve_device("auto")),
-                               top_k=o.top_k, temperature=o.temperature)
+    ensemble = TeacherEnsemble(model_dirs, device=str(resolve_device("auto")), **o.ensemble_kwargs())
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, o.shard_size, seconds)
     done = sorted(writer.completed_shards())
-    sample_rate = ensemble.fbank_config.sample_rate
-    collector = _ShardCollector(writer, shards, o, sample_rate)
+    sample_rate = ensemble.sample_rate
+    collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
     todo = [s for s in range(len(shards)) if s not in set(done)]
     # the batches the Ray pipeline plans (one utterance each for the naive baseline)
     rows = _batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
@@ -501,8 +583,7 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
         read = read_audio_group({"shard": np.asarray([row["shard"]]), "utts": np.asarray([row["utts"]], dtype=object)},
                                 sample_rate, o.max_seconds, o.allow_pipes)
         collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames))
-    writer.finalize(expected_shards=len(shards))
-    merge_pseudo(Path(out_dir))
+    _finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)
     log.info(summary.line())

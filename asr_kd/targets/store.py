@@ -85,8 +85,12 @@ class StoreMeta(StrictModel):
     log8_range: tuple[float, float] = Field(quant.LOG8_RANGE, description="log-odds range (lo, hi) of the log8 codes")
     temperature: float = Field(1.0, gt=0, description="targets are softmax(logits / temperature)")
     fbank: dict[str, Any] = Field(default_factory=dict, description="the teachers' FbankConfig")
+    teachers: list[dict[str, Any]] = Field(default_factory=list, description="per teacher when not all are asr-kd model "
+                                           "dirs: kind, path, frame_shift_ms (its own), frame_conversion, unit_map")
     created: CreatedInfo = Field(default_factory=_now_info)
     num_shards: int | None = Field(None, ge=0, description="set by finalize(); None while being written")
+    unmapped_mass: float | None = Field(None, ge=0, le=1, description="measured: mean per-frame probability of teacher "
+                                        "units with no student unit (foreign teachers; set when labeling ends)")
 
     @model_validator(mode="after")
     def _check(self) -> "StoreMeta":
@@ -105,7 +109,7 @@ class StoreMeta(StrictModel):
 
     def settings(self) -> dict[str, Any]:
         """Everything that defines the targets (what a resumed writer must match)."""
-        return self.model_dump(mode="json", exclude={"created", "num_shards"})
+        return self.model_dump(mode="json", exclude={"created", "num_shards", "unmapped_mass"})
 
 
 def read_meta(path: str | os.PathLike) -> StoreMeta:
@@ -417,6 +421,12 @@ class StoreWriter:
         self.meta = self.meta.model_copy(update={"num_shards": len(done)})
         self._write_meta()
         self._dirty = False
+        return self.meta
+
+    def record_measured(self, unmapped_mass: float | None) -> StoreMeta:
+        """Record figures measured while labeling (not settings: a resume does not compare them)."""
+        self.meta = self.meta.model_copy(update={"unmapped_mass": unmapped_mass})
+        self._write_meta()
         return self.meta
 
 

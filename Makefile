@@ -41,9 +41,9 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (asr-kd pins Python 3.11)"; exit 1; }
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing asr-kd and its pinned dependencies into $(VENV) (log: $(VENV)/pip.log)"
-	$(VENV)/bin/python -m pip install -e '.[test]' > $(VENV)/pip.log 2>&1 \
+	$(VENV)/bin/python -m pip install -e '.[test,hf]' > $(VENV)/pip.log 2>&1 \
 	  || { grep -v "^WARNING: Location" $(VENV)/pip.log | tail -30; exit 1; }
-	$(VENV)/bin/python -c "import asr_kd, torch, torchaudio, speechbrain, ray" \
+	$(VENV)/bin/python -c "import asr_kd, torch, torchaudio, speechbrain, ray, transformers" \
 	  || { echo "installation into $(VENV) failed; see the pip output above"; exit 1; }
 	touch $(STAMP)
 

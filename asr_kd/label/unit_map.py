@@ -24,8 +24,9 @@ handled by the *unmapped rule*:
   entirely unmapped becomes blank);
 - ``blank``: give it to the blank (``<blk>``), i.e. treat it as "no unit emitted".
 
-A teacher whose units do not correspond to ours (fewer than ``MIN_MAPPED_FRACTION`` of its ordinary
-units map, e.g. BPE pieces against characters) is refused: frame-level distillation needs a shared
+A teacher whose units do not correspond to ours (fewer than ``MIN_MAPPED_FRACTION`` of the student's
+ordinary units receive some teacher unit, e.g. BPE pieces against characters; or a BPE student
+without a mapping file) is refused: frame-level distillation needs a shared
 unit inventory; use the sequence-level path instead (``asr-kd pseudo-label``, whose 1-best texts are
 tokenized in the student's own units and used through ``kd.pseudo_ctc_weight``).
 """
@@ -44,7 +45,7 @@ from asr_kd.errors import UnitsError
 
 UnmappedRule = Literal["renormalize", "blank"]
 UNMAPPED_RULES = ("renormalize", "blank")
-MIN_MAPPED_FRACTION = 0.5  # of the teacher's ordinary (non-special) units
+MIN_MAPPED_FRACTION = 0.5  # of the student's ordinary units (not blank, unk, word boundary)
 DROP = "-"
 SEQUENCE_LEVEL_HINT = ("frame-level distillation needs the teacher and the student to share units; for a teacher "
                        "with other units (BPE pieces, words, another alphabet) use the sequence-level path: "
@@ -155,7 +156,6 @@ def build_unit_map(vocab: TeacherVocab, student: Tokenizer, mapping_file: str | 
                          f"{SEQUENCE_LEVEL_HINT}")
     ids = {s: i for i, s in enumerate(student_symbols)}
     targets: list[int | None] = []
-    ordinary = mapped_ordinary = 0
     for t, sym in enumerate(vocab.symbols):
         if t == vocab.blank_id:
             targets.append(ids[BLANK])
@@ -166,12 +166,8 @@ def build_unit_map(vocab: TeacherVocab, student: Tokenizer, mapping_file: str | 
         elif sym in vocab.specials:
             targets.append(None)
         else:
-            ordinary += 1
             s = ids.get(_fold(sym))
-            if s is not None and s <= ids.get(UNK, 1):
-                s = None  # a teacher symbol that folds to our blank/unk spelling is not a unit
-            mapped_ordinary += s is not None
-            targets.append(s)
+            targets.append(s if s is not None and s > ids.get(UNK, 1) else None)  # never onto our blank/unk spelling
     source = "auto"
     if mapping_file is not None:
         overrides = read_mapping_file(mapping_file)
@@ -183,11 +179,11 @@ def build_unit_map(vocab: TeacherVocab, student: Tokenizer, mapping_file: str | 
                 raise UnitsError(f"{mapping_file}: student symbol {s_sym!r} is not in the student's tokens.txt")
             targets[teacher_ids[t_sym]] = None if s_sym is None else ids[s_sym]
         source = f"auto+file:{Path(mapping_file).resolve()}"
-        mapped_ordinary = sum(1 for t, s in enumerate(targets)
-                              if s is not None and t != vocab.blank_id and vocab.symbols[t] not in vocab.specials
-                              and vocab.symbols[t] not in (vocab.word_delimiter, vocab.unk))
-    if ordinary and mapped_ordinary < MIN_MAPPED_FRACTION * ordinary:
+    ordinary = [i for i, sym in enumerate(student_symbols) if sym not in (BLANK, UNK, WORD_BOUNDARY)]
+    covered = set(targets) & set(ordinary)
+    if ordinary and len(covered) < MIN_MAPPED_FRACTION * len(ordinary):
         examples = [s for s, t in zip(vocab.symbols, targets) if t is None and s not in vocab.specials][:8]
-        raise UnitsError(f"{teacher_name}: only {mapped_ordinary} of its {ordinary} units map onto the student's units "
-                         f"({len(student_symbols)} in tokens.txt; unmapped e.g. {examples}); {SEQUENCE_LEVEL_HINT}")
+        raise UnitsError(f"{teacher_name}: only {len(covered)} of the student's {len(ordinary)} units get a teacher unit "
+                         f"(teacher units that map to none: e.g. {examples}); the units do not correspond. "
+                         f"{SEQUENCE_LEVEL_HINT}")
     return UnitMap(list(vocab.symbols), list(student_symbols), targets, rule=rule, source=source)

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", action="append", help="teacher model dir(s) that made the store: also report "
                    "KL(teacher dense || stored) on a sample (needs --data)")
     p.add_argument("--data", help="the data dir that was labeled (audio for --teacher)")
+    p.add_argument("--units-from", help="with --teacher: the --units-from given to 'asr-kd label' (Hugging Face teachers)")
+    p.add_argument("--unit-map", action="append", help="with --teacher: the --unit-map file(s) given to 'asr-kd label'")
     p.add_argument("--sample", type=int, default=50, help="utterances sampled for the KL (default 50)")
 
     p = sub.add_parser("verify", help="checksums, index vs shards, ids and frame counts vs a data dir")
@@ -181,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
             if not args.data:
                 raise AsrKdError("targets stats --teacher needs --data (the labeled data dir, for the audio)")
-            stats.kl_nats = teacher_kl(reader, args.teacher, args.data, sample=args.sample)
+            stats.kl_nats = teacher_kl(reader, args.teacher, args.data, sample=args.sample, units_from=args.units_from,
+                                       unit_map_files=args.unit_map)
         print(json.dumps(stats.as_json()) if args.json else format_stats(stats))
         return 0
     if args.action == "export-kaldi":

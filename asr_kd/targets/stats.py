@@ -114,6 +114,8 @@ class StoreStats:
     frame_shift_ms: float
     rejects: int
     kl_nats: float | None = None
+    unmapped_mass: float | None = None  # meta: mean per-frame probability of foreign teacher units with no student unit
+    unit_maps: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # meta: per foreign teacher
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` object: the documented keys first, then the details."""
@@ -124,6 +126,8 @@ class StoreStats:
                                                                                "counts": self.entropy_counts},
                   "k": self.k, "quantization": self.quantization, "frame_shift_ms": self.frame_shift_ms,
                   "rejects": self.rejects})
+        if self.unit_maps:
+            d.update({"unmapped_mass": self.unmapped_mass, "unit_maps": self.unit_maps})
         return d
 
 
@@ -151,6 +155,9 @@ def store_stats(reader: StoreReader, bins: int = ENTROPY_BINS) -> StoreStats:
         mean_topk_mass=mass_sum / frames if frames else 0.0, mean_entropy=ent_sum / frames if frames else 0.0,
         entropy_edges=[float(e) for e in edges], entropy_counts=[int(c) for c in counts], k=m.k,
         quantization=m.quantization, frame_shift_ms=m.frame_shift_ms, rejects=len(reader.rejects()),
+        unmapped_mass=m.unmapped_mass,
+        unit_maps=[{"path": t.get("path"), "frame_shift_ms": t.get("frame_shift_ms"),
+                    "frame_conversion": t.get("frame_conversion"), **t["unit_map"]} for t in m.teachers if t.get("unit_map")],
     )
 
 
@@ -168,6 +175,13 @@ def format_stats(stats: StoreStats, width: int = 40) -> str:
     ]
     if stats.kl_nats is not None:
         lines.append(f"KL(teacher||stored) {stats.kl_nats:.5f} nats per frame")
+    for um in stats.unit_maps:
+        mass = "not recorded" if stats.unmapped_mass is None else f"{stats.unmapped_mass:.4f}"
+        lines.append(f"unit map        {um['path']}: {um['mapped']} of {um['teacher_units']} teacher units mapped, "
+                     f"unmapped {um['unmapped_symbols']} (rule {um['rule']}, {um['source']}); "
+                     f"{um['frame_shift_ms']:g} ms frames by {um['frame_conversion']}")
+    if stats.unit_maps:
+        lines.append(f"unmapped mass   {mass} (mean per-frame teacher probability with no student unit, all teachers)")
     lines.append("entropy histogram (nats):")
     top = max(stats.entropy_counts) if stats.entropy_counts and max(stats.entropy_counts) > 0 else 1
     total = max(sum(stats.entropy_counts), 1)
@@ -178,26 +192,35 @@ def format_stats(stats: StoreStats, width: int = 40) -> str:
     return "\n".join(lines)
 
 
-def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, sample: int = 50, seed: int = 0) -> float:
+def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, sample: int = 50, seed: int = 0,
+               units_from: str | None = None, unit_map_files: list[str] | None = None) -> float:
     """Mean per-frame KL(teacher dense || stored) in nats over ``sample`` random stored utterances.
 
     The teachers are run again (same weights and temperature as recorded in the store's meta, whose
-    fingerprints must match) on the utterances' audio from ``data_dir``; their averaged dense
-    distribution is compared with the stored top-k by ``kl_dense_vs_stored``.
+    fingerprints must match; for Hugging Face teachers also the recorded frame conversion and unmapped
+    rule, with ``units_from``/``unit_map_files`` as given to ``asr-kd label``) on the utterances' audio
+    from ``data_dir``; their averaged dense distribution in the store's units and frames is compared
+    with the stored top-k by ``kl_dense_vs_stored``.
     """
     import random
-
-    import torch
 
     from asr_kd.data.audio import load_audio
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.label.teacher import TeacherEnsemble
 
     m = reader.meta
-    ens = TeacherEnsemble(teacher_dirs, m.teacher_weights or None, top_k=m.k, temperature=m.temperature)
+    foreign = [t for t in m.teachers if t.get("unit_map")]
+    conversion = next((t["frame_conversion"] for t in foreign if t.get("frame_conversion") not in (None, "none")), "mean")
+    rule = foreign[0]["unit_map"]["rule"] if foreign else "renormalize"
+    ens = TeacherEnsemble(teacher_dirs, m.teacher_weights or None, top_k=m.k, temperature=m.temperature,
+                          units_from=units_from, unit_map_files=unit_map_files, unmapped_rule=rule,
+                          frame_conversion=conversion)
     if sorted(ens.fingerprints) != sorted(m.teacher_fingerprints):
         raise StoreError(f"{reader.dir if hasattr(reader, 'dir') else 'store'}: teachers {ens.fingerprints} are not the ones "
                          f"that made the store ({m.teacher_fingerprints}); pass the same --teacher dirs")
+    if ens.tokenizer.units_hash() != m.units_hash:
+        raise StoreError(f"store units {m.units_hash} differ from the teachers' {ens.tokenizer.units_hash()}; pass the "
+                         "--units-from that labeling used")
     data = read_data_dir(data_dir)
     utts = [u for u in reader.utt_ids if u in data]
     if not utts:
@@ -205,11 +228,8 @@ def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, samp
     chosen = sorted(random.Random(seed).sample(utts, min(sample, len(utts))))
     total, frames = 0.0, 0
     for utt in chosen:
-        wave = load_audio(data.source(utt), sample_rate=ens.fbank_config.sample_rate)
-        feats, lens = ens.fbank(wave.unsqueeze(0), torch.tensor([wave.numel()]))
-        with torch.no_grad():
-            probs = sum(w * torch.softmax(t.model(t.cmvn(feats), lens)[0].float() / m.temperature, -1)
-                        for w, t in zip(ens.weights, ens.teachers))[0]
+        wave = load_audio(data.source(utt), sample_rate=ens.sample_rate)
+        probs = ens.dense([wave])[0][0]
         ids, stored = reader.get_sparse(utt)
         n = min(probs.shape[0], ids.shape[0])
         total += kl_dense_vs_stored(probs[:n].clamp_min(1e-30).log(), ids[:n], stored[:n]) * n

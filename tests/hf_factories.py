@@ -60,3 +60,65 @@ def make_hf_ctc(out: Path, arch: str = "Wav2Vec2ForCTC", seed: int = 0, layer_no
     model.save_pretrained(str(out))
     save_processor(out, vocab, layer_norm)
     return out
+
+
+def filterbank_init(model, sample_rate: int = 16000) -> None:
+    """Give a two-layer conv feature encoder (kernel 80 / stride 16, then kernel 20 / stride 20: 20 ms
+    frames) a head start: layer 1 = Hann-windowed cosine/sine pairs on a mel-like frequency grid (5 ms
+    windows, 1 ms hop), layer 2 = per-channel averaging over 20 ms, so that GELU(layer 1) pooled by
+    layer 2 approximates band energies. Training from random conv filters on raw waveform takes far
+    longer than a test may run; everything is still trained afterwards."""
+    convs = model.wav2vec2.feature_extractor.conv_layers
+    c1, c2 = convs[0].conv, convs[1].conv
+    channels, k1 = c1.out_channels, c1.kernel_size[0]
+    t = torch.arange(k1) / sample_rate
+    mel = torch.linspace(2595 * torch.log10(torch.tensor(1 + 100 / 700)), 2595 * torch.log10(torch.tensor(1 + 7000 / 700)),
+                         channels // 2)
+    freqs = 700 * (10 ** (mel / 2595) - 1)
+    window = torch.hann_window(k1, periodic=False)
+    with torch.no_grad():
+        w = torch.cat([torch.cos(2 * torch.pi * freqs[:, None] * t) * window, torch.sin(2 * torch.pi * freqs[:, None] * t) * window])
+        c1.weight.copy_(w[:, None, :] / window.sum() * 4)
+        c2.weight.zero_()
+        k2 = c2.kernel_size[0]
+        for c in range(min(c2.in_channels, c2.out_channels)):
+            c2.weight[c, c, :] = 1.0 / k2
+
+
+def train_hf_ctc(model, utterances: list[tuple[torch.Tensor, str]], vocab: dict[str, int], epochs: int, lr: float = 3e-3,
+                 batch_size: int = 16, seed: int = 0) -> list[float]:
+    """Plain PyTorch CTC training of an HF ``*ForCTC`` model on ``(normalized waveform, text)`` pairs
+    (AdamW, one-cycle LR, padded batches with an attention mask); returns the mean loss per epoch."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    steps = epochs * max(len(utterances) // batch_size, 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+
+    def encode(text: str) -> list[int]:
+        return [vocab["|"] if c == " " else vocab.get(c.upper(), vocab["<unk>"]) for c in text]
+
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(utterances), generator=g).tolist()
+        total = 0.0
+        for b in range(0, len(order) - batch_size + 1, batch_size):
+            batch = [utterances[i] for i in order[b: b + batch_size]]
+            n = max(w.numel() for w, _ in batch)
+            x = torch.zeros(len(batch), n)
+            mask = torch.zeros(len(batch), n, dtype=torch.long)
+            labels = torch.full((len(batch), max(len(t) for _, t in batch)), -100)
+            for j, (w, t) in enumerate(batch):
+                x[j, : w.numel()], mask[j, : w.numel()] = w, 1
+                labels[j, : len(t)] = torch.tensor(encode(t))
+            loss = model(x, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += float(loss)
+        losses.append(total / max(len(order) // batch_size, 1))
+    model.eval()
+    return losses

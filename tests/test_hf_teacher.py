@@ -229,7 +229,7 @@ def test_teacher_with_bpe_pieces_is_refused_pointing_to_the_sequence_level_path(
         vocab[piece] = len(vocab)
     d = make_hf_ctc(tmp_path / "bpe", vocab=vocab)
     student = make_teacher(tmp_path / "student")
-    with pytest.raises(UnitsError, match=r"only 1 of the student's \d+ units get a teacher unit.*pseudo-label"):
+    with pytest.raises(UnitsError, match=r"only 1 of the student's \d+ units get a teacher unit.*sequence level.*kd.pseudo_ctc_weight"):
         TeacherEnsemble([str(d)], units_from=str(student))
 
 
@@ -249,7 +249,7 @@ def test_directories_that_are_not_supported_teachers_are_refused(hf, tmp_path):
     whisper = tmp_path / "whisper"
     whisper.mkdir()
     (whisper / "config.json").write_text(json.dumps({"architectures": ["WhisperForConditionalGeneration"]}))
-    with pytest.raises(ModelDirError, match="sequence-level teacher.*pseudo-label"):
+    with pytest.raises(ModelDirError, match="sequence-level teacher.*frame-level"):
         teacher_kind(str(whisper))
     # hf: forces the Hugging Face loader even beside model.yaml
     assert teacher_kind("hf:" + str(hf["w2v"]))[0] == "hf-ctc"

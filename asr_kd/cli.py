@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("asr_kd.data.cli", "validate, combine, subset or split data dirs; compute CMVN"),
     "train": ("asr_kd.train.cli", "train a teacher or a student (CTC and/or distillation) from a YAML config"),
     "label": ("asr_kd.label.cli", "label a data dir with teacher soft targets on Ray (resumable)"),
+    "pseudo-label": ("asr_kd.label.seq_cli", "transcribe a data dir with a Whisper teacher: pseudo-labeled data dir, filtered"),
     "targets": ("asr_kd.targets.cli", "inspect, verify, export or import a soft-target store"),
     "evaluate": ("asr_kd.evaluate", "decode a data dir and score WER/CER (sclite-compatible output)"),
     "transcribe": ("asr_kd.decode.cli", "transcribe audio files, streaming partial results"),

@@ -122,3 +122,44 @@ def train_hf_ctc(model, utterances: list[tuple[torch.Tensor, str]], vocab: dict[
         losses.append(total / max(len(order) // batch_size, 1))
     model.eval()
     return losses
+
+
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                    "<|notimestamps|>", "<|startofprev|>", "<|nocaptions|>"]
+
+
+def make_whisper(out: Path, seed: int = 0, max_new: int = 12) -> Path:
+    """A tiny random WhisperForConditionalGeneration + WhisperProcessor (byte-level BPE over the 256 byte
+    symbols, no merges) saved with save_pretrained. Its untied output layer only favours lower-case
+    letters and the space byte, so greedy transcripts are short random words (a deterministic function
+    of the audio); end-of-text is never favoured, so output length is ``max_new`` tokens."""
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    out.mkdir(parents=True, exist_ok=True)
+    b2u = bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(b2u.values())}
+    (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tok = transformers.WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": WHISPER_SPECIALS[1:]})
+    ids = tok.convert_tokens_to_ids(WHISPER_SPECIALS)
+    cfg = transformers.WhisperConfig(
+        vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
+        max_target_positions=64, pad_token_id=ids[0], bos_token_id=ids[0], eos_token_id=ids[0], decoder_start_token_id=ids[1],
+        suppress_tokens=[], begin_suppress_tokens=[], tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    allowed = [vocab[b2u[b]] for b in list(range(ord("a"), ord("z") + 1)) + [ord(" ")]]
+    with torch.no_grad():
+        w = torch.zeros_like(model.proj_out.weight)
+        w[allowed] = 3.0 * torch.randn(len(allowed), w.shape[1])
+        model.proj_out.weight.copy_(w)
+    model.generation_config.decoder_start_token_id = ids[1]
+    model.generation_config.max_new_tokens = max_new
+    model.save_pretrained(str(out))
+    fe = transformers.WhisperFeatureExtractor(feature_size=80)
+    transformers.WhisperProcessor(feature_extractor=fe, tokenizer=tok).save_pretrained(str(out))
+    return out

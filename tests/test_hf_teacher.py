@@ -229,8 +229,16 @@ def test_teacher_with_bpe_pieces_is_refused_pointing_to_the_sequence_level_path(
         vocab[piece] = len(vocab)
     d = make_hf_ctc(tmp_path / "bpe", vocab=vocab)
     student = make_teacher(tmp_path / "student")
-    with pytest.raises(UnitsError, match=r"only 1 of the student's \d+ units get a teacher unit.*sequence level.*kd.pseudo_ctc_weight"):
+    with pytest.raises(UnitsError, match=r"only 1 of the student's \d+ units get a teacher unit.*asr-kd pseudo-label"):
         TeacherEnsemble([str(d)], units_from=str(student))
+    # the path the message names works for it: greedy transcripts in its own pieces, as a data dir
+    from asr_kd.label.seq_teacher import PseudoLabelOptions, pseudo_label
+
+    data = make_data(tmp_path / "corpus", 3, min_s=2.0)
+    pseudo_label(str(d), str(data), str(tmp_path / "pseudo"), PseudoLabelOptions(max_wer=None, progress=False))
+    texts = read_data_dir(tmp_path / "pseudo").text
+    pieces = {p.lower() for p in vocab if p[0] != "<" and p != "|"}
+    assert texts and all(set(t.replace(" ", "")) <= set("".join(pieces)) and t for t in texts.values())
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -249,7 +257,7 @@ def test_directories_that_are_not_supported_teachers_are_refused(hf, tmp_path):
     whisper = tmp_path / "whisper"
     whisper.mkdir()
     (whisper / "config.json").write_text(json.dumps({"architectures": ["WhisperForConditionalGeneration"]}))
-    with pytest.raises(ModelDirError, match="sequence-level teacher.*frame-level"):
+    with pytest.raises(ModelDirError, match="sequence-level teacher.*asr-kd pseudo-label"):
         teacher_kind(str(whisper))
     # hf: forces the Hugging Face loader even beside model.yaml
     assert teacher_kind("hf:" + str(hf["w2v"]))[0] == "hf-ctc"

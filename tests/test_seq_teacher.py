@@ -14,7 +14,7 @@ import soundfile as sf
 pytest.importorskip("transformers", reason="Hugging Face teachers need the hf extra: pip install 'asr-kd[hf]'")
 
 from factories import asr_kd  # noqa: E402
-from hf_factories import make_hf_ctc, make_whisper  # noqa: E402
+from hf_factories import make_whisper  # noqa: E402
 
 from asr_kd.data.datadir import DataDir, read_data_dir, write_data_dir  # noqa: E402
 from asr_kd.data.units import normalize_text  # noqa: E402
@@ -109,10 +109,20 @@ def test_cli_pseudo_label_then_a_student_trains_ctc_on_the_output(setup, tmp_pat
     assert set("".join(read_data_dir(out).text.values()).replace(" ", "")) <= symbols  # units built from the pseudo texts
 
 
-def test_non_whisper_dirs_are_refused(setup, tmp_path):
-    ctc = make_hf_ctc(tmp_path / "w2v")
-    with pytest.raises(ModelDirError, match="not a sequence-level teacher.*asr-kd label"):
-        pseudo_label(str(ctc), str(setup["data"]), str(tmp_path / "out"), PseudoLabelOptions(progress=False))
+def test_unsupported_and_pickle_dirs_and_long_windows_are_refused(setup, tmp_path):
+    import json
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(ModelDirError, match="BertForMaskedLM is not a supported text teacher"):
+        pseudo_label(str(bert), str(setup["data"]), str(tmp_path / "out"), PseudoLabelOptions(progress=False))
+    whisper_pickle = tmp_path / "whisper_pickle"
+    whisper_pickle.mkdir()
+    (whisper_pickle / "config.json").write_text(json.dumps({"architectures": ["WhisperForConditionalGeneration"]}))
+    (whisper_pickle / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelDirError, match="pytorch_model.bin: refused"):
+        pseudo_label(str(whisper_pickle), str(setup["data"]), str(tmp_path / "out"), PseudoLabelOptions(progress=False))
     with pytest.raises(AsrKdError, match="exceeds Whisper's 30 s window"):
         pseudo_label(str(setup["whisper"]), str(setup["data"]), str(tmp_path / "out"),
                      PseudoLabelOptions(max_seconds=60, progress=False))

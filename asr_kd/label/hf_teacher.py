@@ -189,7 +189,7 @@ class HfCtcTeacher:
         if self.architecture not in HF_CTC_ARCHITECTURES:
             raise ModelDirError(f"{d / 'config.json'}: architecture {self.architecture} is not a supported CTC teacher "
                                 f"({', '.join(HF_CTC_ARCHITECTURES)})"
-                                + ("; Whisper is a sequence-level teacher (docs/distill-from-your-own-model.md)"
+                                + ("; Whisper is a sequence-level teacher: use 'asr-kd pseudo-label'"
                                    if self.architecture in HF_SEQ2SEQ_ARCHITECTURES else ""))
         check_safe_weights(d)
         cfg = read_hf_config(d)

@@ -1,4 +1,7 @@
-"""Sequence-level teachers: a local Whisper directory transcribes a data dir into pseudo-labels.
+"""Sequence-level teachers: a local Whisper (or HF CTC) directory transcribes a data dir into pseudo-labels.
+
+Whisper is the main case; a Hugging Face CTC directory whose units cannot be mapped onto the student's
+(``asr_kd.label.unit_map`` refuses it for frame-level distillation) is decoded greedily instead.
 
 distil-whisper's path: the teacher's 1-best transcripts replace (or stand in for) human ones, and the
 student trains plain CTC on them. ``pseudo_label`` writes ``OUT``, a data dir the student trains on
@@ -88,8 +91,8 @@ class WhisperTeacher:
         self.path = d
         self.architecture = hf_architecture(d)
         if self.architecture not in HF_SEQ2SEQ_ARCHITECTURES:
-            raise ModelDirError(f"{d / 'config.json'}: architecture {self.architecture} is not a sequence-level teacher "
-                                f"({', '.join(HF_SEQ2SEQ_ARCHITECTURES)}); frame-level CTC teachers go to 'asr-kd label'")
+            raise ModelDirError(f"{d / 'config.json'}: architecture {self.architecture} is not a supported text teacher "
+                                f"({', '.join(HF_SEQ2SEQ_ARCHITECTURES)} or a Hugging Face CTC model)")
         check_safe_weights(d)
         self.fingerprint = hf_fingerprint(d)
         transformers = import_transformers()
@@ -137,6 +140,55 @@ class WhisperTeacher:
         return results
 
 
+class CtcTextTeacher:
+    """A Hugging Face CTC directory used as a text teacher: greedy CTC in its own vocabulary.
+
+    For CTC teachers whose units cannot be mapped onto the student's (BPE pieces, words): their
+    transcripts are tokenized in the student's units instead. Transcript: per-frame argmax, repeats
+    collapsed, blank and special tokens dropped, the word delimiter as a space. Confidence: the
+    geometric mean of the argmax probability over the frames that emit a unit (0 when none does)."""
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
+        from asr_kd.label.hf_teacher import HfCtcTeacher
+
+        self.ctc = HfCtcTeacher(model_dir, device=device)
+        self.path, self.architecture, self.fingerprint = self.ctc.path, self.ctc.architecture, self.ctc.fingerprint
+        self.kind = "hf-ctc"
+        self.sample_rate = self.ctc.sample_rate
+
+    @torch.no_grad()
+    def transcribe(self, waveforms: list[torch.Tensor], max_new_tokens: int = 0) -> list[tuple[str, float]]:
+        log_probs, lengths = self.ctc.log_probs(waveforms, self.sample_rate)
+        vocab = self.ctc.vocab
+        out = []
+        for b in range(len(waveforms)):
+            lp = log_probs[b, : int(lengths[b])]
+            best, ids = lp.max(-1)
+            pieces, emitted, prev = [], [], None
+            for t, i in enumerate(ids.tolist()):
+                if i != prev and i != vocab.blank_id:
+                    sym = vocab.symbols[i]
+                    emitted.append(float(best[t]))
+                    if sym == vocab.word_delimiter:
+                        pieces.append(" ")
+                    elif sym not in vocab.specials and sym != vocab.unk:
+                        pieces.append(sym)
+                prev = i
+            conf = math.exp(sum(emitted) / len(emitted)) if emitted else 0.0
+            out.append(("".join(pieces), conf))
+        return out
+
+
+def load_text_teacher(model_dir: str, device: str = "cpu", language: str | None = None) -> Any:
+    """A sequence-level teacher: Whisper, or a Hugging Face CTC directory decoded greedily."""
+    from asr_kd.label.hf_teacher import HF_CTC_ARCHITECTURES
+
+    d = Path(model_dir[3:] if str(model_dir).startswith("hf:") else model_dir)
+    if (d / "config.json").is_file() and hf_architecture(d) in HF_CTC_ARCHITECTURES:
+        return CtcTextTeacher(d, device=device)
+    return WhisperTeacher(d, device=device, language=language)
+
+
 def _reference(data: DataDir) -> dict[str, str] | None:
     if data.text is not None:
         return data.text
@@ -158,7 +210,7 @@ def pseudo_label(model_dir: str, data_dir: str, out_dir: str, options: PseudoLab
                          "segment long recordings first (asr-kd prepare librilight --max-seconds 20)")
     t0 = time.time()
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
-    teacher = WhisperTeacher(model_dir, device=str(resolve_device("auto")), language=o.language)
+    teacher = load_text_teacher(model_dir, device=str(resolve_device("auto")), language=o.language)
     refs = _reference(data)
     rejects: dict[str, str] = {}
     pseudo: dict[str, str] = {}

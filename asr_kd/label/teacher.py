@@ -102,9 +102,9 @@ def teacher_kind(spec: str) -> tuple[str, Path]:
         if arch in HF_CTC_ARCHITECTURES:
             return "hf-ctc", d
         if arch in HF_SEQ2SEQ_ARCHITECTURES:
-            raise ModelDirError(f"{d}: {arch} is a sequence-level teacher (it writes text, not frame distributions): "
-                                "'asr-kd label' takes frame-level (CTC) teachers only; see 'Sequence-level teachers' in "
-                                "docs/distill-from-your-own-model.md")
+            raise ModelDirError(f"{d}: {arch} is a sequence-level teacher (it writes text, not frame distributions); "
+                                "use 'asr-kd pseudo-label --model DIR --data DATA --out DATA_PSEUDO' and train the student "
+                                "on DATA_PSEUDO")
         raise ModelDirError(f"{d / 'config.json'}: architecture {arch} is not a supported teacher; supported: "
                             f"asr-kd model dirs and Hugging Face {', '.join(HF_CTC_ARCHITECTURES)}")
     raise ModelDirError(f"{d}: not a teacher of a supported kind: expected an asr-kd model dir ({MODEL_YAML}, "

@@ -27,8 +27,8 @@ handled by the *unmapped rule*:
 A teacher whose units do not correspond to ours (fewer than ``MIN_MAPPED_FRACTION`` of the student's
 ordinary units receive some teacher unit, e.g. BPE pieces against characters; or a BPE student
 without a mapping file) is refused: frame-level distillation needs a shared
-unit inventory; the message points to the sequence-level path (transcripts tokenized in the student's
-own units, learned through ``kd.pseudo_ctc_weight``).
+unit inventory; the message points to the sequence-level path (``asr-kd pseudo-label``: the teacher's
+transcripts, tokenized in the student's own units, as CTC training data).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ MIN_MAPPED_FRACTION = 0.5  # of the student's ordinary units (not blank, unk, wo
 DROP = "-"
 SEQUENCE_LEVEL_HINT = ("frame-level distillation needs the teacher and the student to share units; for a teacher "
                        "with other units (BPE pieces, words, another alphabet) distill at the sequence level instead: "
-                       "the student learns CTC on the teacher's transcripts (text.pseudo, kd.pseudo_ctc_weight); see "
-                       "'Sequence-level teachers' in docs/distill-from-your-own-model.md")
+                       "'asr-kd pseudo-label --model TEACHER --data DATA --out DATA_PSEUDO' writes its transcripts as a "
+                       "data dir the student trains CTC on (docs/distill-from-your-own-model.md)")
 
 
 @dataclasses.dataclass(frozen=True)

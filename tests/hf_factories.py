@@ -63,10 +63,10 @@ def make_hf_ctc(out: Path, arch: str = "Wav2Vec2ForCTC", seed: int = 0, layer_no
 
 
 def filterbank_init(model, sample_rate: int = 16000) -> None:
-    """Give a two-layer conv feature encoder (kernel 80 / stride 16, then kernel 20 / stride 20: 20 ms
-    frames) a head start: layer 1 = Hann-windowed cosine/sine pairs on a mel-like frequency grid (5 ms
-    windows, 1 ms hop), layer 2 = per-channel averaging over 20 ms, so that GELU(layer 1) pooled by
-    layer 2 approximates band energies. Training from random conv filters on raw waveform takes far
+    """Give a two-layer conv feature encoder (e.g. kernel 400 / stride 160, then kernel 2 / stride 2: 20 ms
+    frames) a head start: layer 1 = Hann-windowed cosine/sine pairs on a mel-like frequency grid (25 ms
+    windows, 10 ms hop, like our fbank), layer 2 = per-channel averaging, so that GELU(layer 1) pooled
+    by layer 2 approximates band energies. Training from random conv filters on raw waveform takes far
     longer than a test may run; everything is still trained afterwards."""
     convs = model.wav2vec2.feature_extractor.conv_layers
     c1, c2 = convs[0].conv, convs[1].conv

@@ -44,7 +44,7 @@ def hf(tmp_path_factory):
 
 
 def reference_targets(model_dir: Path, wave: np.ndarray, student_symbols: list[str], rule: str = "renormalize",
-                      conversion: str = "mean", mapping: dict[str, str | None] | None = None):
+                      conversion: str = "peak", mapping: dict[str, str | None] | None = None):
     """The HF model's own output for one utterance, mapped and converted by the documented rules
     (written out here independently of asr_kd.label): ``(probs (T40, V_student), unmapped per 20 ms frame)``."""
     import transformers

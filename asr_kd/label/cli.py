@@ -15,9 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "unit mapping of a Hugging Face teacher ('-' = unmapped); one for all, or one per such teacher")
     parser.add_argument("--unmapped", choices=["renormalize", "blank"], default="renormalize",
                         help="probability of teacher units with no student unit: drop and renormalize, or give to blank")
-    parser.add_argument("--frame-conversion", choices=["mean", "peak"], default="mean",
-                        help="teacher frames (20 ms) -> stored frames (40 ms): average each group, or keep the frame "
-                             "with the largest non-blank probability")
+    parser.add_argument("--frame-conversion", choices=["peak", "mean"], default="peak",
+                        help="teacher frames (20 ms) -> stored frames (40 ms): keep the frame with the largest non-blank "
+                             "probability (default; CTC spikes survive), or average each group")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
     parser.add_argument("--data", required=True, help="data dir to label (text not needed)")
     parser.add_argument("--out", required=True, help="soft-target store dir; rerunning resumes it")

@@ -74,7 +74,7 @@ class LabelOptions:
     units_from: str | None = None  # model dir or tokens.txt: the store's units (and framing) for foreign teachers
     unit_map_files: list[str] | None = None  # per foreign teacher (or one for all): TEACHER_SYMBOL STUDENT_SYMBOL lines
     unmapped_rule: str = "renormalize"  # mass of unmapped teacher units: "renormalize" or "blank"
-    frame_conversion: str = "mean"  # teacher frames -> stored frames: "mean" or "peak" (asr_kd.label.frame_rate)
+    frame_conversion: str = "peak"  # teacher frames -> stored frames: "peak" or "mean" (asr_kd.label.frame_rate)
 
     def ensemble_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``TeacherEnsemble`` that these options set."""

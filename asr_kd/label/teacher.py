@@ -147,7 +147,7 @@ class TeacherEnsemble:
     def __init__(self, model_dirs: list[str], weights: list[float] | None = None, device: str = "cpu",
                  top_k: int = 8, temperature: float = 1.0, units_from: str | None = None,
                  unit_map_files: list[str] | None = None, unmapped_rule: UnmappedRule = "renormalize",
-                 frame_conversion: FrameConversion = "mean"):
+                 frame_conversion: FrameConversion = "peak"):
         if not model_dirs:
             raise AsrKdError("label: give at least one --model teacher dir")
         weights = list(weights) if weights else [1.0] * len(model_dirs)

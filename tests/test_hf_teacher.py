@@ -115,7 +115,7 @@ def test_hf_ctc_teacher_through_ray_equals_the_models_own_output(hf, ray_cluster
     mass = assert_store_matches(tmp_path / "store", hf["data"], hf[name], student.symbols, rule=rule, conversion=conversion)
     meta = StoreReader(tmp_path / "store").meta
     assert meta.frame_shift_ms == 40.0 and meta.units_hash == student.units_hash()
-    (t,) = meta.teachers
+    (t,) = meta.teacher_details
     assert t["frame_shift_ms"] == 20.0 and t["frame_conversion"] == conversion and t["unit_map"]["rule"] == rule
     # the student's units lack some teacher letters: that mass is measured (not silently lost)
     missing = sorted(set("abcdefghijklmnopqrstuvwxyz'") - set(student.symbols))
@@ -148,7 +148,7 @@ def test_stats_teacher_kl_needs_the_recorded_conversion(hf, tmp_path):
     good = teacher_kl(reader, [str(hf["w2v"])], str(hf["data"]), units_from=str(hf["student"]))
     meta_path = tmp_path / "store" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["teachers"][0]["frame_conversion"] = "mean"
+    meta["teacher_details"][0]["frame_conversion"] = "mean"
     meta_path.write_text(json.dumps(meta))
     bad = teacher_kl(StoreReader(tmp_path / "store"), [str(hf["w2v"])], str(hf["data"]), units_from=str(hf["student"]))
     assert good < 0.01 and bad > 5 * good + 0.01
@@ -170,7 +170,7 @@ def test_ensemble_of_our_conformer_and_an_hf_teacher_is_their_weighted_average(h
         expected = 0.3 * ours[: theirs.shape[0]] + 0.7 * theirs
         ids, probs = reader.get_sparse(utt)
         np.testing.assert_allclose(np.take_along_axis(expected.numpy(), ids.astype(np.int64), 1), probs, atol=2e-3, err_msg=utt)
-    assert [t["kind"] for t in reader.meta.teachers] == ["asr-kd", "hf-ctc"]
+    assert [t["kind"] for t in reader.meta.teacher_details] == ["asr-kd", "hf-ctc"]
     assert reader.meta.teacher_fingerprints == ens.fingerprints
 
 
@@ -215,7 +215,7 @@ def test_mapping_file_overrides_and_is_recorded(hf, tmp_path):
     label_local([str(hf["w2v"])], str(hf["data"]), str(tmp_path / "store"), o)
     symbols = load_tokenizer(hf["student"]).symbols
     assert_store_matches(tmp_path / "store", hf["data"], hf["w2v"], symbols, mapping={"E": "o", "O": None})
-    um = StoreReader(tmp_path / "store").meta.teachers[0]["unit_map"]
+    um = StoreReader(tmp_path / "store").meta.teacher_details[0]["unit_map"]
     assert "O" in um["unmapped_symbols"] and um["source"].startswith("auto+file:")
     bad = tmp_path / "bad.txt"
     bad.write_text("E o\nQ\n", encoding="utf-8")

@@ -436,7 +436,7 @@ def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOpti
 
 
 def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any]:
-    extra = {"teachers": ensemble.describe()} if ensemble.has_foreign else {}
+    extra = {"teacher_details": ensemble.describe()} if ensemble.has_foreign else {}
     return dict(**extra,
         teacher_fingerprints=ensemble.fingerprints,
         teacher_weights=ensemble.weights,

@@ -157,7 +157,7 @@ def store_stats(reader: StoreReader, bins: int = ENTROPY_BINS) -> StoreStats:
         quantization=m.quantization, frame_shift_ms=m.frame_shift_ms, rejects=len(reader.rejects()),
         unmapped_mass=m.unmapped_mass,
         unit_maps=[{"path": t.get("path"), "frame_shift_ms": t.get("frame_shift_ms"),
-                    "frame_conversion": t.get("frame_conversion"), **t["unit_map"]} for t in m.teachers if t.get("unit_map")],
+                    "frame_conversion": t.get("frame_conversion"), **t["unit_map"]} for t in m.teacher_details if t.get("unit_map")],
     )
 
 
@@ -209,7 +209,7 @@ def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, samp
     from asr_kd.label.teacher import TeacherEnsemble
 
     m = reader.meta
-    foreign = [t for t in m.teachers if t.get("unit_map")]
+    foreign = [t for t in m.teacher_details if t.get("unit_map")]
     conversion = next((t["frame_conversion"] for t in foreign if t.get("frame_conversion") not in (None, "none")), "mean")
     rule = foreign[0]["unit_map"]["rule"] if foreign else "renormalize"
     ens = TeacherEnsemble(teacher_dirs, m.teacher_weights or None, top_k=m.k, temperature=m.temperature,

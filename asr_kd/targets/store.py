@@ -85,7 +85,7 @@ class StoreMeta(StrictModel):
     log8_range: tuple[float, float] = Field(quant.LOG8_RANGE, description="log-odds range (lo, hi) of the log8 codes")
     temperature: float = Field(1.0, gt=0, description="targets are softmax(logits / temperature)")
     fbank: dict[str, Any] = Field(default_factory=dict, description="the teachers' FbankConfig")
-    teachers: list[dict[str, Any]] = Field(default_factory=list, description="per teacher when not all are asr-kd model "
+    teacher_details: list[dict[str, Any]] = Field(default_factory=list, description="per teacher when not all are asr-kd model "
                                            "dirs: kind, path, frame_shift_ms (its own), frame_conversion, unit_map")
     created: CreatedInfo = Field(default_factory=_now_info)
     num_shards: int | None = Field(None, ge=0, description="set by finalize(); None while being written")

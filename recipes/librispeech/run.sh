@@ -14,7 +14,8 @@
 #   2 label     teacher soft targets for train-clean-100 + 360 + other-500 (Ray)
 #   3 baseline  streaming student, CTC on train-clean-100 only
 #   4 kd        streaming student distilled on all 960 h
-#   5 eval      all models on dev/test clean/other (students also streaming)
+#   5 eval      all models on dev/test clean/other, offline on the GPU when there is one (--device auto);
+#               students also streaming, on one CPU thread (the on-device RTF)
 #   6 report
 # Expected run times (8x A100-class GPUs, 64 CPU cores, Ray cluster of 2 nodes): prepare 20 min,
 # teacher 30 epochs ~14 h, labeling 960 h ~2.5 h, students 20 epochs ~10 h each, eval 20 min.
@@ -83,7 +84,7 @@ if run_stage 5 eval; then
   for model in teacher baseline kd; do
     need $exp/$model/model.pt
     for set in dev_clean dev_other test_clean test_other; do
-      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set
+      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set --device auto
       if [ $model != teacher ]; then
         log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_${set}_streaming --streaming
       fi

@@ -5,7 +5,8 @@
 # Usage: recipes/librispeech/run.sh --corpus-dir /corpora [--stage N] [--stop-stage N] [--address auto]
 #        [--workers N] [--nj N] [--data DIR] [--exp DIR] [--conf DIR] [--force]
 #   --corpus-dir  folder holding LibriSpeech/ (as extracted from openslr.org/12; nothing is downloaded)
-#   --address     Ray cluster for labeling and training ('auto' after 'ray start'; empty = local)
+#   --address     Ray cluster for labeling and training ('auto' after 'ray start'; empty = local); on a
+#                 cluster every node must see --corpus-dir, --data and --exp at the same paths (shared FS)
 #   --workers     Ray Train (DDP) workers for student and teacher training (one GPU each when present)
 # Stages (skipped when $exp/.done/NAME exists; --force redoes):
 #   0 prepare   data dirs for every subset; the unlabeled ones keep their text aside as text.ref;
@@ -52,7 +53,7 @@ fi
 
 if run_stage 1 teacher; then
   need $data/train_clean_100_sp/text $data/dev_clean/text
-  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers "$workers" \
+  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers "$workers" "${addr_opt[@]}" \
     "data.train=[$data/train_clean_100_sp]" data.dev=$data/dev_clean
   mark_done teacher
 fi
@@ -67,14 +68,14 @@ fi
 
 if run_stage 3 baseline; then
   need $exp/teacher/tokens.txt
-  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume --workers "$workers" \
+  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume --workers "$workers" "${addr_opt[@]}" \
     "data.train=[$data/train_clean_100]" data.dev=$data/dev_clean units.from_model=$exp/teacher
   mark_done baseline
 fi
 
 if run_stage 4 kd; then
   need $exp/targets/meta.json
-  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume --workers "$workers" \
+  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume --workers "$workers" "${addr_opt[@]}" \
     "data.train=[$data/train_clean_100]" "data.unlabeled=[$data/train_clean_360,$data/train_other_500]" \
     data.dev=$data/dev_clean units.from_model=$exp/teacher kd.store=$exp/targets
   mark_done kd

@@ -14,12 +14,14 @@ Utterance payload (uncompressed, little-endian, frame-major)::
 so an utterance costs ``T + N * (id_bytes + code_bytes)`` bytes before compression.
 
 Blocks: consecutive utterances of a shard are concatenated until a block holds at least
-``block_frames`` frames, and each block is compressed on its own as one zstd frame (the shard file
-is the blocks back to back). Reading one utterance decompresses only its block (about 25 us for
-2048 frames), so random access by utterance id stays cheap while zstd still sees enough data to
-model it: measured on the demo teacher's dev set (top-p 0.999, k_max 8), compressing each 66-frame
-utterance alone costs 6.4 bytes/frame, blocks of 2048 frames 5.3, the whole shard 5.0 (see
-BENCHMARKS.md, section store_v2). Utterances never span blocks.
+``block_frames`` frames (default 512), and each block is compressed on its own as one zstd frame
+(the shard file is the blocks back to back). Reading one utterance decompresses only its block, so
+random access by utterance id stays cheap while zstd still sees enough data to model it. Measured
+on the demo teacher's dev set (top-p 0.999, k_max 8, 66-frame utterances): each utterance
+compressed alone 6.4 bytes/frame, blocks of 512 frames 5.6, of 2048 frames 5.3, the whole shard
+5.0; random reads of the 10,000-utterance demo store (one core, loaded machine) 1.2 M frames/s
+with 512-frame blocks, 0.8 M with 2048 (the whole block is decompressed for each utterance read).
+512 keeps random access above 1 M frames/s for about 0.3 byte/frame. Utterances never span blocks.
 
 Decoding to the padded ``(T, k_max)`` arrays the loss uses is vectorized (one boolean-mask scatter);
 entries beyond a frame's count are padding: id 0 with probability 0.
@@ -34,9 +36,10 @@ from asr_kd.targets import quant
 
 CODECS = ("zstd", "none")
 DEFAULT_TOP_P = 0.999
-"""Default mass threshold of ``asr-kd label`` (see BENCHMARKS.md, store_v2: KL 0.006 nats at ~5 B/frame)."""
+"""Default mass threshold of ``asr-kd label`` (BENCHMARKS.md, store_v2: KL 0.006 nats at ~5.6 B/frame on the
+demo teacher; 0.995 would give ~4.4 B/frame at KL 0.0093, too close to the 0.01 nats bound)."""
 DEFAULT_ZSTD_LEVEL = 19
-DEFAULT_BLOCK_FRAMES = 2048
+DEFAULT_BLOCK_FRAMES = 512
 
 
 def check_top_p(top_p: float, k_max: int, where: str = "store") -> None:
@@ -85,14 +88,17 @@ def payload_bytes(frames: int, entries: int, vocab_size: int, quantization: str)
 
 
 def decode_utterance(raw: bytes | memoryview, offset: int, frames: int, entries: int, k_max: int, vocab_size: int,
-                     quantization: str, log8_range: tuple[float, float], where: str
+                     quantization: str, log8_range: tuple[float, float], where: tuple[str, str] | str
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Payload at ``raw[offset:]`` -> ``ids (T, k_max) int64``, ``probs (T, k_max) float32``, ``counts (T,)``.
 
     Padding entries (beyond a frame's count) are id 0, probability 0. Refuses (StoreError naming
     ``where``) counts outside 1..k_max, counts that do not add up to ``entries``, ids beyond the
     vocabulary, or a payload running past the block — corruption that slipped past the checksums.
+    ``where``: a message prefix, or ``(shard path, utt)`` formatted only when an error is raised.
     """
+    if isinstance(where, tuple):  # (shard path, utt): formatted only for an error, off the hot path
+        where = f"{where[0]}: utterance {where[1]!r}"
     id_dt, code_dt = quant.id_dtype(vocab_size), quant.code_dtype(quantization)
     end = offset + payload_bytes(frames, entries, vocab_size, quantization)
     if offset < 0 or end > len(raw):

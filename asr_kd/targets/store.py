@@ -237,6 +237,24 @@ def check_compatible(meta: StoreMeta, units_hash: str, frame_shift_ms: float, vo
     return notes
 
 
+def teacher_mismatch(meta: StoreMeta, model_dir: str | os.PathLike, where: str = "store") -> str | None:
+    """A message when the model dir ``model_dir`` (a student config's ``units.from_model``) is not one
+    of the teachers that made the store (its ``fingerprint.txt`` is not in ``meta.teacher_fingerprints``);
+    None when it is, or when the store recorded no fingerprints."""
+    from asr_kd.models.model_dir import read_fingerprint
+
+    if not meta.teacher_fingerprints:
+        return None
+    fingerprint = read_fingerprint(model_dir)
+    if fingerprint in meta.teacher_fingerprints:
+        return None
+    made_by = ", ".join(f"{d} ({f})" if d else f for d, f in
+                        zip(meta.teachers or [""] * len(meta.teacher_fingerprints), meta.teacher_fingerprints))
+    return (f"{where}: the soft targets were made by teacher {made_by}, but units.from_model names {model_dir} "
+            f"(fingerprint {fingerprint}); point units.from_model at the teacher that made the store, relabel with "
+            f"this teacher, or set kd.allow_other_teacher: true if the other model is intended")
+
+
 def topk_from_log_probs(log_probs: Any, k: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of ``softmax(log_probs / temperature)`` per frame.
 
@@ -421,7 +439,8 @@ class StoreWriter:
         data = np.concatenate(parts) if parts else np.empty(0, dtype=self._record)
         return data, index
 
-    def _encode_v2(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> tuple[bytes, list[list], list[list], int]:
+    def _encode_v2(self, items: list[tuple[str, np.ndarray, np.ndarray]], top_p: float
+                   ) -> tuple[bytes, list[list], list[list], int]:
         """Validated items -> ``(payload, utts, blocks, frames)`` of a v2 shard (see ``asr_kd.targets.codec``).
 
         ``utts`` rows: ``[utt, frame_offset, frames, block, byte_offset_in_block, entries]``;
@@ -446,7 +465,7 @@ class StoreWriter:
 
         for utt, ids, probs in items:
             ids, probs = v2codec.sort_desc(ids, probs)
-            counts = v2codec.select_counts(probs, m.top_p)
+            counts = v2codec.select_counts(probs, top_p)
             payload, entries = v2codec.encode_utterance(ids, probs, counts, m.vocab_size, m.quantization, m.log8_range)
             utts.append([utt, offset, int(ids.shape[0]), len(blocks), pending_bytes, entries])
             pending.append(payload)
@@ -459,11 +478,14 @@ class StoreWriter:
             close_block()
         return b"".join(chunks), utts, blocks, offset
 
-    def write_shard(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> Path:
+    def write_shard(self, shard_id: int, items: Sequence[tuple[str, Any, Any]], selected: bool = False) -> Path:
         """Write one complete shard atomically; ``items`` = ``[(utt_id, ids (T, k), probs (T, k))]``.
 
-        ``probs`` are probabilities (already at the store's temperature; see ``topk``). Rewriting an
-        existing shard replaces it. Returns the path of the shard's marker.
+        ``probs`` are probabilities (already at the store's temperature; see ``topk``). Version 2 keeps
+        per frame the fewest entries reaching ``meta.top_p``; ``selected=True`` says the items were
+        selected already (e.g. re-imported from a Kaldi export: probability-0 entries are padding) and
+        keeps every positive entry, so that quantized values are not selected a second time.
+        Rewriting an existing shard replaces it. Returns the path of the shard's marker.
         """
         if shard_id < 0 or int(shard_id) != shard_id:
             raise StoreError(f"{self.out_dir}: shard id must be a non-negative integer, got {shard_id!r}")
@@ -472,7 +494,7 @@ class StoreWriter:
                              f"{self.shard_size_utts} per shard")
         data, index = self._encode(shard_id, items)
         if self.meta.format_version >= 2:
-            payload, index, blocks, frames = self._encode_v2(data)
+            payload, index, blocks, frames = self._encode_v2(data, 1.0 if selected else self.meta.top_p)
             layout = {"blocks": blocks, "codec": self.meta.codec}
         else:
             payload, frames = data.tobytes(), int(data.shape[0])
@@ -577,8 +599,7 @@ class StoreReader:
         self._maps: dict[int, np.ndarray] = {}
         self._markers: dict[int, dict[str, Any]] = {}
         # v2: verified shard bytes and decompressed blocks, a few of each (least recently used dropped)
-        self._v2_shards: collections.OrderedDict[int, tuple[bytes, dict[str, tuple[int, int, int, int]]]] = \
-            collections.OrderedDict()
+        self._v2_shards: dict[int, tuple[np.ndarray, dict[str, tuple[int, int, int, int]], str]] = {}
         self._v2_blocks: collections.OrderedDict[tuple[int, int], bytes] = collections.OrderedDict()
         self._decompress = None
 
@@ -671,32 +692,31 @@ class StoreReader:
         return arr
 
     # ------------------------------------------------------------ version 2
-    V2_SHARD_CACHE = 8  # verified shards kept in memory (each a few MB at most)
     V2_BLOCK_CACHE = 8  # decompressed blocks kept (sequential reads decompress each block once)
 
-    def _v2_shard(self, shard: int) -> tuple[bytes, dict[str, tuple[int, int, int, int]]]:
-        """The bytes of a v2 shard, checked against its marker (size, sha256) before any is decoded,
-        and ``{utt: (block, byte_offset, frames, entries)}``."""
+    def _v2_shard(self, shard: int) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]], str]:
+        """A v2 shard as a read-only memmap, checked against its marker (size, then sha256 of every
+        byte) the first time it is opened — before any of it is decoded —, its
+        ``{utt: (block, byte_offset, frames, entries)}`` and its path for messages. Kept open after,
+        like v1's memmaps (the page cache holds the bytes, not this process)."""
         cached = self._v2_shards.get(shard)
         if cached is not None:
-            self._v2_shards.move_to_end(shard)
             return cached
         path = self.shard_path(shard)
         marker = self.marker(shard)
         fix = f"delete {path.with_suffix('.json').name} and {RESUME_HINT}"
         if not path.is_file():
             raise StoreError(f"{path}: shard file is missing; {fix}")
-        data = path.read_bytes()
-        if len(data) != marker["bytes"]:
-            raise StoreError(f"{path}: shard is truncated or corrupt ({len(data)} bytes on disk, its index says "
+        size = path.stat().st_size
+        if size != marker["bytes"]:
+            raise StoreError(f"{path}: shard is truncated or corrupt ({size} bytes on disk, its index says "
                              f"{marker['bytes']} bytes); {fix}")
+        data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.empty(0, dtype=np.uint8)
         if hashlib.sha256(data).hexdigest() != marker["sha256"]:
             raise StoreError(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
         locs = {row[0]: (int(row[3]), int(row[4]), int(row[2]), int(row[5])) for row in marker["utts"]}
-        self._v2_shards[shard] = (data, locs)
-        if len(self._v2_shards) > self.V2_SHARD_CACHE:
-            self._v2_shards.popitem(last=False)
-        return data, locs
+        self._v2_shards[shard] = (data, locs, str(path))
+        return self._v2_shards[shard]
 
     def _v2_block(self, shard: int, block: int) -> bytes:
         key = (shard, block)
@@ -704,15 +724,14 @@ class StoreReader:
         if raw is not None:
             self._v2_blocks.move_to_end(key)
             return raw
-        data, _ = self._v2_shard(shard)
+        data, _, path = self._v2_shard(shard)
         blocks = self.marker(shard)["blocks"]
-        path = self.shard_path(shard)
         if not 0 <= block < len(blocks):
             raise StoreError(f"{path}: block {block} is not in the shard's index ({len(blocks)} blocks); {RESUME_HINT}")
         start, size, raw_size = blocks[block]
         packed = data[start: start + size]
         if self.meta.codec == "none":
-            raw = packed
+            raw = packed.tobytes()
         else:
             import zstandard
 
@@ -722,7 +741,7 @@ class StoreReader:
                 raw = self._decompress.decompress(packed)
             except zstandard.ZstdError as exc:
                 raise StoreError(f"{path}: block {block} does not decompress ({exc}); the shard is corrupt — delete "
-                                 f"{path.with_suffix('.json').name} and {RESUME_HINT}") from None
+                                 f"{Path(path).with_suffix('.json').name} and {RESUME_HINT}") from None
         if len(raw) != raw_size:
             raise StoreError(f"{path}: block {block} holds {len(raw)} bytes, its index says {raw_size}; {RESUME_HINT}")
         self._v2_blocks[key] = raw
@@ -731,15 +750,15 @@ class StoreReader:
         return raw
 
     def _v2_get(self, shard: int, utt: str, with_counts: bool = False):
-        _, locs = self._v2_shard(shard)
+        _, locs, path = self._v2_shard(shard)
         if utt not in locs:
-            raise StoreError(f"{self.shard_path(shard)}: utterance {utt!r} is in index.tsv but not in the shard's index; "
+            raise StoreError(f"{path}: utterance {utt!r} is in index.tsv but not in the shard's index; "
                              f"{RESUME_HINT} to rebuild the index")
         block, byte_offset, frames, entries = locs[utt]
         m = self.meta
         ids, probs, counts = v2codec.decode_utterance(self._v2_block(shard, block), byte_offset, frames, entries, m.k,
                                                       m.vocab_size, m.quantization, m.log8_range,
-                                                      where=f"{self.shard_path(shard)}: utterance {utt!r}")
+                                                      where=(path, utt))
         return (ids, probs, counts) if with_counts else (ids, probs)
 
     def _records(self, utt: str) -> np.ndarray:

@@ -219,7 +219,7 @@ def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, samp
     m = reader.meta
     ens = TeacherEnsemble(teacher_dirs, m.teacher_weights or None, top_k=m.k, temperature=m.temperature)
     if sorted(ens.fingerprints) != sorted(m.teacher_fingerprints):
-        raise StoreError(f"{reader.dir if hasattr(reader, 'dir') else 'store'}: teachers {ens.fingerprints} are not the ones "
+        raise StoreError(f"{reader.store_dir}: teachers {ens.fingerprints} are not the ones "
                          f"that made the store ({m.teacher_fingerprints}); pass the same --teacher dirs")
     data = read_data_dir(data_dir)
     utts = [u for u in reader.utt_ids if u in data]

@@ -4,7 +4,8 @@ On-disk layout (format versions 1 and 2; readers read both)::
 
     STORE/
       meta.json                  StoreMeta: teachers, units hash, frame rate, k, quantization, T, ...
-      shards/shard-00000.bin     frame records, utterances back to back (see asr_kd.targets.quant)
+      shards/shard-00000.bin     v1: frame records, utterances back to back (see asr_kd.targets.quant);
+                                 v2: zstd blocks of utterance payloads (see asr_kd.targets.codec)
       shards/shard-00000.json    the shard's index + checksum; written LAST = its completion marker
       index.tsv                  utt <TAB> shard <TAB> offset <TAB> frames   (sorted by utt; finalize)
       rejects.tsv                utt <TAB> reason   (utterances the labeler refused; merged on resume)
@@ -19,11 +20,12 @@ truncated or bit-flipped shard is refused naming the file before any of its byte
 
 Version check: ``read_meta`` reads ``format_version`` first and refuses a version it does not know
 (a future v3) with a "newer format" error, before validating the rest. (asr-kd releases that only
-knew version 1 refuse a v2 ``meta.json`` as "invalid store meta: top_p: Extra inputs are not
-permitted" — an error, not garbage, but not a helpful one.)
+knew version 1 refuse a v2 ``meta.json`` before reading any shard, as "meta.json: invalid store
+meta: teachers: Extra inputs are not permitted; top_p: ..." — an error, not garbage, but one that
+does not say "upgrade"; they would also have refused ``format_version`` 2 itself right after.)
 
-Why raw binary shards (version 1): a frame is a fixed-size record (``k`` ids + ``k`` codes, 16 bytes at top-8
-log8), so an utterance is one contiguous slice ``[offset, offset + frames)`` of a numpy ``memmap``:
+Why raw binary shards (version 1): a frame is a fixed-size record (``k`` ids + ``k`` codes, 16 bytes at
+top-8 log8), so an utterance is one contiguous slice ``[offset, offset + frames)`` of a numpy ``memmap``:
 random access by id costs one page-cache read with no decoding step, sequential training reads
 stream whole shards, and the bytes on disk are exactly the payload (no per-row framing). Parquet
 would add a dependency, row-group decoding and list-column overhead for no gain here. Offsets in
@@ -38,7 +40,7 @@ the wrong size is not counted either) and the labeler redoes. ``finalize()`` mer
 ``index.tsv`` (refusing an utterance that appears in two shards) and records ``num_shards`` in
 ``meta.json``; a reader refuses a store that was never finalized.
 
-No pickle anywhere: JSON, TSV and raw little-endian arrays only.
+No pickle anywhere: JSON, TSV, raw little-endian arrays and zstd frames only.
 """
 
 from __future__ import annotations

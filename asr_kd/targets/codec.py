@@ -5,23 +5,26 @@ keep the fewest whose probability mass reaches ``top_p``, and at most ``k_max``;
 probability 0 are never kept, and every frame keeps at least one unit. ``top_p = 1`` keeps all
 ``k_max`` (fixed top-k, the v1 rule). A blank-dominated CTC frame (p(blank) >= 0.999) keeps one unit.
 
-Utterance payload (uncompressed, little-endian, frame-major)::
+Blocks: consecutive utterances of a shard are grouped until a block holds at least
+``block_frames`` frames (default 512); utterances never span blocks. A block is three columns,
+each compressed on its own as one zstd frame, back to back in the shard file::
 
-    counts: T x uint8                 units kept per frame (1 .. k_max)
-    ids:    N x id dtype              N = sum(counts); uint8 (vocab <= 256) or uint16, frame by frame
-    codes:  N x code dtype            log8 (uint8) or float16, same order as ids
+    counts: F x uint8        units kept per frame (1 .. k_max), the block's F frames in order
+    ids:    N x id dtype     N = sum(counts); uint8 (vocab <= 256) or uint16 little-endian, frame by frame
+    codes:  N x code dtype   log8 (uint8) or float16, same order as ids
 
-so an utterance costs ``T + N * (id_bytes + code_bytes)`` bytes before compression.
+so a block costs ``F + N * (id_bytes + code_bytes)`` bytes before compression. An utterance is the
+slice ``[frame_in_block, +T)`` of counts and ``[entry_in_block, +n)`` of ids and codes (the shard's
+marker records both). Why columns, each its own zstd frame: zstd codes the literals of a frame with
+one Huffman table, and counts, ids and codes have very different statistics; on the demo teacher's
+dev set (top-p 0.999, k_max 8) the three columns take 4.8 bytes/frame where one interleaved frame
+per block took 5.6 (512-frame blocks; 4.6 vs 5.3 at 2048), against 4.1 for an ideal static
+entropy coder (BENCHMARKS.md, store_v2).
 
-Blocks: consecutive utterances of a shard are concatenated until a block holds at least
-``block_frames`` frames (default 512), and each block is compressed on its own as one zstd frame
-(the shard file is the blocks back to back). Reading one utterance decompresses only its block, so
-random access by utterance id stays cheap while zstd still sees enough data to model it. Measured
-on the demo teacher's dev set (top-p 0.999, k_max 8, 66-frame utterances): each utterance
-compressed alone 6.4 bytes/frame, blocks of 512 frames 5.6, of 2048 frames 5.3, the whole shard
-5.0; random reads of the 10,000-utterance demo store (one core, loaded machine) 1.2 M frames/s
-with 512-frame blocks, 0.8 M with 2048 (the whole block is decompressed for each utterance read).
-512 keeps random access above 1 M frames/s for about 0.3 byte/frame. Utterances never span blocks.
+Reading one utterance decompresses its block (kept in a small cache, so sequential reads
+decompress each block once). Block size trades bytes for random access: each utterance read by id
+decompresses a whole block, and 512 frames keeps random reads of the 10,000-utterance demo store
+above 1 M frames/s on one core (BENCHMARKS.md) for about 0.3 byte/frame more than 2048.
 
 Decoding to the padded ``(T, k_max)`` arrays the loss uses is vectorized (one boolean-mask scatter);
 entries beyond a frame's count are padding: id 0 with probability 0.
@@ -72,48 +75,36 @@ def sort_desc(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(probs, order, axis=1)
 
 
-def encode_utterance(ids: np.ndarray, probs: np.ndarray, counts: np.ndarray, vocab_size: int, quantization: str,
-                     log8_range: tuple[float, float]) -> tuple[bytes, int]:
-    """``(payload, N)``: the uncompressed v2 payload of one utterance and its number of kept entries."""
+def kept_entries(ids: np.ndarray, probs: np.ndarray, counts: np.ndarray, vocab_size: int, quantization: str,
+                 log8_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The kept ``(ids, codes)`` of one utterance, frame by frame, in their stored dtypes."""
     k = ids.shape[1]
     valid = np.arange(k)[None, :] < counts[:, None]
-    kept_ids = ids[valid].astype(quant.id_dtype(vocab_size))
-    kept_codes = quant.encode(probs[valid], quantization, log8_range)
-    payload = counts.astype(np.uint8).tobytes() + kept_ids.tobytes() + kept_codes.tobytes()
-    return payload, int(kept_ids.shape[0])
+    return ids[valid].astype(quant.id_dtype(vocab_size)), quant.encode(probs[valid], quantization, log8_range)
 
 
-def payload_bytes(frames: int, entries: int, vocab_size: int, quantization: str) -> int:
-    return frames + entries * (quant.id_dtype(vocab_size).itemsize + quant.code_dtype(quantization).itemsize)
-
-
-def decode_utterance(raw: bytes | memoryview, offset: int, frames: int, entries: int, k_max: int, vocab_size: int,
+def decode_utterance(counts: np.ndarray, ids: np.ndarray, codes: np.ndarray, k_max: int, vocab_size: int,
                      quantization: str, log8_range: tuple[float, float], where: tuple[str, str] | str
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Payload at ``raw[offset:]`` -> ``ids (T, k_max) int64``, ``probs (T, k_max) float32``, ``counts (T,)``.
+    """One utterance's column slices -> ``ids (T, k_max) int64``, ``probs (T, k_max) float32``, ``counts (T,)``.
 
     Padding entries (beyond a frame's count) are id 0, probability 0. Refuses (StoreError naming
-    ``where``) counts outside 1..k_max, counts that do not add up to ``entries``, ids beyond the
-    vocabulary, or a payload running past the block — corruption that slipped past the checksums.
-    ``where``: a message prefix, or ``(shard path, utt)`` formatted only when an error is raised.
+    ``where``) counts outside 1..k_max, counts that do not add up to the entries given, or ids
+    beyond the vocabulary — corruption that slipped past the checksums. ``where``: a message
+    prefix, or ``(shard path, utt)`` formatted only when an error is raised.
     """
-    if isinstance(where, tuple):  # (shard path, utt): formatted only for an error, off the hot path
-        where = f"{where[0]}: utterance {where[1]!r}"
-    id_dt, code_dt = quant.id_dtype(vocab_size), quant.code_dtype(quantization)
-    end = offset + payload_bytes(frames, entries, vocab_size, quantization)
-    if offset < 0 or end > len(raw):
-        raise StoreError(f"{where}: payload (bytes {offset}..{end}) runs past its block of {len(raw)} bytes; the shard "
-                         "index does not match the shard")
-    counts = np.frombuffer(raw, dtype=np.uint8, count=frames, offset=offset)
-    ids = np.frombuffer(raw, dtype=id_dt, count=entries, offset=offset + frames)
-    codes = np.frombuffer(raw, dtype=code_dt, count=entries, offset=offset + frames + entries * id_dt.itemsize)
+    frames, entries = counts.shape[0], ids.shape[0]
     if frames and (int(counts.min()) < 1 or int(counts.max()) > k_max or int(counts.sum(dtype=np.int64)) != entries):
-        raise StoreError(f"{where}: corrupt frame counts (must be 1..{k_max} and sum to {entries})")
+        raise StoreError(f"{_where(where)}: corrupt frame counts (must be 1..{k_max} and sum to {entries})")
     if entries and int(ids.max()) >= vocab_size:
-        raise StoreError(f"{where}: unit id {int(ids.max())} beyond the vocabulary of {vocab_size}")
+        raise StoreError(f"{_where(where)}: unit id {int(ids.max())} beyond the vocabulary of {vocab_size}")
     valid = np.arange(k_max)[None, :] < counts[:, None]
     out_ids = np.zeros((frames, k_max), dtype=np.int64)
     out_probs = np.zeros((frames, k_max), dtype=np.float32)
-    out_ids[valid] = ids  # boolean-mask assignment fills row-major = frame by frame, the payload's order
+    out_ids[valid] = ids  # boolean-mask assignment fills row-major = frame by frame, the stored order
     out_probs[valid] = quant.decode(codes, quantization, log8_range)
     return out_ids, out_probs, counts.astype(np.int64)
+
+
+def _where(where: tuple[str, str] | str) -> str:
+    return f"{where[0]}: utterance {where[1]!r}" if isinstance(where, tuple) else where

@@ -12,9 +12,10 @@ On-disk layout (format versions 1 and 2; readers read both)::
 
 Format version 2 (the default of ``asr-kd label``, see ``asr_kd.targets.codec``): variable k per frame
 (the fewest units whose mass reaches ``meta.top_p``, at most ``meta.k`` = k_max) and the shard
-``.bin`` is a sequence of zstd-compressed blocks of whole utterances; the shard's marker lists the
-blocks (byte offset, compressed and raw size) and, per utterance, its block, byte offset in the
-decompressed block and number of kept entries. ``index.tsv`` is the same in both versions (offsets
+``.bin`` is a sequence of blocks of whole utterances, each three zstd-compressed columns (counts,
+unit ids, codes); the shard's marker lists the blocks (byte offset, the columns' compressed sizes,
+frames and entries) and, per utterance, its block, first frame and first entry in the block and
+number of kept entries. ``index.tsv`` is the same in both versions (offsets
 in frames). A reader hashes a v2 shard (sha256, against its marker) the first time it opens it, so a
 truncated or bit-flipped shard is refused naming the file before any of its bytes are decoded.
 
@@ -445,38 +446,41 @@ class StoreWriter:
                    ) -> tuple[bytes, list[list], list[list], int]:
         """Validated items -> ``(payload, utts, blocks, frames)`` of a v2 shard (see ``asr_kd.targets.codec``).
 
-        ``utts`` rows: ``[utt, frame_offset, frames, block, byte_offset_in_block, entries]``;
-        ``blocks`` rows: ``[byte_offset, compressed_bytes, raw_bytes]``.
+        ``utts`` rows: ``[utt, frame_offset, frames, block, frame_in_block, entry_in_block, entries]``;
+        ``blocks`` rows: ``[byte_offset, [counts_bytes, ids_bytes, codes_bytes], frames, entries]``
+        (compressed sizes of the three columns, which follow each other from ``byte_offset``).
         """
         m = self.meta
         compress = _compressor(m.codec, m.zstd_level)
         chunks: list[bytes] = []
         blocks: list[list] = []
         utts: list[list] = []
-        pending: list[bytes] = []
-        pending_frames = pending_bytes = offset = byte_offset = 0
+        cols: tuple[list, list, list] = ([], [], [])
+        block_frames = block_entries = offset = byte_offset = 0
 
         def close_block() -> None:
-            nonlocal pending, pending_frames, pending_bytes, byte_offset
-            raw = b"".join(pending)
-            packed = compress(raw)
-            blocks.append([byte_offset, len(packed), len(raw)])
-            chunks.append(packed)
-            byte_offset += len(packed)
-            pending, pending_frames, pending_bytes = [], 0, 0
+            nonlocal cols, block_frames, block_entries, byte_offset
+            packed = [compress(np.concatenate(col).tobytes()) for col in cols]
+            blocks.append([byte_offset, [len(x) for x in packed], block_frames, block_entries])
+            chunks.extend(packed)
+            byte_offset += sum(len(x) for x in packed)
+            cols, block_frames, block_entries = ([], [], []), 0, 0
 
         for utt, ids, probs in items:
             ids, probs = v2codec.sort_desc(ids, probs)
             counts = v2codec.select_counts(probs, top_p)
-            payload, entries = v2codec.encode_utterance(ids, probs, counts, m.vocab_size, m.quantization, m.log8_range)
-            utts.append([utt, offset, int(ids.shape[0]), len(blocks), pending_bytes, entries])
-            pending.append(payload)
-            pending_bytes += len(payload)
-            pending_frames += ids.shape[0]
-            offset += ids.shape[0]
-            if pending_frames >= m.block_frames:
+            kept_ids, kept_codes = v2codec.kept_entries(ids, probs, counts, m.vocab_size, m.quantization, m.log8_range)
+            frames, entries = int(ids.shape[0]), int(kept_ids.shape[0])
+            utts.append([utt, offset, frames, len(blocks), block_frames, block_entries, entries])
+            cols[0].append(counts.astype(np.uint8))
+            cols[1].append(kept_ids)
+            cols[2].append(kept_codes)
+            block_frames += frames
+            block_entries += entries
+            offset += frames
+            if block_frames >= m.block_frames:
                 close_block()
-        if pending:
+        if cols[0]:
             close_block()
         return b"".join(chunks), utts, blocks, offset
 
@@ -601,8 +605,9 @@ class StoreReader:
         self._maps: dict[int, np.ndarray] = {}
         self._markers: dict[int, dict[str, Any]] = {}
         # v2: verified shard bytes and decompressed blocks, a few of each (least recently used dropped)
-        self._v2_shards: dict[int, tuple[np.ndarray, dict[str, tuple[int, int, int, int]], str]] = {}
-        self._v2_blocks: collections.OrderedDict[tuple[int, int], bytes] = collections.OrderedDict()
+        self._v2_shards: dict[int, tuple[np.ndarray, dict[str, tuple[int, int, int, int, int]], str]] = {}
+        self._v2_blocks: collections.OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = \
+            collections.OrderedDict()
         self._decompress = None
 
     def _read_index(self) -> dict[str, tuple[int, int, int]]:
@@ -696,10 +701,10 @@ class StoreReader:
     # ------------------------------------------------------------ version 2
     V2_BLOCK_CACHE = 8  # decompressed blocks kept (sequential reads decompress each block once)
 
-    def _v2_shard(self, shard: int) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]], str]:
+    def _v2_shard(self, shard: int) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int, int]], str]:
         """A v2 shard as a read-only memmap, checked against its marker (size, then sha256 of every
         byte) the first time it is opened — before any of it is decoded —, its
-        ``{utt: (block, byte_offset, frames, entries)}`` and its path for messages. Kept open after,
+        ``{utt: (block, frame_in_block, entry_in_block, frames, entries)}`` and its path for messages. Kept open after,
         like v1's memmaps (the page cache holds the bytes, not this process)."""
         cached = self._v2_shards.get(shard)
         if cached is not None:
@@ -716,52 +721,65 @@ class StoreReader:
         data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.empty(0, dtype=np.uint8)
         if hashlib.sha256(data).hexdigest() != marker["sha256"]:
             raise StoreError(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
-        locs = {row[0]: (int(row[3]), int(row[4]), int(row[2]), int(row[5])) for row in marker["utts"]}
+        locs = {row[0]: (int(row[3]), int(row[4]), int(row[5]), int(row[2]), int(row[6])) for row in marker["utts"]}
         self._v2_shards[shard] = (data, locs, str(path))
         return self._v2_shards[shard]
 
-    def _v2_block(self, shard: int, block: int) -> bytes:
+    def _v2_block(self, shard: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``(counts, ids, codes)`` columns of one block, decompressed and size-checked."""
         key = (shard, block)
-        raw = self._v2_blocks.get(key)
-        if raw is not None:
+        cols = self._v2_blocks.get(key)
+        if cols is not None:
             self._v2_blocks.move_to_end(key)
-            return raw
+            return cols
         data, _, path = self._v2_shard(shard)
         blocks = self.marker(shard)["blocks"]
         if not 0 <= block < len(blocks):
             raise StoreError(f"{path}: block {block} is not in the shard's index ({len(blocks)} blocks); {RESUME_HINT}")
-        start, size, raw_size = blocks[block]
-        packed = data[start: start + size]
-        if self.meta.codec == "none":
-            raw = packed.tobytes()
-        else:
-            import zstandard
+        start, sizes, frames, entries = blocks[block]
+        m = self.meta
+        dtypes = (np.dtype(np.uint8), quant.id_dtype(m.vocab_size), quant.code_dtype(m.quantization))
+        lengths = (frames, entries, entries)
+        out = []
+        for size, dtype, length in zip(sizes, dtypes, lengths):
+            packed = data[start: start + size]
+            start += size
+            if m.codec == "none":
+                raw = packed.tobytes()
+            else:
+                import zstandard
 
-            if self._decompress is None:
-                self._decompress = zstandard.ZstdDecompressor()
-            try:
-                raw = self._decompress.decompress(packed)
-            except zstandard.ZstdError as exc:
-                raise StoreError(f"{path}: block {block} does not decompress ({exc}); the shard is corrupt — delete "
-                                 f"{Path(path).with_suffix('.json').name} and {RESUME_HINT}") from None
-        if len(raw) != raw_size:
-            raise StoreError(f"{path}: block {block} holds {len(raw)} bytes, its index says {raw_size}; {RESUME_HINT}")
-        self._v2_blocks[key] = raw
+                if self._decompress is None:
+                    self._decompress = zstandard.ZstdDecompressor()
+                try:
+                    raw = self._decompress.decompress(packed)
+                except zstandard.ZstdError as exc:
+                    raise StoreError(f"{path}: block {block} does not decompress ({exc}); the shard is corrupt — delete "
+                                     f"{Path(path).with_suffix('.json').name} and {RESUME_HINT}") from None
+            if len(raw) != length * dtype.itemsize:
+                raise StoreError(f"{path}: block {block} holds {len(raw)} bytes in a column, its index says "
+                                 f"{length} x {dtype.itemsize}; {RESUME_HINT}")
+            out.append(np.frombuffer(raw, dtype=dtype))
+        cols = (out[0], out[1], out[2])
+        self._v2_blocks[key] = cols
         if len(self._v2_blocks) > self.V2_BLOCK_CACHE:
             self._v2_blocks.popitem(last=False)
-        return raw
+        return cols
 
     def _v2_get(self, shard: int, utt: str, with_counts: bool = False):
         _, locs, path = self._v2_shard(shard)
         if utt not in locs:
             raise StoreError(f"{path}: utterance {utt!r} is in index.tsv but not in the shard's index; "
                              f"{RESUME_HINT} to rebuild the index")
-        block, byte_offset, frames, entries = locs[utt]
+        block, f0, e0, frames, entries = locs[utt]
+        counts, ids, codes = self._v2_block(shard, block)
+        if f0 + frames > counts.shape[0] or e0 + entries > ids.shape[0]:
+            raise StoreError(f"{path}: utterance {utt!r} lies beyond its block {block}; the shard index does not match "
+                             f"the shard — {RESUME_HINT}")
         m = self.meta
-        ids, probs, counts = v2codec.decode_utterance(self._v2_block(shard, block), byte_offset, frames, entries, m.k,
-                                                      m.vocab_size, m.quantization, m.log8_range,
-                                                      where=(path, utt))
-        return (ids, probs, counts) if with_counts else (ids, probs)
+        out = v2codec.decode_utterance(counts[f0: f0 + frames], ids[e0: e0 + entries], codes[e0: e0 + entries], m.k,
+                                       m.vocab_size, m.quantization, m.log8_range, where=(path, utt))
+        return out if with_counts else out[:2]
 
     def _records(self, utt: str) -> np.ndarray:
         shard, offset, frames = self._entry(utt)

@@ -237,7 +237,8 @@ def main() -> int:
             f"![KL vs bytes per frame](docs/bench/{png.name})",
             "",
             f"Chosen default of `asr-kd label` (format v2, top-p {args.top_p:g}, k_max {args.k_max}, log8, zstd blocks of "
-            f">= {DEFAULT_BLOCK_FRAMES} frames): **{chosen.bytes_per_frame:.2f} bytes/frame = {chosen.bytes_per_second:.0f} B per "
+            f">= {DEFAULT_BLOCK_FRAMES} frames, one zstd frame per column): **{chosen.bytes_per_frame:.2f} bytes/frame = "
+            f"{chosen.bytes_per_second:.0f} B per "
             f"audio-second, KL {chosen.kl:.4f} nats**, mean {chosen.mean_k:.2f} units per frame, mass kept "
             f"{chosen.mass:.4f} (targets: <= {BYTES_TARGET:g} bytes/frame with KL < {KL_TARGET}: "
             f"{'met' if chosen.bytes_per_frame <= BYTES_TARGET and chosen.kl < KL_TARGET else 'NOT met'}; aim <= 5 "
@@ -247,8 +248,8 @@ def main() -> int:
             f"counts, ids and codes, tables free) would need {bound:.2f} bytes/frame against zstd's "
             f"{chosen.bytes_per_frame:.2f}, i.e. at most {100 * (1 - bound / chosen.bytes_per_frame):.0f} % less; zstd "
             "is kept: a maintained PyPI codec with a C decoder and random access per block, where a range coder "
-            "would need per-shard tables and a decoder of our own (and, from Python, could not decode 1 M frames/s "
-            "without a compiled one); left as future work.",
+            "would need per-shard frequency tables and a second decoder to maintain and keep fast; left as future "
+            "work.",
         ]
         if args.labeled:
             from asr_kd.targets.stats import store_stats, teacher_kl

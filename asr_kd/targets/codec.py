@@ -23,8 +23,10 @@ entropy coder (BENCHMARKS.md, store_v2).
 
 Reading one utterance decompresses its block (kept in a small cache, so sequential reads
 decompress each block once). Block size trades bytes for random access: each utterance read by id
-decompresses a whole block, and 512 frames keeps random reads of the 10,000-utterance demo store
-above 1 M frames/s on one core (BENCHMARKS.md) for about 0.3 byte/frame more than 2048.
+decompresses a whole block. Measured with one interleaved zstd frame per block on the
+10,000-utterance demo store (one core, loaded machine), random reads ran at 1.2 M frames/s with
+512-frame blocks and 0.8 M with 2048, for 0.3 byte/frame less; 512 keeps a margin over the 1 M
+frames/s that training needs (1.9 M frames/s with the column layout, BENCHMARKS.md).
 
 Decoding to the padded ``(T, k_max)`` arrays the loss uses is vectorized (one boolean-mask scatter);
 entries beyond a frame's count are padding: id 0 with probability 0.
@@ -39,8 +41,8 @@ from asr_kd.targets import quant
 
 CODECS = ("zstd", "none")
 DEFAULT_TOP_P = 0.999
-"""Default mass threshold of ``asr-kd label`` (BENCHMARKS.md, store_v2: KL 0.006 nats at ~5.6 B/frame on the
-demo teacher; 0.995 would give ~4.4 B/frame at KL 0.0093, too close to the 0.01 nats bound)."""
+"""Default mass threshold of ``asr-kd label`` (BENCHMARKS.md, store_v2: KL 0.006 nats at 4.8 B/frame on the
+demo teacher; 0.995 would give 3.8 B/frame at KL 0.0093, too close to the 0.01 nats bound)."""
 DEFAULT_ZSTD_LEVEL = 19
 DEFAULT_BLOCK_FRAMES = 512
 

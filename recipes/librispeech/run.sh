@@ -32,7 +32,7 @@ nj=8
 data=data/librispeech
 exp=exp/librispeech
 conf=recipes/librispeech/conf
-top_k=8
+top_k=8  # at most this many units per 40 ms frame; asr-kd label keeps the fewest reaching 0.999 of the mass
 . recipes/utils/stage.sh
 
 [ -n "$corpus_dir" ] || { echo "$0: --corpus-dir is required (the folder holding LibriSpeech/)" >&2; exit 2; }

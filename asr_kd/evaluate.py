@@ -9,6 +9,10 @@ Offline decoding batches utterances by length; ``--streaming`` feeds each uttera
 ``StreamingRecognizer`` in pieces of one chunk, as a live stream would arrive, and also reports the
 compute time per chunk. The real-time factor counts feature extraction, the model and decoding on the
 threads given by ``--threads`` (default 1), not reading the audio files.
+
+``--device`` (default ``cpu``) runs offline decoding on a GPU (``cuda``, or ``auto``: the GPU when one is
+usable, the CPU when none is present, an error when one is present but unusable — never a silent CPU run;
+``asr_kd.devices``). Streaming decoding and ONNX models stay on the CPU: their RTF is the on-device figure.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm", help="KenLM ARPA/binary language model for beam search (needs --lexicon)")
     parser.add_argument("--lexicon", help="lexicon for --lm (word followed by its units)")
     parser.add_argument("--lm-weight", type=float, default=0.5)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "auto", "cuda"],
+                        help="offline decoding device (default cpu; streaming and ONNX always run on the CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for decoding (RTF is measured with these)")
     parser.add_argument("--batch-max-frames", type=int, default=20000, help="padded 10 ms frames per offline batch")
     parser.add_argument("--allow-pipes", action="store_true")
@@ -97,11 +103,17 @@ def _decode_streaming(loaded, waves: dict[str, torch.Tensor], chunk_size: int | 
 
 def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, chunk_size: int | None = None,
              beam_size: int = 0, lm: str | None = None, lexicon: str | None = None, lm_weight: float = 0.5,
-             threads: int = 1, batch_max_frames: int = 20000, allow_pipes: bool = False, progress: bool = True) -> dict:
-    """Decode and score; returns the dict written to ``wer.json``."""
+             threads: int = 1, batch_max_frames: int = 20000, allow_pipes: bool = False, progress: bool = True,
+             device: str = "cpu") -> dict:
+    """Decode and score; returns the dict written to ``wer.json``. ``device``: see the module docstring."""
+    from asr_kd.devices import resolve_device
     from asr_kd.scoring import score, write_report
 
     torch.set_num_threads(threads)
+    run_device = resolve_device(device)
+    if run_device.type != "cpu" and (streaming or str(model).endswith(".onnx")):
+        raise AsrKdError(f"evaluate: --device {device}: streaming decoding and ONNX models run on the CPU (their RTF is "
+                         "the on-device figure); drop --device or decode offline from a model dir")
     data = read_data_dir(data_dir, allow_pipes=allow_pipes)
     if data.text is None:
         raise DataDirError("evaluate needs a labeled data dir (a 'text' file); this one has none", data_dir)
@@ -119,7 +131,7 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
     else:
         from asr_kd.models.model_dir import load_model_dir
 
-        loaded = load_model_dir(model)
+        loaded = load_model_dir(model, device=run_device)
         sample_rate = loaded.fbank_config.sample_rate
     waves: dict[str, torch.Tensor] = {}
     rejects: list[tuple[str, str]] = []
@@ -163,6 +175,7 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
         "target_delay_ms": target_delay_ms,
         "audio_hours": audio_s / 3600,
         "threads": threads,
+        "device": str(run_device),
         "streaming": streaming,
         "decoder": "greedy" if beam is None else f"beam{beam_size}" + ("+lm" if lm else ""),
         "model": str(model),
@@ -183,12 +196,13 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
     result = write_report(report, out, extra)
     print(f"{Path(model).name} on {Path(data_dir).name}{' (streaming)' if streaming else ''}: WER {report.wer:.2f}% "
           f"CER {report.cer:.2f}% [{report.num_utts} utts, {report.num_words} words, sub {report.sub} del {report.dels} "
-          f"ins {report.ins}], RTF {extra['rtf']:.4f}, {len(rejects)} rejects -> {out / 'wer.json'}")
+          f"ins {report.ins}], RTF {extra['rtf']:.4f} ({run_device.type}, {threads} thread{'s' if threads > 1 else ''}), {len(rejects)} rejects -> {out / 'wer.json'}")
     return result if isinstance(result, dict) else json.loads((out / "wer.json").read_text())
 
 
 def run(args: argparse.Namespace) -> int:
     evaluate(args.model, args.data, args.out, streaming=args.streaming, chunk_size=args.chunk_size, beam_size=args.beam,
              lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight, threads=args.threads,
-             batch_max_frames=args.batch_max_frames, allow_pipes=args.allow_pipes, progress=not args.no_progress)
+             batch_max_frames=args.batch_max_frames, allow_pipes=args.allow_pipes, progress=not args.no_progress,
+             device=args.device)
     return 0

@@ -111,3 +111,24 @@ def test_streaming_and_offline_evaluation_agree_at_the_cli(tmp_path):
     chunk = load_model_dir(model).model.chunk_size
     assert reports["streaming"]["latency_ms"] == chunk * 40 + 15
     assert reports["streaming"]["wer"] == reports["offline"]["wer"]
+
+
+def test_device_cuda_without_a_usable_gpu_is_refused_and_auto_decodes_as_cpu(tmp_path, capsys):
+    """``--device cuda`` on a machine where CUDA cannot be used fails with the device error (never a silent
+    CPU run); ``--device auto`` with no GPU present decodes on the CPU, hypothesis for hypothesis as ``cpu``,
+    and says so in wer.json and the summary line. A GPU machine runs ``recipes/librispeech/gpu_smoke.sh``.
+    (Mutation caught: --device ignored -> the cuda run succeeds on the CPU.)"""
+    if torch.cuda.is_available():
+        pytest.skip("a usable GPU is present: the refusal cannot be shown here")
+    model = _decisive(make_teacher(tmp_path / "m"), 30.0)
+    data = make_data(tmp_path / "d", 3, with_text=True)
+    assert cli_main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "gpu"),
+                     "--device", "cuda", "--no-progress"]) != 0
+    assert "CUDA cannot be used" in capsys.readouterr().err
+    assert not (tmp_path / "gpu" / "wer.json").exists()
+    for device in ("cpu", "auto"):
+        assert cli_main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / device),
+                         "--device", device, "--no-progress"]) == 0
+        assert json.loads((tmp_path / device / "wer.json").read_text())["device"] == "cpu"
+    assert _hyps(tmp_path / "cpu") == _hyps(tmp_path / "auto")
+    assert "(cpu, 1 thread)" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -403,7 +404,7 @@ def test_ensemble_is_the_weighted_average_of_single_teacher_stores_at_the_temper
     root, teacher, data = setup
     teacher2 = make_teacher(tmp_path / "teacher2", seed=5)
     vocab = load_model_dir(teacher).tokenizer.vocab_size
-    full = dict(top_k=vocab, quantization="float16")
+    full = dict(top_k=vocab, top_p=1.0, quantization="float16")
     for name, models, extra in (("a", [teacher], {}), ("b", [teacher2], {}), ("ab", [teacher, teacher2], {"weights": [3.0, 1.0]}),
                                 ("a1", [teacher], {"temperature": 1.0})):
         temperature = extra.pop("temperature", 2.0)
@@ -430,7 +431,7 @@ def test_stats_reports_teacher_kl_that_shrinks_with_k(setup, tmp_path, capsys):
     vocab = load_model_dir(teacher).tokenizer.vocab_size
     kls = {}
     for k in (1, vocab):
-        label_local([str(teacher)], str(data), str(tmp_path / f"k{k}"), options(top_k=k, quantization="float16"))
+        label_local([str(teacher)], str(data), str(tmp_path / f"k{k}"), options(top_k=k, top_p=1.0, quantization="float16"))
         assert main(["targets", "stats", str(tmp_path / f"k{k}"), "--json", "--teacher", str(teacher),
                      "--data", str(data), "--sample", "10"]) == 0
         kls[k] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kl_nats"]
@@ -448,3 +449,26 @@ def test_actor_cpu_share_leaves_room_for_audio_reading():
     assert actor_cpu_share(16.0, 4, None) == 1.0
     with pytest.raises(AsrKdError, match="leave no CPU for audio reading"):
         actor_cpu_share(2.0, 2, 1.0)
+
+
+def test_default_store_is_v2_top_p_and_bad_settings_are_refused(setup, tmp_path, capsys):
+    """'asr-kd label' without store flags writes format v2 with the chosen top-p and zstd, bound to its
+    teacher's path and fingerprint; a threshold outside (0, 1] or k_max < 1 is refused before any work."""
+    from asr_kd.cli import main
+    from asr_kd.models.model_dir import read_fingerprint
+    from asr_kd.targets.codec import DEFAULT_TOP_P
+
+    _, teacher, data = setup
+    out = tmp_path / "store"
+    assert main(["label", "--model", str(teacher), "--data", str(data), "--out", str(out), "--local", "--no-progress"]) == 0
+    meta = StoreReader(out).meta
+    assert (meta.format_version, meta.top_p, meta.k, meta.codec) == (2, DEFAULT_TOP_P, 8, "zstd")
+    assert meta.teacher_fingerprints == [read_fingerprint(teacher)] and meta.teachers == [str(teacher.resolve())]
+    for flags, message in ((["--top-p", "0"], r"top-p threshold must be in \(0, 1\].*got 0.0"),
+                           (["--top-p", "1.5"], r"top-p threshold must be in \(0, 1\].*got 1.5"),
+                           (["--top-k", "0"], r"k_max \(--top-k\) must be an integer >= 1.*got 0"),
+                           (["--format-version", "1"], r"--format-version 1 stores a fixed top-k; --top-p 0.999")):
+        rc = main(["label", "--model", str(teacher), "--data", str(data), "--out", str(tmp_path / "bad"), "--local",
+                   "--no-progress", *flags])
+        assert rc == 2 and re.search(message, capsys.readouterr().err), flags
+        assert not (tmp_path / "bad").exists()  # refused before anything was written

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -102,3 +104,33 @@ def test_epoch_loss_weights_give_each_term_its_share_of_the_epoch():
     c, k = 4.0, 2.0
     per_batch = [w["ctc"] * c + w["kd"] * k] * 2 + [w["kd"] * k] * 8
     assert sum(per_batch) / 10 == pytest.approx(0.3 * c + 0.7 * k)
+
+
+def test_ragged_store_frames_through_the_loss_equal_hand_computation(tmp_path):
+    """A v2 (top-p) store keeps 1, 2 and 3 units in three frames; read back, padded and batched with
+    a one-frame utterance, the KD loss equals the sum over the kept units only."""
+    from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter
+
+    meta = StoreMeta(units_hash="u", vocab_size=5, frame_shift_ms=40.0, k=3, top_p=0.9, quantization="float16")
+    writer = StoreWriter(tmp_path, meta, shard_size_utts=2)
+    teacher = {"a": [([0, 2, 1], [0.95, 0.03, 0.02]), ([3, 0, 4], [0.5, 0.45, 0.05]), ([1, 2, 3], [0.4, 0.3, 0.3])],
+               "b": [([4, 0, 1], [0.99, 0.005, 0.005])]}
+    writer.write_shard(0, [(u, np.array([f[0] for f in fr]), np.array([f[1] for f in fr])) for u, fr in teacher.items()])
+    writer.finalize()
+    reader = StoreReader(tmp_path)
+    np.testing.assert_array_equal(reader.get_counts("a"), [1, 2, 3])
+    kept = {"a": [([0], [0.95]), ([3, 0], [0.5, 0.45]), ([1, 2, 3], [0.4, 0.3, 0.3])], "b": [([4], [0.99])]}
+    student_logits = torch.tensor([[[1.0, 2.0, 0.5, -1.0, 0.2], [0.0, 0.0, 3.0, 1.0, 0.5], [0.3, -0.2, 0.1, 2.0, 0.0]],
+                                   [[0.5, 0.1, 0.1, 0.1, 1.5], [0.0] * 5, [0.0] * 5]])
+    items = [tuple(torch.from_numpy(x) for x in reader.get_sparse(u)) for u in ("a", "b")]
+    ids, probs, mask = pad_targets(items, torch.tensor([3, 1]), ["a", "b"])
+    got = kd_loss(torch.log_softmax(student_logits, -1), ids, probs, mask)
+
+    expected = 0.0
+    for b, utt in enumerate(("a", "b")):
+        for t, (frame_ids, frame_p) in enumerate(kept[utt]):
+            z = student_logits[b, t].tolist()
+            lse = math.log(sum(math.exp(v) for v in z))
+            s = sum(frame_p)
+            expected += sum(p / s * (math.log(p / s) - (z[i] - lse)) for i, p in zip(frame_ids, frame_p))
+    assert got.item() == pytest.approx(expected / 2, rel=2e-3)  # float16 codes: <= 2**-11 relative per prob

@@ -1,4 +1,4 @@
-"""Soft-target store: round trips, quantization bounds, atomic shards and resume, corruption detection."""
+"""Soft-target store format version 1: round trips, quantization bounds, atomic shards and resume, corruption detection."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from asr_kd.targets.store import (
 
 
 def make_meta(vocab: int = 30, k: int = 8, quantization: str = "log8", temperature: float = 1.0, **kw) -> StoreMeta:
+    """A format version 1 meta (this file tests v1 stores, which must keep reading unchanged; v2 in
+    tests/test_store_v2.py)."""
+    kw.setdefault("format_version", 1)
     return StoreMeta(units_hash="units-abc", vocab_size=vocab, frame_shift_ms=40.0, subsampling=4, k=k,
                      quantization=quantization, temperature=temperature, teacher_fingerprints=["teacher-1"],
                      teacher_weights=[1.0], fbank={"sample_rate": 16000, "frame_length_ms": 25.0, "frame_shift_ms": 10.0},

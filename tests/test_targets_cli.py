@@ -21,11 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 DURATIONS = {"spk1-a": 1.0, "spk1-b": 1.52, "spk2-c": 0.73, "spk2-d": 2.2, "spk2-e": 0.5}
 
 
-def make_store(path: Path, durations: dict[str, float] = DURATIONS, k: int = 4, quantization: str = "log8") -> Path:
-    """A finalized store whose frame counts follow the Kaldi rule for ``durations`` (2 utts per shard)."""
+def make_store(path: Path, durations: dict[str, float] = DURATIONS, k: int = 4, quantization: str = "log8",
+               format_version: int = 1, top_p: float = 1.0) -> Path:
+    """A finalized store whose frame counts follow the Kaldi rule for ``durations`` (2 utts per shard);
+    format version 1 unless asked (the byte counts below are v1's fixed records)."""
     meta = StoreMeta(units_hash="u-hash", vocab_size=30, frame_shift_ms=40.0, subsampling=4, k=k, quantization=quantization,
                      fbank={"sample_rate": 16000, "frame_length_ms": 25.0, "frame_shift_ms": 10.0, "snip_edges": True},
-                     teacher_fingerprints=["t1"], teacher_weights=[1.0])
+                     teacher_fingerprints=["t1"], teacher_weights=[1.0], format_version=format_version,
+                     **({"top_p": top_p} if format_version >= 2 else {}))
     writer = StoreWriter(path, meta, shard_size_utts=2)
     rng = np.random.default_rng(0)
     utts = sorted(durations)
@@ -136,9 +139,14 @@ def test_export_kaldi_reads_back_with_kaldi_io(store, tmp_path, capsys):
             np.testing.assert_array_equal(got_p, probs)
 
 
-@pytest.mark.parametrize("quantization", ["log8", "float16"])
-def test_import_kaldi_round_trip(tmp_path, capsys, quantization):
-    store = make_store(tmp_path / "store", quantization=quantization)
+@pytest.mark.parametrize("quantization,format_version,top_p", [("log8", 1, 1.0), ("float16", 1, 1.0),
+                                                                 ("log8", 2, 0.9), ("float16", 2, 0.9)])
+def test_import_kaldi_round_trip(tmp_path, capsys, quantization, format_version, top_p):
+    """Export then import (scp and ark) gives the same targets; v2 top-p stores export ragged frames."""
+    store = make_store(tmp_path / "store", quantization=quantization, format_version=format_version, top_p=top_p)
+    if format_version == 2:
+        counts = np.concatenate([StoreReader(store).get_counts(u) for u in StoreReader(store).utt_ids])
+        assert counts.min() < counts.max()  # really ragged
     assert main(["targets", "export-kaldi", str(store), "--out", str(tmp_path / "kaldi")]) == 0
     new = tmp_path / "imported"
     for src in ("post.scp", "post.ark"):
@@ -254,3 +262,38 @@ def test_verify_against_student_config(store, tmp_path, capsys):
     assert "output frame shift differs: store 40 ms vs config 80 ms" in err
     assert "temperature differs: store 1 vs kd.temperature 2" in err
     assert "units.from_model is not set" in err
+
+
+def test_export_kaldi_ragged_frames_read_back_with_kaldi_io(tmp_path, capsys):
+    os.environ.setdefault("KALDI_ROOT", "/tmp")
+    import kaldi_io
+
+    store = make_store(tmp_path / "store", format_version=2, top_p=0.9)
+    out = tmp_path / "kaldi"
+    assert main(["targets", "export-kaldi", str(store), "--out", str(out)]) == 0
+    reader = StoreReader(store)
+    from_scp = dict(kaldi_io.read_post_scp(str(out / "post.scp")))
+    for utt in reader.utt_ids:
+        ids, probs = reader.get_sparse(utt)
+        counts = reader.get_counts(utt)
+        post = from_scp[utt]
+        assert [len(frame) for frame in post] == counts.tolist()  # no padding pairs exported
+        for t, frame in enumerate(post):
+            np.testing.assert_array_equal([i for i, _ in frame], ids[t, : counts[t]])
+            np.testing.assert_array_equal(np.array([p for _, p in frame], dtype=np.float32), probs[t, : counts[t]])
+
+
+def test_stats_of_a_top_p_store_report_k_histogram_and_bytes(tmp_path, capsys):
+    store = make_store(tmp_path / "store", format_version=2, top_p=0.9)
+    assert main(["targets", "stats", str(store), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    reader = StoreReader(store)
+    counts = np.concatenate([reader.get_counts(u) for u in reader.utt_ids])
+    assert out["k_histogram"] == {str(k): int((counts == k).sum()) for k in range(1, 5)}
+    assert out["mean_k"] == pytest.approx(counts.mean())
+    assert out["format_version"] == 2 and out["top_p"] == 0.9 and out["codec"] == "zstd"
+    assert out["bytes_per_frame"] == pytest.approx(reader.payload_bytes() / counts.size)
+    assert out["bytes_per_audio_second"] == pytest.approx(out["bytes_per_frame"] * 25)
+    assert main(["targets", "stats", str(store)]) == 0
+    text = capsys.readouterr().out
+    assert "top-p 0.9, k <= 4, log8, format v2, zstd" in text and "units per frame" in text

@@ -10,7 +10,7 @@ import pytest
 
 from tools.bench import common
 
-BENCHES = ["label_throughput", "storage", "student", "train_input", "train_parallel"]
+BENCHES = ["label_throughput", "storage", "store_v2", "student", "train_input", "train_parallel"]
 
 
 @pytest.mark.parametrize("name", BENCHES)
@@ -54,3 +54,19 @@ def test_publish_prints_and_replaces_only_its_section(tmp_path, monkeypatch, cap
     assert text.startswith("# Benchmarks")
     assert "second" in text and "first" not in text and "other" in text
     assert text.count("<!-- bench:a -->") == 1 and text.index("bench:a") < text.index("bench:b")
+
+
+def test_time_store_reads_counts_every_frame_of_the_store():
+    """The shared read-speed helper (train_input, store_v2) reads every utterance both ways."""
+    from pathlib import Path
+
+    from asr_kd.targets.store import StoreReader
+
+    reader = StoreReader(Path(__file__).parent / "data" / "store_v1")
+    calls = []
+    real = reader.get_sparse
+    reader.get_sparse = lambda utt: calls.append(utt) or real(utt)
+    got = common.time_store_reads(reader, rounds=2)
+    assert sorted(calls) == sorted(reader.utt_ids * 2)  # every utterance, once per round, by id
+    assert got["frames"] == reader.total_frames and got["utts"] == len(reader) and got["bytes"] == reader.payload_bytes()
+    assert got["random_fps"] > 0 and got["seq_fps"] > 0

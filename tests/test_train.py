@@ -175,6 +175,64 @@ def test_two_ray_train_workers_write_the_same_model_dir_and_checkpoints_as_one(c
     load_model_dir(out)
 
 
+CLUSTER_TRAIN = r"""
+import json, os, subprocess, sys
+os.environ["RAY_AUTH_MODE"] = "disabled"
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+try:
+    proc = subprocess.run([sys.executable, "-m", "asr_kd.cli", "train", "--config", sys.argv[1], "--out", sys.argv[2],
+                           "--workers", "2", "--address", cluster.address, "--no-progress"],
+                          capture_output=True, text=True, timeout=500)
+    import ray
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    # the cluster's own actor table (GCS, no dashboard needed): where did Ray Train's workers run?
+    workers = [a for a in ray._private.state.actors().values() if "RayTrainWorker" in a["ActorClassName"]]
+    worker_nodes = sorted({a["Address"]["NodeID"] for a in workers})
+    ray.shutdown()
+finally:
+    cluster.shutdown()
+print(json.dumps({"rc": proc.returncode, "stdout": proc.stdout[-3000:], "stderr": proc.stderr[-3000:],
+                  "workers": len(workers), "worker_nodes": worker_nodes}))
+"""
+
+
+def test_train_address_runs_the_ddp_workers_on_a_two_node_cluster(corpus, tmp_path):
+    """``asr-kd train --workers 2 --address HOST:PORT`` trains on an existing Ray cluster: two nodes of one
+    CPU each, so Ray must place one worker per node: the cluster's actor table shows the two Ray Train
+    workers on two distinct nodes. The model dir is complete and loads, env.json records both ranks, the
+    summary names 2 workers, and the rendezvous dir under --out is gone. (Mutation caught: --address not
+    passed to init_ray -> the run trains on a fresh local Ray and the cluster has no workers.)"""
+    cfg = {"model": TINY_TEACHER, "specaug": None,
+           "data": {"train": [str(corpus / "train_labeled")], "dev": str(corpus / "dev")},
+           "batch": {"max_frames": 4000, "num_workers": 0}, "optim": {"lr": 3e-3, "warmup_steps": 5},
+           "train": {"max_steps": 6, "max_epochs": 1, "checkpoint_every_steps": 3, "log_every_steps": 2}}
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cluster_model"
+    proc = subprocess.run([sys.executable, "-c", CLUSTER_TRAIN, str(tmp_path / "conf.yaml"), str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0, result["stderr"]
+    assert "2 workers" in result["stdout"], result["stdout"]
+    assert result["workers"] == 2 and len(result["worker_nodes"]) == 2, result
+    env = __import__("json").loads((out / "env.json").read_text())
+    assert env["world_size"] == 2
+    assert not list(out.glob(".ddp-rendezvous-*"))
+    load_model_dir(out)
+
+
+def test_train_address_with_no_cluster_there_is_a_clear_error(tmp_path):
+    """A cluster address where nothing listens fails naming the address and what to check, not a traceback."""
+    proc = run_cli("train", "--config", str(Path(__file__).resolve().parents[1] / "recipes/synth/conf/teacher.yaml"),
+                   "--out", str(tmp_path / "m"), "--address", "127.0.0.1:9", env={"RAY_AUTH_MODE": "token"})
+    assert proc.returncode != 0
+    assert "127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 DDP_RANK = r"""
 import json, sys
 import torch

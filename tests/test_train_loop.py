@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from asr_kd.config import load_config
 from asr_kd.errors import AsrKdError, StoreError
@@ -185,6 +186,30 @@ def test_store_made_at_another_temperature_is_refused(kd_parts, tmp_path):
         Trainer(cfg, tmp_path / "m", progress=False)._setup()
     ok = _config(tmp_path, "kd1", [str(labeled)], store=str(store), from_model=str(teacher), max_steps=1)
     Trainer(ok, tmp_path / "m1", progress=False)._setup()  # the store's own temperature is accepted
+
+
+def test_store_of_another_teacher_is_refused_unless_allowed(kd_parts, tmp_path, capsys):
+    """units.from_model names a model dir with the same units but other weights than the teacher that made
+    the store: training and 'targets verify --student-config' refuse it naming both fingerprints;
+    kd.allow_other_teacher lets it train. (Mutation caught: the fingerprint comparison removed.)"""
+    from asr_kd.cli import main
+    from asr_kd.models.model_dir import read_fingerprint
+
+    root, teacher, labeled, store = kd_parts
+    other = make_teacher(tmp_path / "other_teacher", seed=9)
+    assert read_fingerprint(other) != read_fingerprint(teacher)
+    cfg = _config(tmp_path, "kd", [str(labeled)], store=str(store), from_model=str(other), max_steps=1)
+    want = (rf"made by teacher .*teacher \({read_fingerprint(teacher)}\), but units\.from_model names .*other_teacher "
+            rf"\(fingerprint {read_fingerprint(other)}\).*kd\.allow_other_teacher")
+    with pytest.raises(StoreError, match=want):
+        Trainer(cfg, tmp_path / "m", progress=False)._setup()
+    allowed = _config(tmp_path, "kd2", [str(labeled)], store=str(store), from_model=str(other), max_steps=1,
+                      extra={"kd.allow_other_teacher": True})
+    Trainer(allowed, tmp_path / "m2", progress=False)._setup()
+    conf = tmp_path / "student.yaml"
+    conf.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["targets", "verify", str(store), "--student-config", str(conf)]) == 1
+    assert f"units.from_model names {other}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kd_on_labeled", [True, False])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr_kd.targets.codec import DEFAULT_TOP_P
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True,
@@ -21,7 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
     parser.add_argument("--data", required=True, help="data dir to label (text not needed)")
     parser.add_argument("--out", required=True, help="soft-target store dir; rerunning resumes it")
-    parser.add_argument("--top-k", type=int, default=8, help="units kept per output frame (40 ms, or 20 ms for subsampling-2 teachers; 1-64)")
+    parser.add_argument("--top-k", type=int, default=8, help="most units kept per output frame (k_max; 40 ms frames, or "
+                        "20 ms for subsampling-2 teachers; 1-64)")
+    parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P,
+                        help=f"per frame keep the fewest units whose probability mass reaches this, at most --top-k "
+                        f"(in (0, 1]; 1 = always --top-k units; default {DEFAULT_TOP_P}: about 5 bytes per 40 ms frame "
+                        "on the demo teacher, KL to the teacher 0.006 nats)")
+    parser.add_argument("--format-version", type=int, choices=[1, 2], default=2,
+                        help="store format: 2 (variable k, zstd-compressed blocks; default) or 1 (fixed top-k, "
+                        "16 B/frame at top-8, readable by asr-kd releases before format 2; needs --top-p 1)")
+    parser.add_argument("--codec", choices=["zstd", "none"], default="zstd", help="format-2 block compression")
     parser.add_argument("--quantization", choices=["log8", "float16"], default="log8",
                         help="log8: 1-byte log-probability codes; float16: 2-byte probabilities")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature applied to the teachers")
@@ -44,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from asr_kd.label.pipeline import LabelOptions, label, label_local
 
     options = LabelOptions(
-        top_k=args.top_k, quantization=args.quantization, temperature=args.temperature, shard_size=args.shard_size,
+        top_k=args.top_k, top_p=args.top_p, format_version=args.format_version, codec=args.codec,
+        quantization=args.quantization, temperature=args.temperature, shard_size=args.shard_size,
         max_seconds=args.max_seconds, batch_max_frames=args.batch_max_frames, actors=args.actors,
         actor_num_cpus=args.actor_cpus, num_gpus_per_actor=args.gpus_per_actor, min_max_prob=args.min_max_prob,
         max_entropy=args.max_entropy, weights=args.weights, allow_pipes=args.allow_pipes, address=args.address,

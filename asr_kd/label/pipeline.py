@@ -43,6 +43,7 @@ from asr_kd.data.datadir import DataDir, read_data_dir
 from asr_kd.errors import AsrKdError, AudioError, remote_error_message
 from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
 from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
+from asr_kd.targets.codec import DEFAULT_TOP_P, check_top_p
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,10 @@ BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids o
 
 @dataclasses.dataclass
 class LabelOptions:
-    top_k: int = 8
+    top_k: int = 8  # k_max: most units kept per output frame
+    top_p: float = DEFAULT_TOP_P  # keep the fewest units whose mass reaches this, in (0, 1]; 1 = fixed top-k
+    format_version: int = 2  # store format: 2 (top-p, zstd blocks) or 1 (fixed top-k records, for old readers)
+    codec: str = "zstd"  # v2 block compression: "zstd" or "none"
     quantization: str = "log8"  # "log8" (1-byte log-probability codes) or "float16"
     temperature: float = 1.0
     shard_size: int = 256  # utterances per shard
@@ -435,9 +439,28 @@ def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOpti
     return StoreWriter(out_dir, meta, shard_size_utts=options.shard_size)
 
 
+def check_options(o: LabelOptions) -> None:
+    """Refuse bad store settings before any teacher is loaded (errors name the flag and value)."""
+    check_top_p(o.top_p, o.top_k, where="label")
+    if o.format_version not in (1, 2):
+        raise AsrKdError(f"label: --format-version must be 1 or 2, got {o.format_version}")
+    if o.format_version == 1 and o.top_p != 1.0:
+        raise AsrKdError(f"label: --format-version 1 stores a fixed top-k; --top-p {o.top_p} needs format version 2 "
+                         "(or pass --top-p 1)")
+    if o.codec not in ("zstd", "none"):
+        raise AsrKdError(f"label: --codec must be 'zstd' or 'none', got {o.codec!r}")
+
+
 def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any]:
     extra = {"teacher_details": ensemble.describe()} if ensemble.has_foreign else {}
-    return dict(**extra,
+    v2 = options.format_version >= 2
+    store_format: dict[str, Any] = dict(format_version=options.format_version)
+    if v2:
+        store_format.update(top_p=options.top_p, codec=options.codec,
+                            teachers=[str(Path(t.path).resolve()) for t in ensemble.teachers])
+    return dict(
+        **extra,
+        **store_format,
         teacher_fingerprints=ensemble.fingerprints,
         teacher_weights=ensemble.weights,
         units_hash=ensemble.tokenizer.units_hash(),
@@ -491,6 +514,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     from ray.data import ActorPoolStrategy
 
     o = options or LabelOptions()
+    check_options(o)
     t0 = time.time()
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
     # the driver loads the teachers once to check them and to fill the store's meta
@@ -564,6 +588,7 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     """The same store from a plain single-process loop (no Ray): the reference for equality tests
     and, with ``one_at_a_time=True`` (batch 1, no pipelining), the naive baseline of the benchmark."""
     o = options or LabelOptions()
+    check_options(o)
     t0 = time.time()
     data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
     from asr_kd.devices import resolve_device

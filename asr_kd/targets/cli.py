@@ -128,10 +128,15 @@ def check_against_student_config(reader, config_path: str) -> list[str]:
     if conf.units.from_model:
         from asr_kd.data.units import load_tokenizer
 
+        from asr_kd.targets.store import teacher_mismatch
+
         tok = load_tokenizer(conf.units.from_model)
         if tok.units_hash() != meta.units_hash or tok.vocab_size != meta.vocab_size:
             problems.append(f"units differ: store units_hash {meta.units_hash} ({meta.vocab_size} units) vs "
                             f"{conf.units.from_model} {tok.units_hash()} ({tok.vocab_size} units)")
+        other = teacher_mismatch(meta, conf.units.from_model, where=str(reader.store_dir))
+        if other and not (conf.kd is not None and conf.kd.allow_other_teacher):
+            problems.append(other)
     else:
         problems.append("units.from_model is not set: a distilled student must reuse the teacher's units "
                         "(units.from_model: TEACHER_DIR)")

@@ -115,12 +115,10 @@ def posteriorgram_figure(reader: StoreReader, utt: str, tokens: str | os.PathLik
     from matplotlib.figure import Figure
 
     ids, probs = reader.get_sparse(utt)
-    units = np.unique(ids) if ids.size else np.zeros(0, dtype=np.int64)
-    row_of = {int(u): i for i, u in enumerate(units)}
+    frames, cols = np.nonzero(probs > 0)  # probability-0 entries pad ragged (v2) frames: not units shown
+    units, rows = np.unique(ids[frames, cols], return_inverse=True)
     image = np.zeros((len(units), ids.shape[0]), dtype=np.float32)
-    for t in range(ids.shape[0]):
-        for u, p in zip(ids[t], probs[t]):
-            image[row_of[int(u)], t] = p
+    image[rows, frames] = probs[frames, cols]
     hidden = 0
     if len(units) > max_rows:
         keep = np.sort(np.argsort(-image.max(axis=1), kind="stable")[:max_rows])

@@ -8,6 +8,8 @@ structured dtype, no padding)::
 
 so a frame costs ``k * (id_bytes + code_bytes)`` bytes: 16 bytes for top-8, 1-byte ids, log8
 (= 400 bytes per audio-second at 40 ms frames, the same as icefall's 8-codebook MVQ targets at 20 ms).
+That is store format version 1; format 2 (``asr_kd.targets.codec``) keeps a variable number of
+entries per frame with the same id and code types, compressed.
 
 Quantizations (``decode(encode(p))`` error bounds are what ``error_bound`` returns and the tests check):
 

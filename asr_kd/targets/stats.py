@@ -71,8 +71,9 @@ def kl_dense_vs_stored(dense_log_probs: Any, ids: Any, probs: Any, floor: float 
 
     ``dense_log_probs``: the teacher's full ``(T, V)`` log-probabilities (natural log, at the store's
     temperature; torch or numpy). ``q_stored`` is the stored top-k made a distribution the way
-    ``StoreReader.get_dense(fill="uniform")`` does: top-k values in place, the missing mass spread
-    evenly over the other ``V - k`` units (each at least ``floor``, so KL stays finite when the stored
+    ``StoreReader.get_dense(fill="uniform")`` does: stored values in place, the missing mass spread
+    evenly over the other ``V - n_t`` units (``n_t`` = entries of frame t with probability > 0, so the
+    zero padding of ragged v2 frames is ignored) (each at least ``floor``, so KL stays finite when the stored
     mass is >= 1), renormalized. 0 when nothing was lost; grows with the mass cut off by top-k and the
     quantization error.
     """
@@ -85,12 +86,12 @@ def kl_dense_vs_stored(dense_log_probs: Any, ids: Any, probs: Any, floor: float 
     t, v = lp.shape
     if t == 0:
         return 0.0
-    k = ids.shape[1]
-    q = np.zeros((t, v), dtype=np.float64)
-    if v > k:
-        rest = np.maximum(1.0 - probs.sum(axis=1, keepdims=True), floor * (v - k)) / (v - k)
-        q += rest
-    np.put_along_axis(q, ids, np.maximum(probs, floor), axis=1)
+    valid = probs > 0  # entries with probability 0 are the padding of ragged (v2) frames
+    others = v - valid.sum(axis=1, keepdims=True)
+    rest = np.maximum(1.0 - probs.sum(axis=1, keepdims=True), floor * others) / np.maximum(others, 1)
+    q = np.broadcast_to(np.where(others > 0, rest, 0.0), (t, v)).copy()
+    rows, cols = np.nonzero(valid)
+    q[rows, ids[rows, cols]] = np.maximum(probs[rows, cols], floor)
     q /= q.sum(axis=1, keepdims=True)
     p = np.exp(lp)
     kl = (p * (lp - np.log(q))).sum(axis=1)
@@ -113,6 +114,11 @@ class StoreStats:
     quantization: str
     frame_shift_ms: float
     rejects: int
+    k_histogram: list[int] = dataclasses.field(default_factory=list)  # frames storing 1, 2, ..., k units
+    mean_k: float = 0.0  # units stored per frame
+    top_p: float = 1.0
+    format_version: int = 1
+    codec: str | None = None
     kl_nats: float | None = None
     unmapped_mass: float | None = None  # meta: mean per-frame probability of foreign teacher units with no student unit
     unit_maps: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # meta: per foreign teacher
@@ -125,7 +131,9 @@ class StoreStats:
                   "mean_entropy_nats": self.mean_entropy, "entropy_histogram": {"edges": self.entropy_edges,
                                                                                "counts": self.entropy_counts},
                   "k": self.k, "quantization": self.quantization, "frame_shift_ms": self.frame_shift_ms,
-                  "rejects": self.rejects})
+                  "rejects": self.rejects, "mean_k": self.mean_k,
+                  "k_histogram": {str(i + 1): c for i, c in enumerate(self.k_histogram)}, "top_p": self.top_p,
+                  "format_version": self.format_version, "codec": self.codec})
         if self.unit_maps:
             d.update({"unmapped_mass": self.unmapped_mass, "unit_maps": self.unit_maps})
         return d
@@ -139,9 +147,12 @@ def store_stats(reader: StoreReader, bins: int = ENTROPY_BINS) -> StoreStats:
     frames = 0
     mass_sum = 0.0
     ent_sum = 0.0
+    k_hist = np.zeros(m.k, dtype=np.int64)
     for _, _, probs in reader.iter_shards():
         if probs.shape[0] == 0:
             continue
+        # units stored per frame = entries with probability > 0 (v2 pads ragged frames with zeros)
+        k_hist += np.bincount(np.maximum((probs > 0).sum(axis=1), 1) - 1, minlength=m.k)[: m.k]
         frames += probs.shape[0]
         mass_sum += float(probs.astype(np.float64).sum())
         ent = stored_entropy(probs)
@@ -158,7 +169,17 @@ def store_stats(reader: StoreReader, bins: int = ENTROPY_BINS) -> StoreStats:
         unmapped_mass=m.unmapped_mass,
         unit_maps=[{"path": t.get("path"), "frame_shift_ms": t.get("frame_shift_ms"),
                     "frame_conversion": t.get("frame_conversion"), **t["unit_map"]} for t in m.teacher_details if t.get("unit_map")],
+        k_histogram=[int(c) for c in k_hist], mean_k=float((k_hist * np.arange(1, m.k + 1)).sum() / frames) if frames else 0.0,
+        top_p=m.top_p, format_version=m.format_version, codec=m.codec,
     )
+
+
+def _setting(stats: StoreStats) -> str:
+    if stats.format_version == 1 or stats.top_p >= 1.0:
+        kind = f"top-{stats.k}"
+    else:
+        kind = f"top-p {stats.top_p:g}, k <= {stats.k}"
+    return f"{kind}, {stats.quantization}, format v{stats.format_version}" + (f", {stats.codec}" if stats.codec else "")
 
 
 def format_stats(stats: StoreStats, width: int = 40) -> str:
@@ -168,8 +189,10 @@ def format_stats(stats: StoreStats, width: int = 40) -> str:
         f"frames          {stats.frames}  ({stats.frame_shift_ms:g} ms each)",
         f"audio           {stats.hours:.3f} h",
         f"payload         {stats.payload_bytes} bytes: {stats.bytes_per_frame:.2f} B/frame, "
-        f"{stats.bytes_per_audio_second:.1f} B per audio-second (top-{stats.k}, {stats.quantization})",
-        f"top-k mass      {stats.mean_topk_mass:.4f} (mean per-frame sum of stored probabilities)",
+        f"{stats.bytes_per_audio_second:.1f} B per audio-second ({_setting(stats)})",
+        f"mass kept       {stats.mean_topk_mass:.4f} (mean per-frame sum of stored probabilities)",
+        f"units per frame {stats.mean_k:.2f} mean; histogram: "
+        + ", ".join(f"k={i + 1}: {100.0 * c / max(stats.frames, 1):.1f}%" for i, c in enumerate(stats.k_histogram) if c),
         f"entropy         {stats.mean_entropy:.3f} nats mean (stored top-k renormalized; max ln k = "
         f"{math.log(stats.k):.3f})",
     ]
@@ -216,7 +239,7 @@ def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, samp
                           units_from=units_from, unit_map_files=unit_map_files, unmapped_rule=rule,
                           frame_conversion=conversion)
     if sorted(ens.fingerprints) != sorted(m.teacher_fingerprints):
-        raise StoreError(f"{reader.dir if hasattr(reader, 'dir') else 'store'}: teachers {ens.fingerprints} are not the ones "
+        raise StoreError(f"{reader.store_dir}: teachers {ens.fingerprints} are not the ones "
                          f"that made the store ({m.teacher_fingerprints}); pass the same --teacher dirs")
     if ens.tokenizer.units_hash() != m.units_hash:
         raise StoreError(f"store units {m.units_hash} differ from the teachers' {ens.tokenizer.units_hash()}; pass the "

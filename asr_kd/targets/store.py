@@ -1,16 +1,32 @@
 """The soft-target store: per-frame top-k teacher distributions, sharded, checksummed, resumable.
 
-On-disk layout (format version 1)::
+On-disk layout (format versions 1 and 2; readers read both)::
 
     STORE/
       meta.json                  StoreMeta: teachers, units hash, frame rate, k, quantization, T, ...
-      shards/shard-00000.bin     frame records, utterances back to back (see asr_kd.targets.quant)
+      shards/shard-00000.bin     v1: frame records, utterances back to back (see asr_kd.targets.quant);
+                                 v2: zstd blocks of utterance payloads (see asr_kd.targets.codec)
       shards/shard-00000.json    the shard's index + checksum; written LAST = its completion marker
       index.tsv                  utt <TAB> shard <TAB> offset <TAB> frames   (sorted by utt; finalize)
       rejects.tsv                utt <TAB> reason   (utterances the labeler refused; merged on resume)
 
-Why raw binary shards: a frame is a fixed-size record (``k`` ids + ``k`` codes, 16 bytes at top-8
-log8), so an utterance is one contiguous slice ``[offset, offset + frames)`` of a numpy ``memmap``:
+Format version 2 (the default of ``asr-kd label``, see ``asr_kd.targets.codec``): variable k per frame
+(the fewest units whose mass reaches ``meta.top_p``, at most ``meta.k`` = k_max) and the shard
+``.bin`` is a sequence of blocks of whole utterances, each three zstd-compressed columns (counts,
+unit ids, codes); the shard's marker lists the blocks (byte offset, the columns' compressed sizes,
+frames and entries) and, per utterance, its block, first frame and first entry in the block and
+number of kept entries. ``index.tsv`` is the same in both versions (offsets
+in frames). A reader hashes a v2 shard (sha256, against its marker) the first time it opens it, so a
+truncated or bit-flipped shard is refused naming the file before any of its bytes are decoded.
+
+Version check: ``read_meta`` reads ``format_version`` first and refuses a version it does not know
+(a future v3) with a "newer format" error, before validating the rest. (asr-kd releases that only
+knew version 1 refuse a v2 ``meta.json`` before reading any shard, as "meta.json: invalid store
+meta: teachers: Extra inputs are not permitted; top_p: ..." — an error, not garbage, but one that
+does not say "upgrade"; they would also have refused ``format_version`` 2 itself right after.)
+
+Why raw binary shards (version 1): a frame is a fixed-size record (``k`` ids + ``k`` codes, 16 bytes at
+top-8 log8), so an utterance is one contiguous slice ``[offset, offset + frames)`` of a numpy ``memmap``:
 random access by id costs one page-cache read with no decoding step, sequential training reads
 stream whole shards, and the bytes on disk are exactly the payload (no per-row framing). Parquet
 would add a dependency, row-group decoding and list-column overhead for no gain here. Offsets in
@@ -25,11 +41,12 @@ the wrong size is not counted either) and the labeler redoes. ``finalize()`` mer
 ``index.tsv`` (refusing an utterance that appears in two shards) and records ``num_shards`` in
 ``meta.json``; a reader refuses a store that was never finalized.
 
-No pickle anywhere: JSON, TSV and raw little-endian arrays only.
+No pickle anywhere: JSON, TSV, raw little-endian arrays and zstd frames only.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
@@ -45,11 +62,15 @@ from pydantic import Field, model_validator
 
 from asr_kd.config import StrictModel
 from asr_kd.errors import StoreError
+from asr_kd.targets import codec as v2codec
 from asr_kd.targets import quant
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Newest store format this code writes and reads; it also reads version 1 (``READABLE_VERSIONS``)."""
+READABLE_VERSIONS = (1, 2)
+V2_ONLY_FIELDS = ("top_p", "codec", "zstd_level", "block_frames", "teachers")
 META = "meta.json"
 INDEX = "index.tsv"
 REJECTS = "rejects.tsv"
@@ -73,14 +94,23 @@ class CreatedInfo(StrictModel):
 class StoreMeta(StrictModel):
     """``meta.json`` of a store: everything a consumer must agree with before using the targets."""
 
-    format_version: int = FORMAT_VERSION
+    format_version: int = Field(FORMAT_VERSION, ge=1, description="1: fixed top-k records; 2: top-p, zstd blocks")
     teacher_fingerprints: list[str] = Field(default_factory=list, description="model-dir fingerprints of the teachers")
+    teachers: list[str] = Field(default_factory=list, description="(v2) the teachers' model dirs as given to "
+                                "'asr-kd label', for messages; the fingerprints are what binds the store")
     teacher_weights: list[float] = Field(default_factory=list, description="ensemble weights (probabilities averaged)")
     units_hash: str = Field(description="hash of tokens.txt (and BPE model) the ids refer to")
     vocab_size: int = Field(ge=2, le=65536, description="number of units incl. blank (id 0)")
     frame_shift_ms: float = Field(gt=0, description="shift of one stored (output) frame, e.g. 40 ms")
     subsampling: int = Field(4, ge=1, description="output frames = fbank frames // subsampling")
-    k: int = Field(ge=1, le=64, description="top-k entries stored per frame")
+    k: int = Field(ge=1, le=64, description="units stored per frame: exactly k (v1, or v2 with top_p=1), "
+                   "at most k = k_max (v2)")
+    top_p: float = Field(1.0, description="(v2) keep the fewest units whose probability mass reaches top_p, in (0, 1]")
+    codec: Literal["zstd", "none"] | None = Field(None, description="(v2) block compression; v1 stores are raw "
+                                                  "records (None)")
+    zstd_level: int = Field(v2codec.DEFAULT_ZSTD_LEVEL, ge=1, le=22, description="(v2) zstd level the writer uses")
+    block_frames: int = Field(v2codec.DEFAULT_BLOCK_FRAMES, ge=1, description="(v2) a block is closed once it holds "
+                              "this many 40 ms frames (whole utterances)")
     quantization: Literal["log8", "float16"] = "log8"
     log8_range: tuple[float, float] = Field(quant.LOG8_RANGE, description="log-odds range (lo, hi) of the log8 codes")
     temperature: float = Field(1.0, gt=0, description="targets are softmax(logits / temperature)")
@@ -92,6 +122,14 @@ class StoreMeta(StrictModel):
     unmapped_mass: float | None = Field(None, ge=0, le=1, description="measured: mean per-frame probability of teacher "
                                         "units with no student unit (foreign teachers; set when labeling ends)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_codec(cls, data: Any) -> Any:
+        """A v2 meta without a codec gets zstd (v1 metas have none)."""
+        if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) != 1 and data.get("codec") is None:
+            data = {**data, "codec": "zstd"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "StoreMeta":
         lo, hi = self.log8_range
@@ -101,7 +139,22 @@ class StoreMeta(StrictModel):
             raise ValueError(f"k={self.k} exceeds vocab_size={self.vocab_size}")
         if self.teacher_weights and len(self.teacher_weights) != len(self.teacher_fingerprints):
             raise ValueError(f"{len(self.teacher_weights)} teacher_weights for {len(self.teacher_fingerprints)} teachers")
+        if self.format_version not in READABLE_VERSIONS:
+            raise ValueError(f"format_version {self.format_version} is not one this asr-kd knows {READABLE_VERSIONS}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (fraction of a frame's mass kept), got {self.top_p}")
+        if self.format_version == 1:
+            if self.top_p != 1.0 or self.codec is not None:
+                raise ValueError("format version 1 stores exactly k units per frame, uncompressed: top_p must be 1 and "
+                                 "codec unset (use format_version 2 for top-p or zstd)")
+        elif self.codec is None:
+            raise ValueError("a format version 2 store needs a codec ('zstd' or 'none')")
         return self
+
+    def to_json(self) -> str:
+        """``meta.json`` text; a v1 meta leaves out the v2 fields so that older asr-kd still reads it."""
+        exclude = set(V2_ONLY_FIELDS) if self.format_version == 1 else set()
+        return self.model_dump_json(indent=2, exclude=exclude) + "\n"
 
     @property
     def record_dtype(self) -> np.dtype:
@@ -109,7 +162,7 @@ class StoreMeta(StrictModel):
 
     def settings(self) -> dict[str, Any]:
         """Everything that defines the targets (what a resumed writer must match)."""
-        return self.model_dump(mode="json", exclude={"created", "num_shards", "unmapped_mass"})
+        return self.model_dump(mode="json", exclude={"created", "num_shards", "teachers", "unmapped_mass"})
 
 
 def read_meta(path: str | os.PathLike) -> StoreMeta:
@@ -121,15 +174,29 @@ def read_meta(path: str | os.PathLike) -> StoreMeta:
         raise StoreError(f"{p}: not found; is {p.parent} a soft-target store made by 'asr-kd label'?")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-        meta = StoreMeta.model_validate(data)
     except json.JSONDecodeError as exc:
         raise StoreError(f"{p}: not valid JSON ({exc})") from None
+    # the version first: a newer format must be refused as such, not as a pile of unknown keys
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{p}: no integer format_version; is {p.parent} a soft-target store made by 'asr-kd label'?")
+    if version > FORMAT_VERSION:
+        from asr_kd import __version__
+
+        raise StoreError(f"{p}: store format version {version} is newer than this asr-kd ({__version__}) reads "
+                         f"(versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade asr-kd to read it")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"{p}: unknown store format version {version}; this asr-kd reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version == 1:
+        extra = sorted(set(data) & set(V2_ONLY_FIELDS))
+        if extra:
+            raise StoreError(f"{p}: invalid store meta: a format version 1 store has no {', '.join(extra)}")
+    try:
+        return StoreMeta.model_validate(data)
     except pydantic.ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
         raise StoreError(f"{p}: invalid store meta: {problems}") from None
-    if meta.format_version != FORMAT_VERSION:
-        raise StoreError(f"{p}: store format version {meta.format_version}, this asr-kd reads version {FORMAT_VERSION}")
-    return meta
 
 
 FRAME_TIMING_KEYS = ("sample_rate", "frame_length_ms", "frame_shift_ms", "snip_edges")
@@ -177,6 +244,29 @@ def check_compatible(meta: StoreMeta, units_hash: str, frame_shift_ms: float, vo
     return notes
 
 
+def teacher_mismatch(meta: StoreMeta, model_dir: str | os.PathLike, where: str = "store") -> str | None:
+    """A message when the model dir ``model_dir`` (a student config's ``units.from_model``) is not one
+    of the teachers that made the store (its ``fingerprint.txt`` is not in ``meta.teacher_fingerprints``);
+    None when it is, when the store recorded no fingerprints, or when a foreign teacher made it (then
+    ``units.from_model`` is the ``--units-from`` units source, not a teacher)."""
+    from asr_kd.models.model_dir import read_fingerprint
+
+    if not meta.teacher_fingerprints:
+        return None
+    if any(t.get("kind", "asr-kd") != "asr-kd" for t in meta.teacher_details):
+        # a store made with a foreign teacher (Hugging Face, ...) is written in the units of --units-from:
+        # the student's units.from_model is that units source, not the teacher; the units hash is checked
+        return None
+    fingerprint = read_fingerprint(model_dir)
+    if fingerprint in meta.teacher_fingerprints:
+        return None
+    made_by = ", ".join(f"{d} ({f})" if d else f for d, f in
+                        zip(meta.teachers or [""] * len(meta.teacher_fingerprints), meta.teacher_fingerprints))
+    return (f"{where}: the soft targets were made by teacher {made_by}, but units.from_model names {model_dir} "
+            f"(fingerprint {fingerprint}); point units.from_model at the teacher that made the store, relabel with "
+            f"this teacher, or set kd.allow_other_teacher: true if the other model is intended")
+
+
 def topk_from_log_probs(log_probs: Any, k: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of ``softmax(log_probs / temperature)`` per frame.
 
@@ -195,6 +285,18 @@ def topk_from_log_probs(log_probs: Any, k: int, temperature: float = 1.0) -> tup
     p = torch.softmax(x / temperature, dim=-1)
     probs, ids = torch.topk(p, k, dim=-1)
     return ids.numpy().astype(np.int64), probs.numpy().astype(np.float32)
+
+
+def _compressor(name: str | None, level: int):
+    """``bytes -> bytes`` block compressor of a v2 codec (a new zstd context per shard: thread-safe)."""
+    if name == "none":
+        return bytes
+    import zstandard
+
+    # content size in the frame header lets the reader check a block's size; no per-frame checksum: the
+    # shard's sha256 (checked when a reader opens the shard) already covers every byte
+    ctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return ctx.compress
 
 
 def _fsync_dir(path: Path) -> None:
@@ -230,7 +332,9 @@ def _read_marker(path: Path) -> dict[str, Any]:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path}: unreadable shard index ({exc}); delete it and {RESUME_HINT}") from None
-    for key in ("shard", "bytes", "frames", "sha256", "record_bytes", "utts"):
+    version = marker.get("format_version", 1)
+    keys = ("shard", "bytes", "frames", "sha256", "utts") + (("record_bytes",) if version == 1 else ("blocks",))
+    for key in keys:
         if key not in marker:
             raise StoreError(f"{path}: shard index lacks {key!r}; delete it and {RESUME_HINT}")
     return marker
@@ -277,7 +381,7 @@ class StoreWriter:
 
     # ---------------------------------------------------------------- helpers
     def _write_meta(self) -> None:
-        _atomic_write_bytes(self.out_dir / META, (self.meta.model_dump_json(indent=2) + "\n").encode("utf-8"))
+        _atomic_write_bytes(self.out_dir / META, self.meta.to_json().encode("utf-8"))
 
     def _invalidate(self) -> None:
         """The store changes: it is unfinalized until finalize() runs again."""
@@ -310,7 +414,8 @@ class StoreWriter:
             done.add(int(marker["shard"]))
         return done
 
-    def _encode(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> tuple[np.ndarray, list[list]]:
+    def _encode(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> tuple[Any, list[list]]:
+        """Validate ``items``; v1: ``(records, index)``, v2: ``(validated items, index)``."""
         m = self.meta
         where = f"{self.out_dir}: shard {shard_id}"
         seen: set[str] = set()
@@ -332,20 +437,70 @@ class StoreWriter:
                                  f"(got {ids.min()}..{ids.max()})")
             if probs.size and (not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1 + 1e-4):
                 raise StoreError(f"{where}: utterance {utt!r}: probabilities must be finite and in [0, 1]")
+            if m.format_version >= 2:
+                parts.append((utt, ids, probs))
+                continue
             rec = np.empty(ids.shape[0], dtype=self._record)
             rec["ids"] = ids
             rec["codes"] = quant.encode(probs, m.quantization, m.log8_range)
             parts.append(rec)
             index.append([utt, offset, int(ids.shape[0])])
             offset += ids.shape[0]
+        if m.format_version >= 2:
+            return parts, index  # validated (utt, ids, probs); _encode_v2 lays them out
         data = np.concatenate(parts) if parts else np.empty(0, dtype=self._record)
         return data, index
 
-    def write_shard(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> Path:
+    def _encode_v2(self, items: list[tuple[str, np.ndarray, np.ndarray]], top_p: float
+                   ) -> tuple[bytes, list[list], list[list], int]:
+        """Validated items -> ``(payload, utts, blocks, frames)`` of a v2 shard (see ``asr_kd.targets.codec``).
+
+        ``utts`` rows: ``[utt, frame_offset, frames, block, frame_in_block, entry_in_block, entries]``;
+        ``blocks`` rows: ``[byte_offset, [counts_bytes, ids_bytes, codes_bytes], frames, entries]``
+        (compressed sizes of the three columns, which follow each other from ``byte_offset``).
+        """
+        m = self.meta
+        compress = _compressor(m.codec, m.zstd_level)
+        chunks: list[bytes] = []
+        blocks: list[list] = []
+        utts: list[list] = []
+        cols: tuple[list, list, list] = ([], [], [])
+        block_frames = block_entries = offset = byte_offset = 0
+
+        def close_block() -> None:
+            nonlocal cols, block_frames, block_entries, byte_offset
+            packed = [compress(np.concatenate(col).tobytes()) for col in cols]
+            blocks.append([byte_offset, [len(x) for x in packed], block_frames, block_entries])
+            chunks.extend(packed)
+            byte_offset += sum(len(x) for x in packed)
+            cols, block_frames, block_entries = ([], [], []), 0, 0
+
+        for utt, ids, probs in items:
+            ids, probs = v2codec.sort_desc(ids, probs)
+            counts = v2codec.select_counts(probs, top_p)
+            kept_ids, kept_codes = v2codec.kept_entries(ids, probs, counts, m.vocab_size, m.quantization, m.log8_range)
+            frames, entries = int(ids.shape[0]), int(kept_ids.shape[0])
+            utts.append([utt, offset, frames, len(blocks), block_frames, block_entries, entries])
+            cols[0].append(counts.astype(np.uint8))
+            cols[1].append(kept_ids)
+            cols[2].append(kept_codes)
+            block_frames += frames
+            block_entries += entries
+            offset += frames
+            if block_frames >= m.block_frames:
+                close_block()
+        if cols[0]:
+            close_block()
+        return b"".join(chunks), utts, blocks, offset
+
+    def write_shard(self, shard_id: int, items: Sequence[tuple[str, Any, Any]], selected: bool = False) -> Path:
         """Write one complete shard atomically; ``items`` = ``[(utt_id, ids (T, k), probs (T, k))]``.
 
-        ``probs`` are probabilities (already at the store's temperature; see ``topk``). Rewriting an
-        existing shard replaces it. Returns the path of the shard's marker.
+        ``probs`` are probabilities (already at the store's temperature; see ``topk``). Version 2 keeps
+        per frame the fewest entries reaching ``meta.top_p``; ``selected=True`` says the items were
+        selected already (e.g. re-imported from a Kaldi export: probability-0 entries are padding) and
+        keeps every positive entry, so that quantized values are not selected a second time.
+        Rewriting an existing shard replaces it. Returns the path of the shard's marker.
         """
         if shard_id < 0 or int(shard_id) != shard_id:
             raise StoreError(f"{self.out_dir}: shard id must be a non-negative integer, got {shard_id!r}")
@@ -353,19 +508,24 @@ class StoreWriter:
             raise StoreError(f"{self.out_dir}: shard {shard_id} has {len(items)} utterances, more than the planned "
                              f"{self.shard_size_utts} per shard")
         data, index = self._encode(shard_id, items)
-        payload = data.tobytes()
+        if self.meta.format_version >= 2:
+            payload, index, blocks, frames = self._encode_v2(data, 1.0 if selected else self.meta.top_p)
+            layout = {"blocks": blocks, "codec": self.meta.codec}
+        else:
+            payload, frames = data.tobytes(), int(data.shape[0])
+            layout = {"record_bytes": self._record.itemsize}
         self._invalidate()
         base = self.shard_dir / shard_name(shard_id)
         marker_path = base.with_suffix(".json")
         marker_path.unlink(missing_ok=True)  # from here until the new marker lands, the shard is incomplete
         _atomic_write_bytes(base.with_suffix(".bin"), payload)
         marker = {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.meta.format_version,
             "shard": int(shard_id),
             "file": base.with_suffix(".bin").name,
             "bytes": len(payload),
-            "frames": int(data.shape[0]),
-            "record_bytes": self._record.itemsize,
+            "frames": int(frames),
+            **layout,
             "sha256": hashlib.sha256(payload).hexdigest(),
             "utts": index,
         }
@@ -403,7 +563,7 @@ class StoreWriter:
         entries: dict[str, tuple[int, int, int]] = {}
         for s in sorted(done):
             marker = _read_marker(self.shard_dir / f"{shard_name(s)}.json")
-            for utt, offset, frames in marker["utts"]:
+            for utt, offset, frames, *_ in marker["utts"]:
                 if utt in entries:
                     raise StoreError(f"{self.out_dir}: utterance {utt!r} is stored in two shards "
                                      f"({shard_name(entries[utt][0])} and {shard_name(s)}); the shard plan changed "
@@ -459,6 +619,11 @@ class StoreReader:
         self._utt_ids = sorted(self._index)
         self._maps: dict[int, np.ndarray] = {}
         self._markers: dict[int, dict[str, Any]] = {}
+        # v2: verified shard bytes and decompressed blocks, a few of each (least recently used dropped)
+        self._v2_shards: dict[int, tuple[np.ndarray, dict[str, tuple[int, int, int, int, int]], str]] = {}
+        self._v2_blocks: collections.OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = \
+            collections.OrderedDict()
+        self._decompress = None
 
     def _read_index(self) -> dict[str, tuple[int, int, int]]:
         path = self.store_dir / INDEX
@@ -548,6 +713,89 @@ class StoreReader:
         self._maps[shard] = arr
         return arr
 
+    # ------------------------------------------------------------ version 2
+    V2_BLOCK_CACHE = 8  # decompressed blocks kept (sequential reads decompress each block once)
+
+    def _v2_shard(self, shard: int) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int, int]], str]:
+        """A v2 shard as a read-only memmap, checked against its marker (size, then sha256 of every
+        byte) the first time it is opened — before any of it is decoded —, its
+        ``{utt: (block, frame_in_block, entry_in_block, frames, entries)}`` and its path for messages. Kept open after,
+        like v1's memmaps (the page cache holds the bytes, not this process)."""
+        cached = self._v2_shards.get(shard)
+        if cached is not None:
+            return cached
+        path = self.shard_path(shard)
+        marker = self.marker(shard)
+        fix = f"delete {path.with_suffix('.json').name} and {RESUME_HINT}"
+        if not path.is_file():
+            raise StoreError(f"{path}: shard file is missing; {fix}")
+        size = path.stat().st_size
+        if size != marker["bytes"]:
+            raise StoreError(f"{path}: shard is truncated or corrupt ({size} bytes on disk, its index says "
+                             f"{marker['bytes']} bytes); {fix}")
+        data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.empty(0, dtype=np.uint8)
+        if hashlib.sha256(data).hexdigest() != marker["sha256"]:
+            raise StoreError(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
+        locs = {row[0]: (int(row[3]), int(row[4]), int(row[5]), int(row[2]), int(row[6])) for row in marker["utts"]}
+        self._v2_shards[shard] = (data, locs, str(path))
+        return self._v2_shards[shard]
+
+    def _v2_block(self, shard: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``(counts, ids, codes)`` columns of one block, decompressed and size-checked."""
+        key = (shard, block)
+        cols = self._v2_blocks.get(key)
+        if cols is not None:
+            self._v2_blocks.move_to_end(key)
+            return cols
+        data, _, path = self._v2_shard(shard)
+        blocks = self.marker(shard)["blocks"]
+        if not 0 <= block < len(blocks):
+            raise StoreError(f"{path}: block {block} is not in the shard's index ({len(blocks)} blocks); {RESUME_HINT}")
+        start, sizes, frames, entries = blocks[block]
+        m = self.meta
+        dtypes = (np.dtype(np.uint8), quant.id_dtype(m.vocab_size), quant.code_dtype(m.quantization))
+        lengths = (frames, entries, entries)
+        out = []
+        for size, dtype, length in zip(sizes, dtypes, lengths):
+            packed = data[start: start + size]
+            start += size
+            if m.codec == "none":
+                raw = packed.tobytes()
+            else:
+                import zstandard
+
+                if self._decompress is None:
+                    self._decompress = zstandard.ZstdDecompressor()
+                try:
+                    raw = self._decompress.decompress(packed)
+                except zstandard.ZstdError as exc:
+                    raise StoreError(f"{path}: block {block} does not decompress ({exc}); the shard is corrupt — delete "
+                                     f"{Path(path).with_suffix('.json').name} and {RESUME_HINT}") from None
+            if len(raw) != length * dtype.itemsize:
+                raise StoreError(f"{path}: block {block} holds {len(raw)} bytes in a column, its index says "
+                                 f"{length} x {dtype.itemsize}; {RESUME_HINT}")
+            out.append(np.frombuffer(raw, dtype=dtype))
+        cols = (out[0], out[1], out[2])
+        self._v2_blocks[key] = cols
+        if len(self._v2_blocks) > self.V2_BLOCK_CACHE:
+            self._v2_blocks.popitem(last=False)
+        return cols
+
+    def _v2_get(self, shard: int, utt: str, with_counts: bool = False):
+        _, locs, path = self._v2_shard(shard)
+        if utt not in locs:
+            raise StoreError(f"{path}: utterance {utt!r} is in index.tsv but not in the shard's index; "
+                             f"{RESUME_HINT} to rebuild the index")
+        block, f0, e0, frames, entries = locs[utt]
+        counts, ids, codes = self._v2_block(shard, block)
+        if f0 + frames > counts.shape[0] or e0 + entries > ids.shape[0]:
+            raise StoreError(f"{path}: utterance {utt!r} lies beyond its block {block}; the shard index does not match "
+                             f"the shard — {RESUME_HINT}")
+        m = self.meta
+        out = v2codec.decode_utterance(counts[f0: f0 + frames], ids[e0: e0 + entries], codes[e0: e0 + entries], m.k,
+                                       m.vocab_size, m.quantization, m.log8_range, where=(path, utt))
+        return out if with_counts else out[:2]
+
     def _records(self, utt: str) -> np.ndarray:
         shard, offset, frames = self._entry(utt)
         arr = self._shard(shard)
@@ -562,12 +810,23 @@ class StoreReader:
         return ids.reshape(-1, self.meta.k), probs.reshape(-1, self.meta.k)
 
     def get_sparse(self, utt: str) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of ``utt``: ``ids (T, k) int64`` and ``probs (T, k) float32`` (largest first, as stored).
+        """Top-k of ``utt``: ``ids (T, k) int64`` and ``probs (T, k) float32`` (largest first, as stored),
+        ``T`` output frames of ``meta.frame_shift_ms`` (40 ms).
 
-        ``probs`` are the decoded stored values, not renormalized: they sum to the teacher's top-k mass
-        (<= 1 up to quantization error).
+        ``probs`` are the decoded stored values, not renormalized: they sum to the teacher's kept mass
+        (<= 1 up to quantization error). Version 2 stores keep 1..k units per frame (``k`` = k_max):
+        the entries beyond a frame's count are padding, id 0 with probability 0, which the KD loss,
+        ``sparse_to_dense`` and the KL ignore.
         """
+        if self.meta.format_version >= 2:
+            return self._v2_get(self._entry(utt)[0], utt)
         return self._decode(self._records(utt))
+
+    def get_counts(self, utt: str) -> np.ndarray:
+        """Units stored per frame of ``utt``, ``(T,) int64`` (always ``k`` for version 1)."""
+        if self.meta.format_version >= 2:
+            return self._v2_get(self._entry(utt)[0], utt, with_counts=True)[2]
+        return np.full(self.num_frames(utt), self.meta.k, dtype=np.int64)
 
     def get_dense(self, utt: str, vocab_size: int | None = None, fill: Literal["zero", "uniform"] = "zero") -> np.ndarray:
         """``(T, V)`` float32 distribution of ``utt``.
@@ -605,6 +864,10 @@ class StoreReader:
             for s in order:
                 entries = sorted(by_shard.get(s, []))
                 if not entries:
+                    continue
+                if self.meta.format_version >= 2:
+                    for _, _, utt in entries:
+                        yield (utt, *self._v2_get(s, utt))
                     continue
                 arr = self._shard(s)
                 for o, f, utt in entries:
@@ -649,7 +912,7 @@ class StoreReader:
             except StoreError as exc:
                 found.append(str(exc))
                 continue
-            for utt, offset, frames in marker["utts"]:
+            for utt, offset, frames, *_ in marker["utts"]:
                 if utt in in_shards:
                     found.append(f"utterance {utt!r} is stored in two shards ({shard_name(in_shards[utt][0])} and "
                                  f"{shard_name(s)}); relabel into a new --out dir")
@@ -689,17 +952,24 @@ class StoreReader:
 
 
 def sparse_to_dense(ids: np.ndarray, probs: np.ndarray, vocab_size: int, fill: str = "zero") -> np.ndarray:
-    """Place top-k ``probs`` at ``ids`` in a ``(T, vocab_size)`` float32 array (see ``StoreReader.get_dense``)."""
+    """Place top-k ``probs`` at ``ids`` in a ``(T, vocab_size)`` float32 array (see ``StoreReader.get_dense``).
+
+    Entries with probability 0 are padding (ragged v2 frames) and are not placed; with
+    ``fill="uniform"`` the missing mass of a frame is spread over the units it did not store.
+    """
     ids = np.asarray(ids, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     t, k = ids.shape
-    dense = np.zeros((t, vocab_size), dtype=np.float64)
-    if fill == "uniform" and vocab_size > k:
-        rest = np.clip(1.0 - probs.sum(axis=1, keepdims=True), 0.0, None) / (vocab_size - k)
-        dense += rest
-    elif fill not in ("zero", "uniform"):
+    if fill not in ("zero", "uniform"):
         raise StoreError(f"fill must be 'zero' or 'uniform', got {fill!r}")
-    np.put_along_axis(dense, ids, probs, axis=1)
+    dense = np.zeros((t, vocab_size), dtype=np.float64)
+    valid = probs > 0
+    if fill == "uniform":
+        others = vocab_size - valid.sum(axis=1, keepdims=True)
+        rest = np.clip(1.0 - probs.sum(axis=1, keepdims=True), 0.0, None) / np.maximum(others, 1)
+        dense += np.where(others > 0, rest, 0.0)
+    rows, cols = np.nonzero(valid)
+    dense[rows, ids[rows, cols]] = probs[rows, cols]
     if fill == "uniform" and t:
         dense /= dense.sum(axis=1, keepdims=True)
     return dense.astype(np.float32)

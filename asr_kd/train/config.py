@@ -95,6 +95,8 @@ class KDConfig(StrictModel):
     kd_on_labeled: bool = Field(True, description="also distill on labeled utterances the store holds")
     pseudo_ctc_weight: float = Field(0.0, ge=0, description="beta: weight of CTC toward the teacher's 1-best transcript "
                                      "(the store's text.pseudo) on utterances without a transcript; 0 = off")
+    allow_other_teacher: bool = Field(False, description="train although units.from_model names a model dir whose "
+                                      "fingerprint is not among the store's teachers (same units, other weights)")
 
 
 class TrainConfig(StrictModel):

@@ -15,6 +15,12 @@ Nothing listens beyond the machine: the local Ray cluster binds loopback and use
 (``asr_kd.label.ray_runtime.init_ray``), Gloo/NCCL talk over ``lo``, and the DDP rendezvous is a
 ``FileStore`` in a private temporary directory instead of Ray Train's default ``TCPStore``, whose
 server torch binds to all interfaces.
+
+``--address auto|HOST:PORT`` trains on an existing Ray cluster (joined with token authentication, like
+``asr-kd label --address``). The multi-node assumption: every node sees the config's data dirs, the
+store, ``units.from_model`` and ``--out`` at the same paths (a shared filesystem, as Kaldi and icefall
+clusters have). The rendezvous file then lies in a private directory under ``--out`` on that
+filesystem (removed at the end), and Gloo/NCCL use the nodes' network interfaces.
 """
 
 from __future__ import annotations
@@ -70,8 +76,8 @@ def _require_cuda() -> None:
 
 def file_store_torch_config(store_file: str):
     """A Ray Train ``TorchConfig`` whose process group meets in ``file://store_file`` (a FileStore: no
-    socket) instead of a TCPStore on rank 0 (torch binds its server to all interfaces). Single machine
-    only — which is what ``train --workers`` runs on."""
+    socket) instead of a TCPStore on rank 0 (torch binds its server to all interfaces). On a cluster
+    ``store_file`` must be on the filesystem every node shares (``train_distributed`` puts it under --out)."""
     import dataclasses
 
     import ray
@@ -119,7 +125,9 @@ def _use_gpu(config: TrainConfig, workers: int, cluster_gpus: float, use_gpu: bo
 
 
 def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: bool = False, use_gpu: bool | None = None,
-                      threads_per_worker: int = 1, progress: bool = True) -> None:
+                      threads_per_worker: int = 1, progress: bool = True, address: str | None = None) -> None:
+    """Train ``config`` with ``workers`` DDP workers on Ray Train: a local Ray when ``address`` is None, else
+    the cluster at ``address`` (see the module docstring for what its nodes must share)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -127,15 +135,16 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
     from asr_kd.label.pipeline import init_ray
     from asr_kd.train.metrics import ProgressWatcher, read_progress
 
-    started = init_ray(None)
-    rendezvous = Path(tempfile.mkdtemp(prefix="asr-kd-ddp-"))  # private (0700), fresh: no stale store file
+    started = init_ray(address)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # private (0700) and fresh (no stale store file); on a cluster it must be where every node sees it
+    rendezvous = Path(tempfile.mkdtemp(prefix=".ddp-rendezvous-", dir=out if address else None))
     try:
         use_gpu = _use_gpu(config, workers, ray.cluster_resources().get("GPU", 0), use_gpu)
         if use_gpu:  # a worker given a GPU it cannot use fails (asr_kd.devices), it does not train on its CPU
             config = config.model_copy(deep=True)
             config.train.device = "cuda"
-        out = Path(out_dir).resolve()
-        out.mkdir(parents=True, exist_ok=True)
         trainer = TorchTrainer(
             _worker_loop,
             torch_config=file_store_torch_config(str(rendezvous / "store")),

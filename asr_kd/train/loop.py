@@ -232,6 +232,14 @@ class Trainer:
                                  where=f"kd.store {c.kd.store}", fbank=c.fbank.model_dump(mode="json"))
         if notes and self.is_main:
             log.warning("the student's features differ from the teacher's (frames still align): %s", "; ".join(notes))
+        if c.units.from_model:
+            from asr_kd.targets.store import teacher_mismatch
+
+            other = teacher_mismatch(meta, c.units.from_model, where=f"kd.store {c.kd.store}")
+            if other and not c.kd.allow_other_teacher:
+                raise StoreError(other)
+            if other and self.is_main:
+                log.warning("%s (allowed by kd.allow_other_teacher)", other)
         if abs(meta.temperature - c.kd.temperature) > 1e-6:
             raise StoreError(f"{c.kd.store}: targets were made at temperature {meta.temperature} but kd.temperature is "
                              f"{c.kd.temperature}; set kd.temperature={meta.temperature} or relabel")

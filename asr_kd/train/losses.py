@@ -7,6 +7,11 @@ Distillation loss (per frame ``t`` at the 40 ms output rate, temperature ``T``):
     KD_t  = T^2 * sum_k p_t[k] * (log p_t[k] - log q_t[id_k])
     KD    = sum over the utterance's valid frames of KD_t, averaged over utterances (the scale of CTC)
 
+Ragged frames: a format-v2 store keeps a variable number of units per frame (the fewest whose mass
+reaches ``top_p``, at most k_max); the reader pads each frame to k_max with probability-0 entries,
+which contribute ``0 * (...) = 0`` to ``KD_t`` and nothing to the renormalization, so the sum above
+runs over each frame's stored units only.
+
 Missing mass: the store keeps only the k most probable units; the remaining ``1 - sum(p)`` is
 dropped and the k probabilities renormalized to sum to 1 (Amazon's million-hour student kept only
 the highest teacher outputs the same way). The student is thus not pushed toward any particular
@@ -84,11 +89,14 @@ def pad_targets(
     output frames. Teacher and student frame counts may differ by ``tolerance`` frames (front ends
     round the last partial frame differently); the shorter one wins. A larger difference means the
     store was made with another frame rate or front end and is an error naming the utterance.
-    Returns ``ids (B, T, k)``, ``probs (B, T, k)``, ``mask (B, T)``.
+    Returns ``ids (B, T, k)``, ``probs (B, T, k)``, ``mask (B, T)``; ``k`` is the widest item's.
+
+    Ragged frames (store format v2 keeps 1..k_max units per frame) arrive padded with probability 0,
+    as do items narrower than ``k``: a zero-probability entry adds nothing to ``kd_loss``.
     """
     B = len(items)
     T = int(out_lens.max()) if B else 0
-    k = items[0][0].shape[1]
+    k = max(ids.shape[1] for ids, _ in items) if B else 1
     ids_b = torch.zeros(B, T, k, dtype=torch.long)
     probs_b = torch.zeros(B, T, k, dtype=torch.float32)
     mask = torch.zeros(B, T, dtype=torch.bool)
@@ -102,8 +110,8 @@ def pad_targets(
             )
         ids_d, probs_d, valid = delay_targets(ids.long(), probs.float(), delay)
         n = min(n_student, n_teacher)
-        ids_b[b, :n] = ids_d[:n]
-        probs_b[b, :n] = probs_d[:n]
+        ids_b[b, :n, : ids.shape[1]] = ids_d[:n]
+        probs_b[b, :n, : ids.shape[1]] = probs_d[:n]
         mask[b, :n] = valid[:n]
     return ids_b, probs_b, mask
 

@@ -5,7 +5,8 @@
 # Usage: recipes/librispeech/run.sh --corpus-dir /corpora [--stage N] [--stop-stage N] [--address auto]
 #        [--workers N] [--nj N] [--data DIR] [--exp DIR] [--conf DIR] [--force]
 #   --corpus-dir  folder holding LibriSpeech/ (as extracted from openslr.org/12; nothing is downloaded)
-#   --address     Ray cluster for labeling and training ('auto' after 'ray start'; empty = local)
+#   --address     Ray cluster for labeling and training ('auto' after 'ray start'; empty = local); on a
+#                 cluster every node must see --corpus-dir, --data and --exp at the same paths (shared FS)
 #   --workers     Ray Train (DDP) workers for student and teacher training (one GPU each when present)
 # Stages (skipped when $exp/.done/NAME exists; --force redoes):
 #   0 prepare   data dirs for every subset; the unlabeled ones keep their text aside as text.ref;
@@ -14,7 +15,8 @@
 #   2 label     teacher soft targets for train-clean-100 + 360 + other-500 (Ray)
 #   3 baseline  streaming student, CTC on train-clean-100 only
 #   4 kd        streaming student distilled on all 960 h
-#   5 eval      all models on dev/test clean/other (students also streaming)
+#   5 eval      all models on dev/test clean/other, offline on the GPU when there is one (--device auto);
+#               students also streaming, on one CPU thread (the on-device RTF)
 #   6 report
 # Expected run times (8x A100-class GPUs, 64 CPU cores, Ray cluster of 2 nodes): prepare 20 min,
 # teacher 30 epochs ~14 h, labeling 960 h ~2.5 h, students 20 epochs ~10 h each, eval 20 min.
@@ -30,7 +32,7 @@ nj=8
 data=data/librispeech
 exp=exp/librispeech
 conf=recipes/librispeech/conf
-top_k=8
+top_k=8  # at most this many units per 40 ms frame; asr-kd label keeps the fewest reaching 0.999 of the mass
 . recipes/utils/stage.sh
 
 [ -n "$corpus_dir" ] || { echo "$0: --corpus-dir is required (the folder holding LibriSpeech/)" >&2; exit 2; }
@@ -51,7 +53,7 @@ fi
 
 if run_stage 1 teacher; then
   need $data/train_clean_100_sp/text $data/dev_clean/text
-  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers "$workers" \
+  log_run asr-kd train --config $conf/teacher.yaml --out $exp/teacher --resume --workers "$workers" "${addr_opt[@]}" \
     "data.train=[$data/train_clean_100_sp]" data.dev=$data/dev_clean
   mark_done teacher
 fi
@@ -66,14 +68,14 @@ fi
 
 if run_stage 3 baseline; then
   need $exp/teacher/tokens.txt
-  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume --workers "$workers" \
+  log_run asr-kd train --config $conf/student_baseline.yaml --out $exp/baseline --resume --workers "$workers" "${addr_opt[@]}" \
     "data.train=[$data/train_clean_100]" data.dev=$data/dev_clean units.from_model=$exp/teacher
   mark_done baseline
 fi
 
 if run_stage 4 kd; then
   need $exp/targets/meta.json
-  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume --workers "$workers" \
+  log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd --resume --workers "$workers" "${addr_opt[@]}" \
     "data.train=[$data/train_clean_100]" "data.unlabeled=[$data/train_clean_360,$data/train_other_500]" \
     data.dev=$data/dev_clean units.from_model=$exp/teacher kd.store=$exp/targets
   mark_done kd
@@ -83,7 +85,7 @@ if run_stage 5 eval; then
   for model in teacher baseline kd; do
     need $exp/$model/model.pt
     for set in dev_clean dev_other test_clean test_other; do
-      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set
+      log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_$set --device auto
       if [ $model != teacher ]; then
         log_run asr-kd evaluate --model $exp/$model --data $data/$set --out $exp/$model/eval_${set}_streaming --streaming
       fi

@@ -25,6 +25,7 @@
 #   kd_seed1         train.seed=1: the reference again with another seed (run-to-run noise)
 #   kd_a06_r1        kd_alpha_old and kd_ratio1 together
 #   kd_a0_r1         kd.ctc_weight=0 (KD only, no transcripts) with one unlabeled batch per labeled batch
+#   kd_v1            the store in format 1: fixed top-8 (16 B/frame) instead of the default top-p 0.999 (store size)
 #   baseline_ref     the recipe's baseline student, $exp/baseline;  baseline_spec: with SpecAugment
 # The table goes to $out/ablation.md (asr-kd report --ablation); every command to $out/commands.log.
 set -euo pipefail
@@ -104,6 +105,7 @@ jobs_list=(
   "kd_seed1|student kd_seed1 student_kd $exp_saved/targets train.seed=1"
   "kd_a06_r1|student kd_a06_r1 student_kd $exp_saved/targets kd.ctc_weight=0.06 kd.unlabeled_per_labeled=1"
   "kd_a0_r1|student kd_a0_r1 student_kd $exp_saved/targets kd.ctc_weight=0 kd.unlabeled_per_labeled=1"
+  "kd_v1|store v1 --format-version 1 --top-p 1 && student kd_v1 student_kd $out/stores/v1"
 )
 
 running=0

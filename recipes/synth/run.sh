@@ -34,7 +34,7 @@ profile=demo
 nj=2
 data=data/synth
 exp=exp/synth
-top_k=8
+top_k=8  # at most this many units per 40 ms frame; asr-kd label keeps the fewest reaching 0.999 of the mass
 rounds=1
 conf=recipes/synth/conf
 speed_perturb=  # e.g. 0.9,1.0,1.1: not the default (no KD gain within seed noise at demo size; docs/experiments)
@@ -159,7 +159,7 @@ if [ "$rounds" -ge 2 ]; then
     need $exp/targets_r2/meta.json
     log_run asr-kd train --config $conf/student_kd.yaml --out $exp/kd_r2 --resume \
       "data.train=[$data/train_labeled]" "data.unlabeled=[$data/train_unlabeled]" data.dev=$data/dev \
-      units.from_model=$exp/teacher kd.store=$exp/targets_r2
+      units.from_model=$exp/teacher_r2 kd.store=$exp/targets_r2
     for set in dev test; do
       log_run asr-kd evaluate --model $exp/kd_r2 --data $data/$set --out $exp/kd_r2/eval_$set
     done

@@ -132,3 +132,29 @@ def save_figure(fig: Any, out_png: Path, dpi: int = 120) -> Path:
     fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png
+
+
+def time_store_reads(reader: Any, rounds: int = 3, seed: int = 0) -> dict:
+    """Read speed of a soft-target store (``StoreReader``) from the page cache, best of ``rounds``:
+    every utterance by id in a random order (``get_sparse``, what the training loop does) and every
+    shard sequentially (``iter_shards``). Returns frames, utterances, payload bytes and frames/s."""
+    import random
+    import time
+
+    for path in sorted((reader.store_dir / "shards").glob("*.bin")):  # warm the page cache
+        path.read_bytes()
+    ids = list(reader.utt_ids)
+    random.Random(seed).shuffle(ids)
+    total = reader.total_frames
+    best_random = best_seq = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for utt in ids:
+            reader.get_sparse(utt)
+        best_random = min(best_random, time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in reader.iter_shards():
+            pass
+        best_seq = min(best_seq, time.perf_counter() - t)
+    return {"frames": total, "utts": len(ids), "bytes": reader.payload_bytes(), "random_fps": total / best_random,
+            "seq_fps": total / best_seq}

@@ -83,7 +83,8 @@ def measure(dense: dict[str, torch.Tensor], loaded, work: Path, k: int, quantiza
     meta = StoreMeta(teacher_fingerprints=[loaded.fingerprint], teacher_weights=[1.0], units_hash=loaded.tokenizer.units_hash(),
                      vocab_size=loaded.tokenizer.vocab_size, frame_shift_ms=loaded.frame_shift_ms,
                      subsampling=loaded.model.subsampling, k=k, quantization=quantization,
-                     fbank=loaded.fbank_config.model_dump(mode="json"))
+                     fbank=loaded.fbank_config.model_dump(mode="json"),
+                     format_version=1)  # fixed top-k records; top-p and zstd (format 2): tools.bench.store_v2
     out = work / f"store-k{k}-{quantization}"
     shutil.rmtree(out, ignore_errors=True)
     writer = StoreWriter(out, meta, shard_size_utts=len(dense))

@@ -152,8 +152,13 @@ class StoreMeta(StrictModel):
         return self
 
     def to_json(self) -> str:
-        """``meta.json`` text; a v1 meta leaves out the v2 fields so that older asr-kd still reads it."""
+        """``meta.json`` text; a v1 meta leaves out the v2 fields so that older asr-kd still reads it, and
+        no meta carries the foreign-teacher fields when it has no foreign teacher."""
         exclude = set(V2_ONLY_FIELDS) if self.format_version == 1 else set()
+        if not self.teacher_details:
+            exclude.add("teacher_details")
+        if self.unmapped_mass is None:
+            exclude.add("unmapped_mass")
         return self.model_dump_json(indent=2, exclude=exclude) + "\n"
 
     @property

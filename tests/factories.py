@@ -162,3 +162,15 @@ def asr_kd_popen(*args: str, **env: str) -> subprocess.Popen:
     """Start ``python -m asr_kd.cli ARGS`` without waiting (a test may SIGKILL it)."""
     return subprocess.Popen([sys.executable, "-m", "asr_kd.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=cli_env(**env))
+
+
+def untrained_copy(model_dir: Path, out: Path, seed: int = 0) -> Path:
+    """The same model dir with freshly initialized weights (the 'untrained self')."""
+    from asr_kd.models import build_model
+    from asr_kd.models.model_dir import load_model_dir, save_model_dir
+
+    loaded = load_model_dir(model_dir)
+    torch.manual_seed(seed)
+    fresh = build_model(loaded.model_config, loaded.tokenizer.vocab_size)
+    save_model_dir(out, fresh, loaded.model_config, loaded.tokenizer, loaded.cmvn, loaded.fbank_config)
+    return out

@@ -22,6 +22,7 @@ import yaml
 pytest.importorskip("transformers", reason="Hugging Face teachers need the hf extra: pip install 'asr-kd[hf]'")
 
 from hf_factories import english_vocab, filterbank_init, save_processor, train_hf_ctc  # noqa: E402
+from factories import untrained_copy  # noqa: E402
 
 from asr_kd.config import validate_config  # noqa: E402
 from asr_kd.data.datadir import read_data_dir, write_data_dir  # noqa: E402
@@ -154,18 +155,6 @@ def greedy_dev(model, vocab: dict[str, int], corpus: Path) -> tuple[float, float
             hyps.append(" ".join("".join(out).replace("|", " ").lower().split()) or "<empty>")
             refs.append(text)
     return round(100 * jiwer.wer(refs, hyps), 1), round(100 * jiwer.cer(refs, hyps), 1)
-
-
-def untrained_copy(model_dir: Path, out: Path, seed: int = 0) -> Path:
-    """The same model dir with freshly initialized weights (the 'untrained self')."""
-    from asr_kd.models import build_model
-    from asr_kd.models.model_dir import load_model_dir, save_model_dir
-
-    loaded = load_model_dir(model_dir)
-    torch.manual_seed(seed)
-    fresh = build_model(loaded.model_config, loaded.tokenizer.vocab_size)
-    save_model_dir(out, fresh, loaded.model_config, loaded.tokenizer, loaded.cmvn, loaded.fbank_config)
-    return out
 
 
 def pseudo_wer(store: Path, corpus: Path) -> float:

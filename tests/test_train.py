@@ -24,6 +24,7 @@ from asr_kd.models.model_dir import load_model_dir
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.loop import train
 from asr_kd.train.metrics import read_progress
+from factories import untrained_copy
 
 PROFILE = {
     "name": "clean-test",
@@ -65,18 +66,6 @@ def config(corpus: Path, **sections) -> TrainConfig:
     for key, value in sections.items():
         data[key] = {**(data.get(key) or {}), **value} if isinstance(value, dict) and key != "model" else value
     return validate_config(data, TrainConfig, source="test")
-
-
-def untrained_copy(model_dir: Path, out: Path, seed: int = 0) -> Path:
-    """The same model dir with freshly initialized weights (the 'untrained self')."""
-    from asr_kd.models import build_model
-    from asr_kd.models.model_dir import save_model_dir
-
-    loaded = load_model_dir(model_dir)
-    torch.manual_seed(seed)
-    fresh = build_model(loaded.model_config, loaded.tokenizer.vocab_size)
-    save_model_dir(out, fresh, loaded.model_config, loaded.tokenizer, loaded.cmvn, loaded.fbank_config)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,16 @@ its BENCHMARKS.md section) behaves. The benchmarks themselves are not run here."
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import subprocess
 import sys
 
 import pytest
 
 from tools.bench import common
 
-BENCHES = ["label_throughput", "storage", "store_v2", "student", "train_input", "train_parallel"]
+BENCHES = ["label_precision", "label_throughput", "storage", "store_v2", "student", "train_input", "train_parallel"]
 
 
 @pytest.mark.parametrize("name", BENCHES)
@@ -70,3 +73,19 @@ def test_time_store_reads_counts_every_frame_of_the_store():
     assert sorted(calls) == sorted(reader.utt_ids * 2)  # every utterance, once per round, by id
     assert got["frames"] == reader.total_frames and got["utts"] == len(reader) and got["bytes"] == reader.payload_bytes()
     assert got["random_fps"] > 0 and got["seq_fps"] > 0
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has an NVIDIA driver: the script would run")
+def test_gpu_label_script_refuses_clearly_without_a_gpu(tmp_path):
+    """tools/bench/gpu_label.sh is the prepared GPU measurement: without a GPU it stops at once, exit 2,
+    saying what it needs, before writing anything."""
+    before = common.BENCHMARKS.read_text()
+    proc = subprocess.run(["bash", str(common.ROOT / "tools" / "bench" / "gpu_label.sh")], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert proc.returncode == 2
+    assert "needs a machine with an NVIDIA GPU" in proc.stderr
+    assert common.BENCHMARKS.read_text() == before
+    bad = subprocess.run(["bash", str(common.ROOT / "tools" / "bench" / "gpu_label.sh"), "--gpus", "9"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown argument --gpus" in bad.stderr
+

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", choices=["zstd", "none"], default="zstd", help="format-2 block compression")
     parser.add_argument("--quantization", choices=["log8", "float16"], default="log8",
                         help="log8: 1-byte log-probability codes; float16: 2-byte probabilities")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="teacher forward dtype (torch.autocast on the actor's device; fp16 needs CUDA): bf16 on a GPU "
+                        "is faster at a measured KL cost (BENCHMARKS.md, label_precision); recorded in the store's meta")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature applied to the teachers")
     parser.add_argument("--shard-size", type=int, default=256, help="utterances per shard (the unit of resume)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="longer utterances are rejected as too_long")
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         max_entropy=args.max_entropy, weights=args.weights, allow_pipes=args.allow_pipes, address=args.address,
         progress=not args.no_progress, units_from=args.units_from, unit_map_files=args.unit_map,
         unmapped_rule=args.unmapped, frame_conversion=args.frame_conversion,
+        precision=args.precision,
     )
     if args.local:
         summary = label_local(args.model, args.data, args.out, options)

@@ -79,6 +79,7 @@ class LabelOptions:
     unit_map_files: list[str] | None = None  # per foreign teacher (or one for all): TEACHER_SYMBOL STUDENT_SYMBOL lines
     unmapped_rule: str = "renormalize"  # mass of unmapped teacher units: "renormalize" or "blank"
     frame_conversion: str = "peak"  # teacher frames -> stored frames: "peak" or "mean" (asr_kd.label.frame_rate)
+    precision: str = "fp32"  # teacher forward under autocast: "fp32", "bf16" or "fp16" (recorded in the store's meta)
 
     def ensemble_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``TeacherEnsemble`` that these options set."""
@@ -88,7 +89,7 @@ class LabelOptions:
         return dict(weights=self.weights, top_k=self.top_k, temperature=self.temperature,
                     units_from=absolute(self.units_from) if self.units_from else None,
                     unit_map_files=[absolute(f) for f in self.unit_map_files] if self.unit_map_files else None, unmapped_rule=self.unmapped_rule,
-                    frame_conversion=self.frame_conversion)
+                    frame_conversion=self.frame_conversion, precision=self.precision)
 
 
 @dataclasses.dataclass
@@ -452,7 +453,9 @@ def check_options(o: LabelOptions) -> None:
 
 
 def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any]:
-    extra = {"teacher_details": ensemble.describe()} if ensemble.has_foreign else {}
+    extra: dict[str, Any] = {"teacher_details": ensemble.describe()} if ensemble.has_foreign else {}
+    if options.precision != "fp32":
+        extra["teacher_precision"] = options.precision
     v2 = options.format_version >= 2
     store_format: dict[str, Any] = dict(format_version=options.format_version)
     if v2:

@@ -21,10 +21,16 @@ average of the teachers' temperature-``T`` distributions, plus the 1-best (greed
 transcript, confidence figures and the unmapped probability mass. ``asr-kd`` teachers must agree on
 units, output frame rate and front end (a mismatch is an error naming both values); fbank is computed
 once per batch and each applies its own CMVN.
+
+``precision`` (``fp32`` default, ``bf16``, ``fp16``) runs the teachers' forward passes under
+``torch.autocast`` of the ensemble's device (fbank, softmax, averaging and top-k stay in float32); its
+cost in KL to the float32 targets is measured by ``tools/bench/label_precision.py`` (BENCHMARKS.md). On
+CUDA the padded waveform batch is copied from pinned memory without blocking the host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 HF_PREFIX = "hf:"
 DEFAULT_FRAME_SHIFT_MS = 40.0
 DEFAULT_SUBSAMPLING = 4
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # teacher forward dtype under autocast
 
 
 @dataclasses.dataclass
@@ -147,12 +154,14 @@ class TeacherEnsemble:
     def __init__(self, model_dirs: list[str], weights: list[float] | None = None, device: str = "cpu",
                  top_k: int = 8, temperature: float = 1.0, units_from: str | None = None,
                  unit_map_files: list[str] | None = None, unmapped_rule: UnmappedRule = "renormalize",
-                 frame_conversion: FrameConversion = "peak"):
+                 frame_conversion: FrameConversion = "peak", precision: str = "fp32"):
         if not model_dirs:
             raise AsrKdError("label: give at least one --model teacher dir")
         weights = list(weights) if weights else [1.0] * len(model_dirs)
         if len(weights) != len(model_dirs) or any(w <= 0 for w in weights):
             raise AsrKdError(f"label: --weights needs one positive weight per --model ({len(model_dirs)}), got {weights}")
+        if precision not in PRECISIONS:
+            raise AsrKdError(f"label: --precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if frame_conversion not in FRAME_CONVERSIONS:
             raise AsrKdError(f"label: --frame-conversion must be one of {FRAME_CONVERSIONS}, got {frame_conversion!r}")
         total = sum(weights)
@@ -215,6 +224,20 @@ class TeacherEnsemble:
         self.fingerprints = [t.fingerprint for t in self.teachers]
         self.device = torch.device(device)
         self.sample_rate = self.fbank_config.sample_rate
+        self.precision = precision
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The teachers' forward passes at ``self.precision`` (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host -> device copy; on CUDA through pinned memory, without blocking the host."""
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     @property
     def has_foreign(self) -> bool:
@@ -252,12 +275,14 @@ class TeacherEnsemble:
                     padded = torch.zeros(B, int(lengths.max()))
                     for i, w in enumerate(waveforms):
                         padded[i, : w.numel()] = w
-                    feats, feat_lens = self.fbank(padded.to(self.device), lengths.to(self.device))
-                log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)
+                    feats, feat_lens = self.fbank(self._to_device(padded), lengths.to(self.device))
+                with self._autocast():
+                    log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)
                 p = torch.softmax(log_probs.float() / self.temperature, dim=-1).cpu()
                 probs[:, : p.shape[1]] += weight * p[:, :T]
                 continue
-            log_probs, lens = teacher.log_probs(waveforms, self.sample_rate)
+            with self._autocast():
+                log_probs, lens = teacher.log_probs(waveforms, self.sample_rate)
             p = torch.softmax(log_probs.float() / self.temperature, dim=-1)
             p, lost = um.apply(p)
             valid = torch.arange(p.shape[1])[None, :] < lens[:, None]

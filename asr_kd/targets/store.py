@@ -117,6 +117,8 @@ class StoreMeta(StrictModel):
     fbank: dict[str, Any] = Field(default_factory=dict, description="the teachers' FbankConfig")
     teacher_details: list[dict[str, Any]] = Field(default_factory=list, description="per teacher when not all are asr-kd model "
                                            "dirs: kind, path, frame_shift_ms (its own), frame_conversion, unit_map")
+    teacher_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype of the teachers' forward passes ('asr-kd label --precision'); written only when not fp32")
     created: CreatedInfo = Field(default_factory=_now_info)
     num_shards: int | None = Field(None, ge=0, description="set by finalize(); None while being written")
     unmapped_mass: float | None = Field(None, ge=0, le=1, description="measured: mean per-frame probability of teacher "
@@ -153,12 +155,15 @@ class StoreMeta(StrictModel):
 
     def to_json(self) -> str:
         """``meta.json`` text; a v1 meta leaves out the v2 fields so that older asr-kd still reads it, and
-        no meta carries the foreign-teacher fields when it has no foreign teacher."""
+        no meta carries the foreign-teacher fields when it has no foreign teacher, nor ``teacher_precision``
+        when it is the default fp32."""
         exclude = set(V2_ONLY_FIELDS) if self.format_version == 1 else set()
         if not self.teacher_details:
             exclude.add("teacher_details")
         if self.unmapped_mass is None:
             exclude.add("unmapped_mass")
+        if self.teacher_precision == "fp32":
+            exclude.add("teacher_precision")
         return self.model_dump_json(indent=2, exclude=exclude) + "\n"
 
     @property

@@ -158,3 +158,33 @@ def time_store_reads(reader: Any, rounds: int = 3, seed: int = 0) -> dict:
         best_seq = min(best_seq, time.perf_counter() - t)
     return {"frames": total, "utts": len(ids), "bytes": reader.payload_bytes(), "random_fps": total / best_random,
             "seq_fps": total / best_seq}
+
+
+@contextlib.contextmanager
+def gpu_utilization(log_path: Path, interval_ms: int = 500) -> Iterator[dict]:
+    """Sample every GPU's utilization (%) and memory (MiB) with ``nvidia-smi`` while the block runs.
+
+    Yields a dict filled on exit: ``mean_util`` (mean over samples and GPUs, %), ``max_mem_mib``,
+    ``samples``; empty where ``nvidia-smi`` is missing (no NVIDIA driver)."""
+    found: dict = {}
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        yield found
+        return
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([exe, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                                 f"-lms={interval_ms}"], stdout=log, stderr=subprocess.DEVNULL)
+        try:
+            yield found
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    utils, mems = [], []
+    for line in Path(log_path).read_text().splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            utils.append(int(parts[0]))
+            mems.append(int(parts[1]))
+    if utils:
+        found.update(mean_util=sum(utils) / len(utils), max_mem_mib=max(mems), samples=len(utils))
+

@@ -26,12 +26,19 @@ WORDS = ("turn on the light play some music what time is it set a timer for ten 
 
 
 def random_model_dir(out: Path, preset: str, seed: int = 0) -> Path:
-    """Save ``PRESETS[preset]`` with seeded random weights, character units and a fixed CMVN."""
+    """Save ``PRESETS[preset]`` (or the ``model:`` section of a training config YAML, e.g.
+    ``recipes/librispeech/conf/teacher.yaml``) with seeded random weights, character units (39) and a
+    fixed CMVN."""
     if (out / "fingerprint.txt").is_file():
         return out
     torch.manual_seed(seed)
     tok = CharTokenizer.build(UNITS_TEXT)
-    cfg = parse_model_config(PRESETS[preset])
+    if preset.endswith((".yaml", ".yml")):
+        import yaml
+
+        cfg = parse_model_config(yaml.safe_load(Path(preset).read_text())["model"], source=preset)
+    else:
+        cfg = parse_model_config(PRESETS[preset])
     model = build_model(cfg, tok.vocab_size).eval()
     cmvn = GlobalCMVN(mean=torch.full((80,), -8.0), std=torch.full((80,), 4.0))
     save_model_dir(out, model, cfg, tok, cmvn, FbankConfig())

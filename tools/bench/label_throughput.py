@@ -18,7 +18,10 @@ efficiency = pipeline / ceiling (same actor count), speedup = pipeline / naive.
 Defaults (about 3-5 minutes on 2 CPU cores): the demo teacher preset with random weights, 200 synthetic
 utterances of 2-6 s (~0.22 h), actors 1 and 2. ``--quick``: 60 utterances, actors 2 only.
 ``--gpu``: teacher on CUDA, fbank on the GPU, ceiling in float32 and bf16 autocast, actors with one GPU
-each; reports audio-hours per GPU-hour and the GPU-hours to label 1,000,000 hours.
+each; reports audio-hours per GPU-hour, the GPUs' mean utilization during the pipeline runs (nvidia-smi
+samples) and the GPU-hours to label 1,000,000 hours, in its own section (``label_throughput_gpu``).
+``--precision bf16`` runs the pipeline and the naive loop at that precision (``asr-kd label --precision``);
+its KL cost is in the label_precision sections. ``tools/bench/gpu_label.sh`` runs the GPU measurements.
 
     python -m tools.bench.label_throughput [--quick] [--model DIR] [--data DIR] [--gpu]
 """
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from tools.bench.common import add_output_args, publish, scratch_dir, table
+from tools.bench.common import add_output_args, gpu_utilization, publish, scratch_dir, table
 from tools.bench.fixtures import random_model_dir, synthetic_data
 
 PROJECT_HOURS = 1_000_000
@@ -120,6 +123,8 @@ def main() -> int:
     p.add_argument("--read-batch-size", type=int, default=16)
     p.add_argument("--batch-max-frames", type=int, default=40000)
     p.add_argument("--gpu", action="store_true", help="CUDA teacher, fbank on GPU, bf16 ceiling, GPU-hour projection")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="teacher forward precision of the pipeline and naive runs (asr-kd label --precision)")
     add_output_args(p)
     args = p.parse_args()
     # Ray runs its workers at nice 15 (RAY_worker_niceness); the naive loop and the ceiling run in this
@@ -152,7 +157,7 @@ def main() -> int:
         # ~12 shards, so that the steady-state rate can be read from the shard markers' times
         shard_size = max(4, n_utts // 12) if not args.data else 256
         common = dict(read_batch_size=args.read_batch_size, batch_max_frames=args.batch_max_frames, progress=False,
-                      shard_size=shard_size)
+                      shard_size=shard_size, precision=args.precision)
         naive = label_local(model_dirs, data_dir, str(work / "store_naive"), LabelOptions(**common), one_at_a_time=True)
         torch.set_num_threads(1)
         print(f"naive: {naive.line()}")
@@ -164,7 +169,7 @@ def main() -> int:
         init_ray(None)
         ray_start_s = time.perf_counter() - t0
         cpus = ray.cluster_resources().get("CPU", 1)
-        pipe = {}
+        pipe, gpu_use = {}, {}
         try:
             for n in actor_counts:
                 out = work / f"store_pipe{n}"
@@ -172,7 +177,9 @@ def main() -> int:
                 # leave CPU for the read tasks (num_cpus=0.25 each): actors share cpus - 0.5 (ray #44687)
                 actor_cpus = 0.0 if args.gpu else max(0.1, min(1.0, (cpus - 0.5) / n))
                 opts = LabelOptions(actors=n, actor_num_cpus=actor_cpus, num_gpus_per_actor=1.0 if args.gpu else 0.0, **common)
-                pipe[n] = label(model_dirs, data_dir, str(out), opts)
+                with gpu_utilization(work / f"gpu_util_{n}.csv") as use:
+                    pipe[n] = label(model_dirs, data_dir, str(out), opts)
+                gpu_use[n] = use
         finally:
             ray.shutdown()
 
@@ -195,7 +202,7 @@ def main() -> int:
             rows.append(["ceiling, bf16 autocast, x1", "1 GPU", "-", f"{ceil_bf16:.0f}", "-", "-", f"{ceil_bf16 / naive_rate:.2f}x"])
         body = [
             f"Teacher: {teacher_desc}. Data: {data_dir if args.data else f'{n_utts} synthetic utterances of 2-6 s'} "
-            f"({hours:.3f} h). Device: {device}. Everything runs at nice {os.nice(0)} (Ray's worker niceness). Ray start-up ({ray_start_s:.1f} s) is not timed; actor start-up and "
+            f"({hours:.3f} h). Device: {device}; teacher precision {args.precision} (ceiling rows: fp32 unless marked). Everything runs at nice {os.nice(0)} (Ray's worker niceness). Ray start-up ({ray_start_s:.1f} s) is not timed; actor start-up and "
             "model loading are. Efficiency = pipeline / ceiling with the same number of workers (the ceiling of N "
             "workers is N x the measured one-thread forward rate); speedup = pipeline / naive loop.",
             "",
@@ -218,12 +225,18 @@ def main() -> int:
             body.append(f"Scaling {ns[0]} -> {ns[-1]} actors: {pipe[ns[-1]].audio_hours_per_wall_hour / pipe[ns[0]].audio_hours_per_wall_hour:.2f}x.")
         if args.gpu:
             per_gpu = best / best_n
-            body += ["", f"Audio-hours per GPU-hour (pipeline, fp32): {per_gpu:.0f}; 1,000,000 h would take "
-                     f"{PROJECT_HOURS / per_gpu:.0f} GPU-hours ({PROJECT_HOURS / per_gpu / 24 / 8:.1f} days on 8 GPUs)."]
+            use = gpu_use.get(best_n) or {}
+            util = (f"mean GPU utilization {use['mean_util']:.0f} % over {use['samples']} nvidia-smi samples, peak "
+                    f"{use['max_mem_mib']:,} MiB" if use else "GPU utilization not sampled (no nvidia-smi)")
+            body += ["", f"Audio-hours per GPU-hour (pipeline, {args.precision}, {best_n} GPU(s)): {per_gpu:.0f}; {util}; "
+                     f"1,000,000 h would take {PROJECT_HOURS / per_gpu:.0f} GPU-hours "
+                     f"({PROJECT_HOURS / per_gpu / 24 / 8:.1f} days on 8 GPUs)."]
             if ceil_bf16:
                 body.append(f"bf16 ceiling: {ceil_bf16:.0f} audio-h per GPU-hour -> {PROJECT_HOURS / ceil_bf16:.0f} GPU-hours "
                             "for 1,000,000 h if the pipeline kept up.")
-        publish("label_throughput", "Labeling throughput (asr-kd label)", body, write=not args.no_write)
+        name, title = (("label_throughput_gpu", "Labeling throughput on a GPU (asr-kd label)") if args.gpu
+                       else ("label_throughput", "Labeling throughput (asr-kd label)"))
+        publish(name, title, body, write=not args.no_write)
     return 0
 
 

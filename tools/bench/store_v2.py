@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from tools.bench.common import ROOT, add_output_args, publish, save_figure, scratch_dir, table, time_store_reads
-from tools.bench.storage import student_wer_rows, teacher_log_probs
+from tools.bench.storage import teacher_log_probs
 
 KS = (1, 2, 4, 8, 16)
 TOP_PS = (0.99, 0.995, 0.999, 0.9995, 0.9999)
@@ -133,14 +133,51 @@ def entropy_bound(dense: dict[str, torch.Tensor], top_p: float, k_max: int, voca
     return total / 8 / counts.size
 
 
-def plot(rows: list[Row], chosen: Row, out_png: Path, title: str) -> Path:
+def store_label(st) -> str:
+    """How a store was made, as the student table and the plot name it (``st``: ``StoreStats``)."""
+    if st.quantization == "float16":
+        return f"top-{st.k} float16 (v{st.format_version})"
+    if st.top_p < 1:
+        return f"top-p {st.top_p:g}, k_max {st.k} (v{st.format_version} {st.codec or 'raw'})"
+    return f"top-{st.k} (v{st.format_version} {st.codec or 'raw'})"
+
+
+def student_rows(pairs: list[tuple[str, str]]) -> list[dict]:
+    """``[(store_dir, eval_dir)]`` -> one row per student: the store's ``targets stats`` figures and the
+    student's WER/CER from ``eval_dir/wer.json``, sorted by bytes per frame."""
+    import json
+
+    from asr_kd.targets.stats import store_stats
+    from asr_kd.targets.store import StoreReader
+
+    rows = []
+    for store, eval_dir in pairs:
+        st = store_stats(StoreReader(store))
+        wer_path = Path(eval_dir) / "wer.json"
+        if not wer_path.is_file():
+            raise SystemExit(f"{wer_path}: not found; run 'asr-kd evaluate --model STUDENT --data DEV --out {eval_dir}' first")
+        report = json.loads(wer_path.read_text())
+        rows.append({"store": store, "eval": eval_dir, "label": store_label(st), "k": st.k, "top_p": st.top_p,
+                     "format_version": st.format_version, "quantization": st.quantization,
+                     "bytes_per_frame": st.bytes_per_frame, "bytes_per_second": st.bytes_per_audio_second,
+                     "mean_k": st.mean_k, "mass": st.mean_topk_mass, "wer": float(report["wer"]),
+                     "cer": float(report.get("cer", float("nan")))})
+    return sorted(rows, key=lambda r: r["bytes_per_frame"])
+
+
+def plot(rows: list[Row], chosen: Row, out_png: Path, title: str, students: list[dict] | None = None) -> Path:
+    """KL against bytes per frame for every variant; with ``students``, a second panel with the dev WER of
+    the student distilled from each store against that store's bytes per frame."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    if students:
+        fig, (ax, ax_wer) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 5))
     styles = {"top-k v1": ("o", "-"), "top-k v2 zstd": ("o", "--"), "top-p v2 none": ("s", ":"),
               "top-p v2 zstd": ("s", "-")}
     for family, (marker, ls) in styles.items():
@@ -170,6 +207,20 @@ def plot(rows: list[Row], chosen: Row, out_png: Path, title: str) -> Path:
     ax.set_ylabel("mean KL(teacher || stored), nats per frame")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, loc="upper right")
+    if students:
+        for r in students:
+            chosen_store = r["format_version"] == 2 and r["top_p"] == chosen.top_p and r["k"] == chosen.k
+            ax_wer.plot([r["bytes_per_frame"]], [r["wer"]], marker="*" if chosen_store else "o",
+                        ms=14 if chosen_store else 6, color="red" if chosen_store else "tab:blue", ls="none")
+            ax_wer.annotate(r["label"], (r["bytes_per_frame"], r["wer"]), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6)
+        ax_wer.axvline(BYTES_TARGET, color="tab:red", ls=":", lw=0.8)
+        ax_wer.set_xscale("log")
+        ax_wer.set_xticks([1, 2, 4, 8, 16, 32])
+        ax_wer.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax_wer.set_xlabel("bytes per 40 ms frame of the student's store")
+        ax_wer.set_ylabel("KD student dev WER %")
+        ax_wer.set_title("students distilled from each store (same seed and steps)", fontsize=9)
     return save_figure(fig, out_png)
 
 
@@ -222,8 +273,13 @@ def main() -> int:
         rows.append(dense_float16_row(dense, vocab, shift))
         chosen = write_variant(dense, loaded, work / "chosen", k=args.k_max, top_p=args.top_p)
         bound = entropy_bound(dense, args.top_p, args.k_max, vocab)
+        pairs = [tuple(s.split("=", 1)) for s in args.student_wer]
+        if any(len(pr) != 2 for pr in pairs):
+            p.error("--student-wer takes STORE=EVAL_DIR")
+        students = student_rows(pairs) if pairs else []  # type: ignore[arg-type]
         png = plot(rows, chosen, PLOTS / "store_v2_kl_vs_bytes.png",
-                   f"{Path(args.model).name} on {Path(args.data).name}: {frames} frames of {shift:g} ms, V={vocab}")
+                   f"{Path(args.model).name} on {Path(args.data).name}: {frames} frames of {shift:g} ms, V={vocab}",
+                   students)
         body = [
             f"Teacher: {args.model} (fingerprint {loaded.fingerprint}); data: {args.data}, {len(dense)} utterances, "
             f"{frames} frames of {shift:g} ms; vocabulary {vocab} units. KL = mean per-frame KL(teacher dense || stored) "
@@ -284,19 +340,17 @@ def main() -> int:
                                                                       ("v2 (top-p, zstd blocks)", r2))]),
                      "", f"Target: >= 1,000,000 frames/s on one core (v2 random access: "
                      f"{'met' if r2['random_fps'] >= 1e6 else 'NOT met'})."]
-        if args.student_wer:
-            pairs = [tuple(s.split("=", 1)) for s in args.student_wer]
-            if any(len(pr) != 2 for pr in pairs):
-                p.error("--student-wer takes STORE=EVAL_DIR")
-            wrows = student_wer_rows(pairs)  # type: ignore[arg-type]
-            body += ["", "Students distilled from each store:", "",
-                     table(["k", "quantization", "bytes/audio-s", "WER %", "CER %", "eval dir"],
-                           [[r["k"], r["quantization"], f"{r['bytes_per_second']:.0f}", f"{r['wer']:.2f}", f"{r['cer']:.2f}",
-                             r["eval"]] for r in wrows])]
+        if students:
+            body += ["", "KD students distilled from stores of the whole training set (labeled + unlabeled) made by "
+                     "`asr-kd label` with each setting, everything else as the demo recipe's KD student (same seed, "
+                     "same optimizer steps); dev WER from `asr-kd evaluate`:", "",
+                     table(["store", "bytes/frame", "bytes/audio-s", "mean k", "mass kept", "dev WER %", "dev CER %",
+                            "eval dir"],
+                           [[r["label"], f"{r['bytes_per_frame']:.2f}", f"{r['bytes_per_second']:.0f}", f"{r['mean_k']:.2f}",
+                             f"{r['mass']:.4f}", f"{r['wer']:.2f}", f"{r['cer']:.2f}", r["eval"]] for r in students])]
         else:
-            body += ["", "Student dev WER per variant: pending. The v1 (top-8) vs chosen v2 student comparison is to be "
-                     "trained by the lead engineer; rerun this command with `--student-wer V1_STORE=EVAL_DIR "
-                     "--student-wer V2_STORE=EVAL_DIR` to add the table."]
+            body += ["", "Student dev WER per variant: not measured in this run; add `--student-wer STORE=EVAL_DIR` per "
+                     "store (a KD student's eval dir and the store it was distilled from)."]
         publish("store_v2", "Soft-target store v2: KL vs bytes per frame, read speed v1 vs v2", body,
                 write=not args.no_write, also=[png])
     return 0

@@ -5,7 +5,7 @@
 the checkpoints ``asr.ckpt`` (the encoder's state dict), ``normalizer.ckpt`` (global input
 normalization statistics) and ``tokenizer.ckpt`` (a sentencepiece model trained here on a few
 sentences). The encoder: 20-dim SpeechBrain fbank (25 ms windows, 10 ms hop, centered frames), global
-mean/variance normalization, a linear layer, max pooling by 4 (40 ms output frames), the CTC output
+mean/variance normalization, a linear layer, max pooling by 4 (40 ms output frames; ``pool=2``: 20 ms), the CTC output
 layer and a log-softmax; seeded random weights, the output layer scaled up so that frames are decisive.
 """
 
@@ -39,7 +39,7 @@ enc: !new:speechbrain.nnet.linear.Linear
 
 pool: !new:speechbrain.nnet.pooling.Pooling1d
     pool_type: max
-    kernel_size: 4
+    kernel_size: {pool}
 
 ctc_lin: !new:speechbrain.nnet.linear.Linear
     input_size: 32
@@ -71,7 +71,7 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
         asr: !ref <asr_model>
         normalizer: !ref <normalize>
         tokenizer: !ref <tokenizer>
-"""
+{paths}"""
 
 LOG_SOFTMAX = "log_softmax: !new:speechbrain.nnet.activations.Softmax\n    apply_log: True"
 NO_LOG_SOFTMAX = "log_softmax: !new:torch.nn.Identity"  # logits out: not CTC log-probabilities
@@ -92,8 +92,12 @@ def train_sentencepiece(model_type: str = "char", vocab_size: int = 0, texts: li
 
 
 def make_sb_ctc(out: Path, seed: int = 0, model_type: str = "char", vocab_size: int = 0, sample_rate: int = 16000,
-                log_softmax: bool = True, scale: float = 8.0) -> Path:
-    """Write a tiny random SpeechBrain EncoderASR CTC model dir at ``out`` (module docstring)."""
+                log_softmax: bool = True, scale: float = 8.0, pool: int = 4, asr_path: str | None = None) -> Path:
+    """Write a tiny random SpeechBrain EncoderASR CTC model dir at ``out`` (module docstring).
+
+    ``pool``: output frames per 10 ms fbank frames (4: 40 ms, 2: 20 ms); ``asr_path``: a ``paths:``
+    entry for the ``asr`` loadable (e.g. a hub id ``org/repo/asr.ckpt``, as published hparams have);
+    ``model_type`` ``bpe`` with ``vocab_size`` gives a multi-character-piece tokenizer."""
     import sentencepiece as spm
     from speechbrain.nnet.linear import Linear
 
@@ -102,7 +106,9 @@ def make_sb_ctc(out: Path, seed: int = 0, model_type: str = "char", vocab_size: 
     (out / "tokenizer.ckpt").write_bytes(sp_bytes)
     vocab = spm.SentencePieceProcessor(model_proto=sp_bytes).vocab_size()
     (out / "hyperparams.yaml").write_text(HPARAMS.format(sample_rate=sample_rate, vocab=vocab,
-                                                         output_layer=LOG_SOFTMAX if log_softmax else NO_LOG_SOFTMAX),
+                                                         output_layer=LOG_SOFTMAX if log_softmax else NO_LOG_SOFTMAX,
+                                                         pool=pool, paths=f"    paths:\n        asr: {asr_path}\n"
+                                                         if asr_path else ""),
                                           encoding="utf-8")
     torch.manual_seed(seed)
     enc, ctc_lin = Linear(input_size=20, n_neurons=32), Linear(input_size=32, n_neurons=vocab)

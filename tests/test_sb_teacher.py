@@ -215,6 +215,7 @@ def test_a_hub_path_in_the_pretrainer_is_read_from_the_directory_never_fetched(t
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no savedir, no symlinks written anywhere here
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the plain pickle below
 def test_pickle_checkpoint_is_refused_and_never_unpickled(sb, tmp_path):
     d = tmp_path / "pickled"
     shutil.copytree(sb["char40"], d)

@@ -245,6 +245,10 @@ def test_unsafe_hparams_tags_are_refused_before_parsing(sb, tmp_path):
     (d / "hyperparams.yaml").write_text(text + "fetcher: !name:speechbrain.utils.fetching.fetch\n")
     with pytest.raises(ModelDirError, match=r"refused: '!name:speechbrain.utils.fetching.fetch'"):
         TeacherEnsemble([str(d)], units_from=str(sb["student"]))
+    # HyperPyYAML's loader would execute this plain-YAML python tag; quoted text that looks like a tag is fine
+    (d / "hyperparams.yaml").write_text(text + f"note: 'see !apply:os.system'\nboom: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ModelDirError, match=r"hyperparams.yaml:\d+: refused: '!!python/object/apply:os.system'"):
+        TeacherEnsemble([str(d)], units_from=str(sb["student"]))
     assert not marker.exists()
 
 

@@ -15,9 +15,10 @@ How it is loaded (not through ``EncoderASR.from_hparams``, whose fetching would 
 with whatever ``torch.load`` defaults to):
 
 - ``hyperparams.yaml`` is code (HyperPyYAML instantiates what its ``!new:``/``!name:``/``!apply:``
-  tags name); tags outside an allowlist (SpeechBrain model classes, ``torch.nn``, sentencepiece) are
-  refused before the file is parsed (``check_hparams_tags``). A guard, not a sandbox: label only with
-  a hyperparams.yaml you trust;
+  tags name, and its loader even executes ``!!python/object/apply:`` tags); every tag is checked
+  against an allowlist (SpeechBrain model classes, ``torch.nn``, sentencepiece) on the composed
+  document before anything is constructed (``check_hparams_tags``). A guard, not a sandbox: label
+  only with a hyperparams.yaml you trust;
 - ``HF_HUB_OFFLINE=1`` is set, and every checkpoint is read from this directory only: nothing is
   downloaded, nothing is written (no ``savedir``, no symlinks);
 - torch checkpoints are read with ``torch.load(..., weights_only=True)`` and applied with a strict
@@ -38,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ DENIED_TARGETS = ("speechbrain.utils.superpowers", "speechbrain.utils.data_utils
                   "speechbrain.utils.checkpoints", "speechbrain.dataio.dataio", "speechbrain.dataio.legacy",
                   "speechbrain.inference", "speechbrain.core")
 ALLOWED_APPLY = ("torch.manual_seed",)
-TAG = re.compile(r"!(new|name|apply|module|include|applyref):\s*([^\s\[\]{},]*)")
+YAML_CORE = "tag:yaml.org,2002:"
+YAML_PLAIN = ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "binary", "merge", "omap", "pairs", "set")
+HYPERPYYAML_PLAIN = ("!ref", "!copy", "!tuple", "!placeholder", "!PLACEHOLDER")
 PROBE_SECONDS = (1.0, 2.0)
 
 
@@ -69,23 +71,57 @@ def is_speechbrain_dir(d: Path) -> bool:
     return (d / HPARAMS).is_file()
 
 
+def _tags(node: Any) -> list[tuple[str, int]]:
+    """``(tag, line)`` of every node of a composed (not constructed) YAML document."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        out.append((str(getattr(n.tag, "value", n.tag)), n.start_mark.line + 1))
+        if isinstance(n, MappingNode):
+            stack.extend(x for pair in n.value for x in pair)
+        elif isinstance(n, SequenceNode):
+            stack.extend(n.value)
+    return sorted(out, key=lambda t: t[1])
+
+
+def _tag_allowed(tag: str) -> bool:
+    if tag.startswith(YAML_CORE) and tag[len(YAML_CORE):] in YAML_PLAIN:
+        return True
+    if tag in HYPERPYYAML_PLAIN:
+        return True
+    kind, _, target = tag.partition(":")
+    if kind in ("!new", "!name"):
+        if target.startswith("speechbrain.utils.parameter_transfer"):
+            return target == "speechbrain.utils.parameter_transfer.Pretrainer"
+        return target.startswith(ALLOWED_TARGETS) and not target.startswith(DENIED_TARGETS)
+    return kind == "!apply" and target in ALLOWED_APPLY
+
+
 def check_hparams_tags(path: Path, text: str) -> None:
-    """Refuse HyperPyYAML tags that could run arbitrary code (module docstring); errors name file and line."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        code = line.split("#", 1)[0]
-        for kind, target in TAG.findall(code):
-            ok = False
-            if kind in ("new", "name"):
-                ok = target.startswith(ALLOWED_TARGETS) and not target.startswith(DENIED_TARGETS)
-                if target.startswith("speechbrain.utils.parameter_transfer"):
-                    ok = target == "speechbrain.utils.parameter_transfer.Pretrainer"
-            elif kind == "apply":
-                ok = target in ALLOWED_APPLY
-            if not ok:
-                raise ModelDirError(f"{path}:{lineno}: refused: '!{kind}:{target}' is not on asr-kd's list of what a "
-                                    "SpeechBrain teacher's hyperparams may build (SpeechBrain model classes, torch.nn, "
-                                    "sentencepiece; no !apply/!include/!module, nothing that fetches, unpickles or runs "
-                                    "commands); a hyperparams.yaml is code: remove the line if you trust the rest")
+    """Refuse YAML tags that could run arbitrary code (module docstring), before HyperPyYAML builds anything.
+
+    The document is composed (parsed into nodes, nothing constructed) and every node's tag checked:
+    plain YAML types, HyperPyYAML's ``!ref``/``!copy``/``!tuple``/``!placeholder``, ``!new:``/``!name:``
+    of allowed targets, ``!apply:torch.manual_seed``. Everything else — ``!!python/object/apply:...``
+    (which HyperPyYAML's loader would execute), ``!include:``, ``!module:``, other targets — is an
+    error naming the file and line."""
+    import ruamel.yaml
+
+    try:
+        root = ruamel.yaml.YAML(typ="rt").compose(text)
+    except ruamel.yaml.YAMLError as exc:
+        raise ModelDirError(f"{path}: not valid YAML: {exc}") from None
+    if root is None:
+        raise ModelDirError(f"{path}: empty")
+    for tag, line in _tags(root):
+        if not _tag_allowed(tag):
+            shown = "!!" + tag[len(YAML_CORE):] if tag.startswith(YAML_CORE) else tag
+            raise ModelDirError(f"{path}:{line}: refused: '{shown}' is not on asr-kd's list of what a SpeechBrain "
+                                "teacher's hyperparams may build (SpeechBrain model classes, torch.nn, sentencepiece; no "
+                                "python/object tags, no !apply/!include/!module, nothing that fetches, unpickles or "
+                                "runs commands); a hyperparams.yaml is code: remove the line if you trust the rest")
 
 
 def safe_state_dict(path: Path, loadable: str) -> Any:

@@ -301,3 +301,24 @@ def test_other_model_rate_gets_resampled_audio_and_says_so(sb, tmp_path, caplog)
     ref, _ = reference_targets(speechbrain_model(d, tmp_path), wave, load_tokenizer(sb["student"]).symbols, sample_rate=8000)
     torch.testing.assert_close(probs, ref, atol=1e-4, rtol=1e-4)
     assert ens.describe()[0]["sample_rate"] == 8000 and ens.describe()[0]["frame_shift_ms"] == 40.0
+
+
+def test_label_encoder_units_blank_and_word_delimiter():
+    """A CTCTextEncoder tokenizer: its blank label is the CTC blank, its space the word boundary."""
+    from speechbrain.dataio.encoder import CTCTextEncoder
+
+    from asr_kd.label.sb_teacher import tokenizer_vocab
+    from asr_kd.label.unit_map import build_unit_map
+
+    enc = CTCTextEncoder()
+    enc.update_from_iterable(["ab c", "ba"], sequence_input=True)
+    enc.insert_blank(index=2)
+    vocab, kind = tokenizer_vocab(enc, 0, Path("hyperparams.yaml"))
+    assert kind == "label-encoder" and vocab.kind == "char"
+    assert vocab.symbols[vocab.blank_id] == "<blank>" and vocab.blank_id == 2 and vocab.word_delimiter == " "
+    from asr_kd.data.units import CharTokenizer
+
+    um = build_unit_map(vocab, CharTokenizer.build(["ab c"]), teacher_name="t")
+    student = CharTokenizer.build(["ab c"]).symbols
+    got = {t: (student[s] if s is not None else None) for t, s in zip(vocab.symbols, um.targets)}
+    assert got == {"a": "a", "b": "b", " ": "\u2581", "c": "c", "<blank>": "<blk>"}

@@ -210,8 +210,14 @@ def test_a_hub_path_in_the_pretrainer_is_read_from_the_directory_never_fetched(t
     d = make_sb_ctc(tmp_path / "hubpath", seed=4, asr_path="speechbrain/no-such-repo-asr-kd-test/asr.ckpt")
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
+    # a recipe's beam searcher with a hub KenLM model: accepted as CTC, never set up (only encode_batch is used)
+    text = (d / "hyperparams.yaml").read_text().replace(
+        "decoding_function: !name:speechbrain.decoders.ctc_greedy_decode\n    blank_id: !ref <blank_index>",
+        "decoding_function: !name:speechbrain.decoders.ctc.CTCBeamSearcher\n    blank_index: !ref <blank_index>\n"
+        "test_beam_search:\n    kenlm_model_path: speechbrain/no-such-repo-asr-kd-test/lm.arpa")
+    (d / "hyperparams.yaml").write_text(text)
     t = SbCtcTeacher(d)
-    assert t.files["asr"] == d / "asr.ckpt" and t.frame_shift_ms == 40.0
+    assert t.files["asr"] == d / "asr.ckpt" and t.frame_shift_ms == 40.0 and t.vocab.blank_id == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no savedir, no symlinks written anywhere here
 
 
@@ -246,7 +252,8 @@ def test_unsafe_hparams_tags_are_refused_before_parsing(sb, tmp_path):
     with pytest.raises(ModelDirError, match=r"refused: '!name:speechbrain.utils.fetching.fetch'"):
         TeacherEnsemble([str(d)], units_from=str(sb["student"]))
     # HyperPyYAML's loader would execute this plain-YAML python tag; quoted text that looks like a tag is fine
-    (d / "hyperparams.yaml").write_text(text + f"note: 'see !apply:os.system'\nboom: !!python/object/apply:os.system ['touch {marker}']\n")
+    (d / "hyperparams.yaml").write_text(text + "note: 'see !apply:os.system'\n"
+                                        f"boom: !!python/object/apply:os.system ['touch {marker}']\n")
     with pytest.raises(ModelDirError, match=r"hyperparams.yaml:\d+: refused: '!!python/object/apply:os.system'"):
         TeacherEnsemble([str(d)], units_from=str(sb["student"]))
     assert not marker.exists()
@@ -273,6 +280,13 @@ def test_not_an_encoder_asr_ctc_model_is_refused(sb, tmp_path):
     (noenc / "hyperparams.yaml").write_text(text)
     with pytest.raises(ModelDirError, match=r"not a SpeechBrain EncoderASR CTC model: 'modules' must hold an 'encoder'"):
         TeacherEnsemble([str(noenc)], units_from=str(sb["student"]))
+    s2s = tmp_path / "s2s"
+    shutil.copytree(sb["char40"], s2s)
+    text = (s2s / "hyperparams.yaml").read_text().replace("!name:speechbrain.decoders.ctc_greedy_decode",
+                                                          "!name:speechbrain.decoders.seq2seq.S2SGreedySearcher")
+    (s2s / "hyperparams.yaml").write_text(text)
+    with pytest.raises(ModelDirError, match=r"S2SGreedySearcher.* is not a CTC decoder"):
+        TeacherEnsemble([str(s2s)], units_from=str(sb["student"]))
 
 
 def test_bpe_teacher_is_refused_pointing_to_pseudo_label_which_takes_it(sb, tmp_path):

@@ -36,6 +36,7 @@ normalization by us (the encoder does its own feature normalization).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -213,15 +214,15 @@ def sb_fingerprint(d: Path, files: dict[str, Path]) -> str:
 
 
 def _is_ctc_decoder(fn: Any) -> bool:
-    import functools
-
+    """A SpeechBrain CTC decoder: a ``CTCBaseSearcher`` class, or a ``speechbrain.decoders`` CTC function
+    (e.g. ``ctc_greedy_decode``), possibly wrapped in ``functools.partial`` (what ``!name:`` gives)."""
     from speechbrain.decoders.ctc import CTCBaseSearcher
 
-    if isinstance(fn, functools.partial):
-        return getattr(fn.func, "__module__", "").startswith("speechbrain.decoders") and "ctc" in fn.func.__name__
-    if callable(fn) and not isinstance(fn, type):
-        return getattr(fn, "__module__", "").startswith("speechbrain.decoders") and "ctc" in getattr(fn, "__name__", "")
-    return isinstance(fn, type) and issubclass(fn, CTCBaseSearcher)
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if isinstance(target, type):
+        return issubclass(target, CTCBaseSearcher)
+    return (callable(target) and getattr(target, "__module__", "").startswith("speechbrain.decoders")
+            and "ctc" in getattr(target, "__name__", "").lower())
 
 
 def tokenizer_vocab(tokenizer: Any, blank_id: int, hparams_path: Path) -> tuple[TeacherVocab, str]:
@@ -275,6 +276,7 @@ class SbCtcTeacher:
         os.environ["HF_HUB_OFFLINE"] = "1"  # a HF-backed encoder (wav2vec2 ...) must find its files locally
         try:
             from hyperpyyaml import load_hyperpyyaml
+            from speechbrain.decoders import ctc_greedy_decode
             from speechbrain.inference.ASR import EncoderASR
             from speechbrain.utils.parameter_transfer import Pretrainer
         except ImportError as exc:  # pragma: no cover - speechbrain is a core dependency
@@ -306,17 +308,21 @@ class SbCtcTeacher:
         self.files = files
         self.fingerprint = sb_fingerprint(d, files)
         hparams["savedir"] = None
+        blank = hparams.get("blank_index")
+        fn = hparams["decoding_function"]
+        if blank is None and hasattr(fn, "keywords"):
+            blank = fn.keywords.get("blank_id", fn.keywords.get("blank_index"))
+        blank = int(blank or 0)
+        # only encode_batch is used: a greedy decoder instead of the recipe's, so that EncoderASR does not set
+        # up a beam searcher (which may fetch a KenLM model)
+        hparams["decoding_function"] = functools.partial(ctc_greedy_decode, blank_id=blank)
         try:
             self.asr = EncoderASR(modules=modules, hparams=hparams, run_opts={"device": str(device)})
         except (ValueError, TypeError, AttributeError) as exc:
             raise ModelDirError(f"{hp_path}: SpeechBrain's EncoderASR refused it: {exc}") from None
         normalizer = hparams.get("audio_normalizer")
         self.sample_rate = int(normalizer.sample_rate if normalizer is not None else hparams.get("sample_rate", 16000))
-        blank = hparams.get("blank_index")
-        fn = hparams["decoding_function"]
-        if blank is None and hasattr(fn, "keywords"):
-            blank = fn.keywords.get("blank_id", fn.keywords.get("blank_index"))
-        self.vocab, self.tokenizer_kind = tokenizer_vocab(hparams["tokenizer"], int(blank or 0), hp_path)
+        self.vocab, self.tokenizer_kind = tokenizer_vocab(hparams["tokenizer"], blank, hp_path)
         self.units = self.vocab.symbols
         self.frame_shift_ms = self._probe(hp_path)
         self._resample_logged: set[int] = set()
@@ -373,7 +379,8 @@ class SbCtcTeacher:
                 import torchaudio
 
                 if sample_rate not in self._resample_logged:
-                    log.info("%s: resampling input audio from %d Hz to the model's %d Hz", self.path, sample_rate, self.sample_rate)
+                    log.info("%s: resampling input audio from %d Hz to the model's %d Hz", self.path, sample_rate,
+                             self.sample_rate)
                     self._resample_logged.add(sample_rate)
                 w = torchaudio.functional.resample(w, orig_freq=sample_rate, new_freq=self.sample_rate)
             out.append(w)

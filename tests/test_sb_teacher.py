@@ -196,6 +196,9 @@ def test_detection_by_hyperparams_and_the_prefix(sb, tmp_path):
         shutil.copy(f, both / f.name)
     assert teacher_kind(str(both))[0] == "asr-kd"  # model.yaml wins, as with hf:
     assert teacher_kind("speechbrain:" + str(both))[0] == "sb-ctc"
+    from asr_kd.label.pipeline import _resolve_spec  # what the Ray actors get: absolute, prefix kept
+
+    assert _resolve_spec("speechbrain:" + str(both)) == "speechbrain:" + str(both.resolve())
     with pytest.raises(ModelDirError, match=r"hyperparams.yaml: missing; speechbrain:DIR needs"):
         teacher_kind("speechbrain:" + str(sb["student"]))
     hub = tmp_path / "hub"  # SpeechBrain's hub repos carry a config.json naming the interface, not an architecture

@@ -24,7 +24,11 @@ with whatever ``torch.load`` defaults to):
 - torch checkpoints are read with ``torch.load(..., weights_only=True)`` and applied with a strict
   ``load_state_dict`` (missing or unexpected keys are an error naming the file); a checkpoint that
   needs full unpickling is refused, never unpickled. Sentencepiece models (protobuf) and
-  CTCTextEncoder files (``ast.literal_eval`` text) are read by their own loaders.
+  CTCTextEncoder files (``ast.literal_eval`` text) are read by their own loaders; any other kind of
+  loadable is refused;
+- the recipe's ``decoding_function`` must be a CTC decoder (else: not a CTC model) but is replaced by
+  greedy CTC before ``EncoderASR`` is built: only ``encode_batch`` is used, and a beam searcher would
+  set up (and possibly fetch) a language model.
 
 Output: natural-log CTC log-probabilities over the tokenizer's units (``EncoderASR.encode_batch``,
 one utterance at a time so that padding cannot change a frame) at the encoder's frame rate, which is

@@ -9,16 +9,18 @@ from asr_kd.targets.codec import DEFAULT_TOP_P
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True,
-                        help="teacher dir (repeat for an ensemble): an asr-kd model dir or a local Hugging Face CTC "
-                             "directory (Wav2Vec2/Hubert/WavLM ForCTC), detected from its files; 'hf:DIR' forces Hugging Face")
+                        help="teacher dir (repeat for an ensemble): an asr-kd model dir, a local SpeechBrain EncoderASR CTC "
+                             "directory (hyperparams.yaml + checkpoints) or a local Hugging Face CTC directory "
+                             "(Wav2Vec2/Hubert/WavLM ForCTC), detected from its files; 'hf:DIR' forces Hugging Face, "
+                             "'speechbrain:DIR' SpeechBrain")
     parser.add_argument("--units-from", help="model dir or tokens.txt whose units (and, for a model dir, framing) the store "
                         "is written in; needed when no --model is an asr-kd model dir")
     parser.add_argument("--unit-map", action="append", help="TEACHER_SYMBOL STUDENT_SYMBOL file overriding the automatic "
-                        "unit mapping of a Hugging Face teacher ('-' = unmapped); one for all, or one per such teacher")
+                        "unit mapping of a Hugging Face or SpeechBrain teacher ('-' = unmapped); one for all, or one per such teacher")
     parser.add_argument("--unmapped", choices=["renormalize", "blank"], default="renormalize",
                         help="probability of teacher units with no student unit: drop and renormalize, or give to blank")
     parser.add_argument("--frame-conversion", choices=["peak", "mean"], default="peak",
-                        help="teacher frames (20 ms) -> stored frames (40 ms): keep the frame with the largest non-blank "
+                        help="teacher frames (e.g. 20 ms) -> stored frames (40 ms): keep the frame with the largest non-blank "
                              "probability (default; CTC spikes survive), or average each group")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
     parser.add_argument("--data", required=True, help="data dir to label (text not needed)")

@@ -478,12 +478,11 @@ def _meta_for(ensemble: TeacherEnsemble, options: LabelOptions) -> dict[str, Any
 
 
 def _resolve_spec(spec: str) -> str:
-    """A ``--model`` argument with its directory made absolute (an ``hf:`` prefix kept) for the actors."""
-    from asr_kd.label.teacher import HF_PREFIX
+    """A ``--model`` argument with its directory made absolute (an ``hf:``/``speechbrain:`` prefix kept) for the actors."""
+    from asr_kd.label.teacher import split_spec
 
-    if spec.startswith(HF_PREFIX):
-        return HF_PREFIX + str(Path(spec[len(HF_PREFIX):]).resolve())
-    return str(Path(spec).resolve())
+    prefix, path = split_spec(spec)
+    return (prefix or "") + str(Path(path).resolve())
 
 
 READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task

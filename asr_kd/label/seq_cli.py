@@ -7,7 +7,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="local Hugging Face WhisperForConditionalGeneration directory "
-                        "(safetensors + processor files; nothing is downloaded)")
+                        "(safetensors + processor files; nothing is downloaded), or a Hugging Face / SpeechBrain CTC "
+                        "directory whose units the student does not share (decoded greedily)")
     parser.add_argument("--data", required=True, help="data dir to transcribe; its text (or text.ref) is the reference "
                         "for --max-wer where present")
     parser.add_argument("--out", required=True, help="output data dir: kept utterances with pseudo-transcripts as text, "

@@ -1,7 +1,8 @@
-"""Sequence-level teachers: a local Whisper (or HF CTC) directory transcribes a data dir into pseudo-labels.
+"""Sequence-level teachers: a local Whisper (or CTC) directory transcribes a data dir into pseudo-labels.
 
-Whisper is the main case; a Hugging Face CTC directory whose units cannot be mapped onto the student's
-(``asr_kd.label.unit_map`` refuses it for frame-level distillation) is decoded greedily instead.
+Whisper is the main case; a Hugging Face or SpeechBrain CTC directory whose units cannot be mapped onto
+the student's (``asr_kd.label.unit_map`` refuses it for frame-level distillation, e.g. BPE pieces
+against characters) is decoded greedily instead.
 
 distil-whisper's path: the teacher's 1-best transcripts replace (or stand in for) human ones, and the
 student trains plain CTC on them. ``pseudo_label`` writes ``OUT``, a data dir the student trains on
@@ -141,19 +142,25 @@ class WhisperTeacher:
 
 
 class CtcTextTeacher:
-    """A Hugging Face CTC directory used as a text teacher: greedy CTC in its own vocabulary.
+    """A Hugging Face or SpeechBrain CTC directory used as a text teacher: greedy CTC in its own vocabulary.
 
     For CTC teachers whose units cannot be mapped onto the student's (BPE pieces, words): their
     transcripts are tokenized in the student's units instead. Transcript: per-frame argmax, repeats
-    collapsed, blank and special tokens dropped, the word delimiter as a space. Confidence: the
-    geometric mean of the argmax probability over the frames that emit a unit (0 when none does)."""
+    collapsed, blank and special tokens dropped, the word delimiter (and sentencepiece's ``▁`` word
+    mark inside pieces) as a space. Confidence: the geometric mean of the argmax probability over the
+    frames that emit a unit (0 when none does)."""
 
-    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
-        from asr_kd.label.hf_teacher import HfCtcTeacher
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", kind: str = "hf-ctc"):
+        if kind == "sb-ctc":
+            from asr_kd.label.sb_teacher import SbCtcTeacher
 
-        self.ctc = HfCtcTeacher(model_dir, device=device)
+            self.ctc: Any = SbCtcTeacher(model_dir, device=device)
+        else:
+            from asr_kd.label.hf_teacher import HfCtcTeacher
+
+            self.ctc = HfCtcTeacher(model_dir, device=device)
         self.path, self.architecture, self.fingerprint = self.ctc.path, self.ctc.architecture, self.ctc.fingerprint
-        self.kind = "hf-ctc"
+        self.kind = self.ctc.kind
         self.sample_rate = self.ctc.sample_rate
 
     @torch.no_grad()
@@ -175,14 +182,18 @@ class CtcTextTeacher:
                         pieces.append(sym)
                 prev = i
             conf = math.exp(sum(emitted) / len(emitted)) if emitted else 0.0
-            out.append(("".join(pieces), conf))
+            out.append((" ".join("".join(pieces).replace("\u2581", " ").split()), conf))
         return out
 
 
 def load_text_teacher(model_dir: str, device: str = "cpu", language: str | None = None) -> Any:
-    """A sequence-level teacher: Whisper, or a Hugging Face CTC directory decoded greedily."""
+    """A sequence-level teacher: Whisper, or a Hugging Face / SpeechBrain CTC directory decoded greedily."""
     from asr_kd.label.hf_teacher import HF_CTC_ARCHITECTURES
+    from asr_kd.label.sb_teacher import SB_PREFIX, is_speechbrain_dir
 
+    spec = str(model_dir)
+    if spec.startswith(SB_PREFIX) or (not spec.startswith("hf:") and is_speechbrain_dir(Path(spec))):
+        return CtcTextTeacher(Path(spec.removeprefix(SB_PREFIX)), device=device, kind="sb-ctc")
     d = Path(model_dir[3:] if str(model_dir).startswith("hf:") else model_dir)
     if (d / "config.json").is_file() and hf_architecture(d) in HF_CTC_ARCHITECTURES:
         return CtcTextTeacher(d, device=device)

@@ -7,11 +7,14 @@ with ``kind``, ``path``, ``fingerprint``, ``units`` (its symbols by output id), 
 - ``asr-kd``: our model dirs (``model.yaml`` ...), fbank + CMVN + our acoustic model; output frames are
   the store's frames and the units are our ``tokens.txt``;
 - ``hf-ctc``: a local Hugging Face CTC directory (``asr_kd.label.hf_teacher``), raw waveform in, its
-  own vocabulary and frame rate out; its distributions go through a unit map
-  (``asr_kd.label.unit_map``) and a frame-rate conversion (``asr_kd.label.frame_rate``) first.
+  own vocabulary and frame rate out (20 ms);
+- ``sb-ctc``: a local SpeechBrain EncoderASR CTC directory (``asr_kd.label.sb_teacher``), raw
+  waveform in, its tokenizer's units and its measured frame rate out (e.g. 40 ms).
 
-The kind is detected from the directory's files; an ``hf:`` prefix (``hf:/path/to/dir``) forces the
-Hugging Face loader.
+Foreign (``hf-ctc``, ``sb-ctc``) distributions go through a unit map (``asr_kd.label.unit_map``) and a
+frame-rate conversion (``asr_kd.label.frame_rate``) first. The kind is detected from the directory's
+files (``model.yaml``, else ``hyperparams.yaml``, else ``config.json``); an ``hf:`` prefix
+(``hf:/path/to/dir``) forces the Hugging Face loader, a ``speechbrain:`` prefix the SpeechBrain one.
 
 ``TeacherEnsemble`` fixes the store's units (``units_from``, else the first ``asr-kd`` teacher's) and
 framing (the fbank config, subsampling and output frame shift of ``units_from`` when it is a model
@@ -50,6 +53,8 @@ from asr_kd.models.model_dir import FINGERPRINT, MODEL_YAML, LoadedModel, load_m
 log = logging.getLogger(__name__)
 
 HF_PREFIX = "hf:"
+SB_PREFIX = "speechbrain:"
+TEACHER_PREFIXES = (HF_PREFIX, SB_PREFIX)
 DEFAULT_FRAME_SHIFT_MS = 40.0
 DEFAULT_SUBSAMPLING = 4
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # teacher forward dtype under autocast
@@ -93,17 +98,34 @@ class NativeTeacher:
         return self.model(self.cmvn(feats), feat_lens)
 
 
-def teacher_kind(spec: str) -> tuple[str, Path]:
-    """``(kind, dir)`` of a ``--model`` argument: ``asr-kd`` (model.yaml + fingerprint.txt) or ``hf-ctc``
-    (config.json naming a supported architecture); ``hf:DIR`` forces the Hugging Face loader."""
-    from asr_kd.label.hf_teacher import HF_CTC_ARCHITECTURES, HF_SEQ2SEQ_ARCHITECTURES, hf_architecture
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """``(prefix, path)`` of a ``--model`` argument: ``hf:DIR`` / ``speechbrain:DIR`` or a plain ``DIR``."""
+    for prefix in TEACHER_PREFIXES:
+        if spec.startswith(prefix):
+            return prefix, spec[len(prefix):]
+    return None, spec
 
-    forced = spec.startswith(HF_PREFIX)
-    d = Path(spec[len(HF_PREFIX):] if forced else spec)
+
+def teacher_kind(spec: str) -> tuple[str, Path]:
+    """``(kind, dir)`` of a ``--model`` argument: ``asr-kd`` (model.yaml + fingerprint.txt), ``sb-ctc``
+    (hyperparams.yaml) or ``hf-ctc`` (config.json naming a supported architecture); ``hf:DIR`` forces
+    the Hugging Face loader, ``speechbrain:DIR`` the SpeechBrain one."""
+    from asr_kd.label.hf_teacher import HF_CTC_ARCHITECTURES, HF_SEQ2SEQ_ARCHITECTURES, hf_architecture
+    from asr_kd.label.sb_teacher import HPARAMS, is_speechbrain_dir
+
+    prefix, path = split_spec(spec)
+    d = Path(path)
     if not d.is_dir():
         raise ModelDirError(f"{d}: teacher directory not found")
-    if not forced and (d / MODEL_YAML).is_file():
+    if prefix == SB_PREFIX:
+        if not is_speechbrain_dir(d):
+            raise ModelDirError(f"{d / HPARAMS}: missing; {SB_PREFIX}DIR needs a SpeechBrain model directory "
+                                f"({HPARAMS} + its checkpoints)")
+        return "sb-ctc", d
+    if prefix is None and (d / MODEL_YAML).is_file():
         return "asr-kd", d
+    if prefix is None and is_speechbrain_dir(d):  # a SpeechBrain hub dir may hold a config.json of its own
+        return "sb-ctc", d
     if (d / "config.json").is_file():
         arch = hf_architecture(d)
         if arch in HF_CTC_ARCHITECTURES:
@@ -113,9 +135,11 @@ def teacher_kind(spec: str) -> tuple[str, Path]:
                                 "use 'asr-kd pseudo-label --model DIR --data DATA --out DATA_PSEUDO' and train the student "
                                 "on DATA_PSEUDO")
         raise ModelDirError(f"{d / 'config.json'}: architecture {arch} is not a supported teacher; supported: "
-                            f"asr-kd model dirs and Hugging Face {', '.join(HF_CTC_ARCHITECTURES)}")
+                            f"asr-kd model dirs, SpeechBrain EncoderASR CTC dirs and Hugging Face "
+                            f"{', '.join(HF_CTC_ARCHITECTURES)}")
     raise ModelDirError(f"{d}: not a teacher of a supported kind: expected an asr-kd model dir ({MODEL_YAML}, "
-                        f"{FINGERPRINT}, ...) or a Hugging Face directory (config.json, model.safetensors, vocab.json)")
+                        f"{FINGERPRINT}, ...), a SpeechBrain EncoderASR CTC directory ({HPARAMS} + checkpoints) "
+                        "or a Hugging Face directory (config.json, model.safetensors, vocab.json)")
 
 
 def load_teacher(spec: str, device: str | torch.device = "cpu") -> Any:
@@ -123,6 +147,10 @@ def load_teacher(spec: str, device: str | torch.device = "cpu") -> Any:
     kind, d = teacher_kind(spec)
     if kind == "asr-kd":
         return NativeTeacher(d, device=device)
+    if kind == "sb-ctc":
+        from asr_kd.label.sb_teacher import SbCtcTeacher
+
+        return SbCtcTeacher(d, device=device)
     from asr_kd.label.hf_teacher import HfCtcTeacher
 
     return HfCtcTeacher(d, device=device)

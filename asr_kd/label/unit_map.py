@@ -25,7 +25,9 @@ handled by the *unmapped rule*:
 - ``blank``: give it to the blank (``<blk>``), i.e. treat it as "no unit emitted".
 
 A teacher whose units do not correspond to ours (fewer than ``MIN_MAPPED_FRACTION`` of the student's
-ordinary units receive some teacher unit, e.g. BPE pieces against characters; or a BPE student
+ordinary units receive some teacher unit, e.g. BPE pieces against characters; a teacher whose
+vocabulary is marked as multi-character pieces (``TeacherVocab.kind``, e.g. a sentencepiece BPE
+model, which also holds every single character) against a character student; or a BPE student
 without a mapping file) is refused: frame-level distillation needs a shared
 unit inventory; the message points to the sequence-level path (``asr-kd pseudo-label``: the teacher's
 transcripts, tokenized in the student's own units, as CTC training data).
@@ -62,6 +64,7 @@ class TeacherVocab:
     word_delimiter: str | None = "|"
     unk: str | None = "<unk>"
     specials: frozenset[str] = frozenset()
+    kind: str = "char"  # "char": one character per unit; "pieces": multi-character units (BPE, unigram, words)
 
 
 @dataclasses.dataclass
@@ -153,6 +156,11 @@ def build_unit_map(vocab: TeacherVocab, student: Tokenizer, mapping_file: str | 
     student_symbols: Sequence[str] = student.symbols
     if getattr(student, "kind", "char") != "char" and mapping_file is None:
         raise UnitsError(f"{teacher_name}: its units are characters but the student's are {student.kind} pieces; "
+                         f"{SEQUENCE_LEVEL_HINT}")
+    if vocab.kind != "char" and getattr(student, "kind", "char") == "char" and mapping_file is None:
+        pieces = [s for i, s in enumerate(vocab.symbols) if i != vocab.blank_id and len(s.replace(WORD_BOUNDARY, "")) > 1]
+        raise UnitsError(f"{teacher_name}: its units are multi-character pieces (e.g. {pieces[:5]}) but the student's are "
+                         f"characters; mapping only the single-character pieces would drop most of its mass. "
                          f"{SEQUENCE_LEVEL_HINT}")
     ids = {s: i for i, s in enumerate(student_symbols)}
     targets: list[int | None] = []

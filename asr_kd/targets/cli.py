@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", action="append", help="teacher model dir(s) that made the store: also report "
                    "KL(teacher dense || stored) on a sample (needs --data)")
     p.add_argument("--data", help="the data dir that was labeled (audio for --teacher)")
-    p.add_argument("--units-from", help="with --teacher: the --units-from given to 'asr-kd label' (Hugging Face teachers)")
+    p.add_argument("--units-from", help="with --teacher: the --units-from given to 'asr-kd label' (Hugging Face / SpeechBrain teachers)")
     p.add_argument("--unit-map", action="append", help="with --teacher: the --unit-map file(s) given to 'asr-kd label'")
     p.add_argument("--sample", type=int, default=50, help="utterances sampled for the KL (default 50)")
 

@@ -25,7 +25,7 @@ each node is its own network host, as two machines on a private network are:
 
 No ``ray stop``: it kills Ray processes by name machine-wide, other users' clusters included; the
 namespaces' processes are killed by namespace instead (``tests/netns.py``). Needs root (network
-namespaces): ``pytest -m slow tests/test_multihost_netns.py``, about 5 minutes on 2 busy cores.
+namespaces): ``pytest -m slow tests/test_multihost_netns.py``, about 5 minutes on 2 cores (7.5 on a loaded machine).
 """
 
 from __future__ import annotations

@@ -319,6 +319,35 @@ def test_collector_ignores_a_batch_that_comes_back_after_its_shard_was_written(s
     assert collector.written == [0] and collector.labeled == len(shard) and not collector.pending
 
 
+def test_collector_counts_utterances_per_node_once_even_when_a_batch_comes_back(setup, tmp_path):
+    """The actors tag each row with their node's IP; the summary's ``by node`` counts each utterance of
+    a written shard once (a retried batch from another node replaces the row, it does not add to it), and
+    is shown only when more than one node labeled (the multi-host test reads it)."""
+    from asr_kd.data.datadir import read_data_dir
+    from asr_kd.label.pipeline import LabelSummary, _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.teacher import TeacherEnsemble
+
+    root, teacher, data = setup
+    shard = plan_shards(read_data_dir(data), 7)[0]
+    first, second = _shard_batches(teacher, data, shard)
+
+    def on(node: str, batch: dict) -> dict:
+        return {**batch, "node": np.asarray([node] * len(batch["utt_id"]), dtype=object)}
+
+    o = options()
+    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = _ShardCollector(writer, [shard], o, 16000)
+    collector.add(on("10.0.0.2", first))
+    collector.add(on("10.0.0.1", first))  # retried on the head after its first node died
+    collector.add(on("10.0.0.2", second))
+    collector.add(on("10.0.0.1", second))  # a late duplicate after the shard was written: dropped
+    assert collector.written == [0]
+    assert collector.nodes == {"10.0.0.1": len(first["utt_id"]), "10.0.0.2": len(second["utt_id"])}
+    line = LabelSummary(7, 0, 0.001, 1.0, [0], [], collector.nodes).line()
+    assert line.endswith(f"; by node: 10.0.0.1 {len(first['utt_id'])}, 10.0.0.2 {len(second['utt_id'])}")
+    assert "by node" not in LabelSummary(7, 0, 0.001, 1.0, [0], [], {"10.0.0.1": 7}).line()
+
+
 def test_teachers_with_different_units_are_refused(tmp_path, setup):
     _, teacher, data = setup
     from asr_kd.errors import AsrKdError

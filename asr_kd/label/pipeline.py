@@ -100,6 +100,7 @@ class LabelSummary:
     wall_s: float
     shards_written: list[int]
     shards_skipped: list[int]
+    nodes: dict[str, int] = dataclasses.field(default_factory=dict)  # node IP -> utterances its actors labeled (Ray)
 
     @property
     def audio_hours_per_wall_hour(self) -> float:
@@ -108,7 +109,13 @@ class LabelSummary:
     def line(self) -> str:
         return (f"labeled {self.utterances} utterances ({self.hours:.3f} h) in {len(self.shards_written)} shards "
                 f"({len(self.shards_skipped)} already done), {self.rejects} rejects, wall {self.wall_s:.1f} s, "
-                f"{self.audio_hours_per_wall_hour:.1f} audio-hours per wall-hour")
+                f"{self.audio_hours_per_wall_hour:.1f} audio-hours per wall-hour{self.by_node()}")
+
+    def by_node(self) -> str:
+        """``"; by node: 10.0.0.1 120, 10.0.0.2 136"`` when actors on more than one node labeled (else empty)."""
+        if len(self.nodes) < 2:
+            return ""
+        return "; by node: " + ", ".join(f"{ip} {n}" for ip, n in sorted(self.nodes.items()))
 
 
 # --------------------------------------------------------------------------------------- planning
@@ -256,13 +263,26 @@ class TeacherActor:
         self.calls = 0
         self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
         self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
+        self.node = _node_ip()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         self.calls += 1
         if self.kill_after and self.calls == self.kill_after and self.kill_marker and not os.path.exists(self.kill_marker):
             Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
             os._exit(1)  # simulate a crash mid-run (test hook)
-        return label_groups(self.ensemble, batch, self.batch_max_frames)
+        out = label_groups(self.ensemble, batch, self.batch_max_frames)
+        out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
+        return out
+
+
+def _node_ip() -> str:
+    """The IP address of the Ray node this process runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address()) if ray.is_initialized() else ""
+    except Exception:  # pragma: no cover - Ray internals of other versions
+        return ""
 
 
 def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int,
@@ -322,9 +342,11 @@ class _ShardCollector:
         self.seconds = 0.0
         self.stop_after = int(os.environ.get(STOP_DRIVER_ENV, "0") or 0)
         self.notes = 0  # utterances with a note (e.g. resampled)
+        self.nodes: dict[str, int] = {}  # node IP -> utterances of written shards labeled there (Ray actors)
 
     def add(self, batch: dict[str, Any]) -> int:
         n = len(batch["utt_id"])
+        nodes = batch.get("node")
         for i in range(n):
             shard = int(batch["shard"][i])
             if shard in self._done:  # a retried task's rows after their shard was written: already stored
@@ -332,7 +354,7 @@ class _ShardCollector:
             utt = str(batch["utt_id"][i])
             row = (batch["ids"][i], batch["probs"][i], str(batch["pseudo"][i]), float(batch["max_prob"][i]),
                    float(batch["entropy"][i]), str(batch["error"][i]), int(batch["samples"][i]),
-                   float(batch["unmapped"][i]), str(batch["note"][i]))
+                   float(batch["unmapped"][i]), str(batch["note"][i]), str(nodes[i]) if nodes is not None else "")
             if row[8]:
                 self.notes += 1
                 if self.notes <= NOTES_LOGGED:
@@ -358,6 +380,8 @@ class _ShardCollector:
         items, rejects, pseudo, unmapped = [], [], [], []
         for utt in self.shards[shard]:
             row = rows[utt]
+            if row[9]:
+                self.nodes[row[9]] = self.nodes.get(row[9], 0) + 1
             reason = self._reject_reason(row)
             if reason is not None:
                 rejects.append((utt, reason))
@@ -580,7 +604,9 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
                              "missing); rerun the same command to finish them")
     _finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
-                           sorted(collector.written), done)
+                           sorted(collector.written), done, dict(collector.nodes))
+    if collector.nodes:
+        log.info("label: utterances labeled per Ray node: %s", ", ".join(f"{ip} {n}" for ip, n in sorted(collector.nodes.items())))
     print(summary.line())
     return summary
 

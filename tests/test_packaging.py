@@ -25,6 +25,8 @@ def test_environment_yml_pins_equal_pyproject():
     assert env_pins == sorted(_pyproject_deps())
     for tool in ("espeak-ng", "flite", "sox"):
         assert tool in env["dependencies"], f"environment.yml lacks {tool}"
+    editable = [p.split("#")[0].strip() for p in pip_section if p.startswith("-e")]
+    assert editable == ["-e .[hf]"], "environment.yml installs asr-kd with the hf extra (Hugging Face teachers)"
 
 
 def test_every_dependency_is_pinned_exactly():

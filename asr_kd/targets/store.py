@@ -421,6 +421,50 @@ class StoreWriter:
             done.add(int(marker["shard"]))
         return done
 
+    def check_plan(self, shards: Sequence[Sequence[str]], data: str) -> None:
+        """Refuse to label ``data`` into this store when its shard plan ``shards`` (utterance ids per
+        shard) no longer matches the shards already written: the data changed since the store was made.
+
+        A completed shard must hold exactly its planned utterances less those in ``rejects.tsv``. A store
+        does not grow (adding data changes the plan, and writing would unfinalize a finished store):
+        the message says how many utterances were added and removed, writes the added ids to a file
+        and tells how to label them into a new store and train on both (``kd.store=[OLD,NEW]``).
+        Called before any labeling; reads the markers only.
+        """
+        done = sorted(self.completed_shards())
+        if not done:
+            return
+        rejects = set(read_rejects(self.out_dir / REJECTS))
+        stored: set[str] = set()
+        changed = False
+        for s in done:
+            utts = {row[0] for row in _read_marker(self.shard_dir / f"{shard_name(s)}.json")["utts"]}
+            stored |= utts
+            planned = set(shards[s]) if s < len(shards) else set()
+            if not utts <= planned or not planned - utts <= rejects:
+                changed = True
+        if not changed:
+            return
+        planned_all = {u for shard in shards for u in shard}
+        added = sorted(planned_all - stored - rejects)
+        removed = sorted((stored | rejects) - planned_all)
+        import tempfile
+
+        fd, listing = tempfile.mkstemp(prefix=f"asr-kd-{self.out_dir.name}-new-utts-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(u + "\n" for u in added))
+        finished = self.meta.num_shards is not None
+        new = f"{self.out_dir.name}_new"
+        raise StoreError(
+            f"{self.out_dir}: {data} changed since this store was {'made' if finished else 'started'}: "
+            f"{len(added)} utterance(s) are not in the store (e.g. {added[:3]}), {len(removed)} stored or rejected "
+            f"utterance(s) are no longer in {data} (e.g. {removed[:3]}), so its shard plan no longer matches the "
+            f"shards written. A store does not grow: label the new utterances into a new store and train on both — "
+            f"the new ids are listed in {listing}: 'asr-kd data subset --utt-list {listing} --out DATA_NEW {data}', "
+            f"then 'asr-kd label ... --data DATA_NEW --out {self.out_dir.parent / new}' and "
+            f"kd.store=[{self.out_dir},{self.out_dir.parent / new}]"
+            + ("" if finished else f" (or, to relabel everything, use a new --out dir; {self.out_dir} was never finished)"))
+
     def _encode(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> tuple[Any, list[list]]:
         """Validate ``items``; v1: ``(records, index)``, v2: ``(validated items, index)``."""
         m = self.meta

@@ -31,6 +31,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -106,11 +108,10 @@ class CompactIndex:
     """The arrays of ``STORE/index/`` (memory-mapped) or built in memory; see the module docstring."""
 
     def __init__(self, arrays: dict[str, np.ndarray], source: str):
-        self.ids = arrays["ids"]
-        self.shard = arrays["shard"]
-        self.offset = arrays["offset"]
-        self.frames = arrays["frames"]
-        self.shard_bytes = arrays["shard_bytes"]
+        # plain ndarray views of the memory maps: the same pages, without np.memmap's per-call overhead
+        self.ids, self.shard, self.offset, self.frames, self.shard_bytes = (
+            arrays[name].view(np.ndarray) for name in ARRAYS)
+        self.mapped = isinstance(arrays["ids"], np.memmap)
         self.source = source  # for messages: "STORE/index" or "index.tsv (in memory)"
         n = self.ids.shape[0]
         if not (self.shard.shape[0] == self.offset.shape[0] == self.frames.shape[0] == n):
@@ -187,11 +188,28 @@ class CompactIndex:
             raise StoreError(f"{exc}; {hint} to rebuild the index") from None
 
     # ------------------------------------------------------------------ disk
-    def write(self, store_dir: Path, signature: dict[str, Any], num_shards: int) -> Path:
-        """Write ``store_dir/index/`` (a temporary dir renamed into place; ``index.json`` last)."""
+    def write(self, store_dir: Path, signature: dict[str, Any], num_shards: int, replace: bool = True) -> Path:
+        """Write ``store_dir/index/`` (a temporary dir renamed into place; ``index.json`` last).
+
+        ``replace=False`` (a reader caching the index of an older store) leaves an ``index/`` that
+        another process put in place first and raises ``FileExistsError``."""
         final = store_dir / COMPACT
-        tmp = store_dir / f"{COMPACT}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        # unique per host and process: DDP ranks on several nodes may cache the same store at once
+        tmp = store_dir / f"{COMPACT}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._write_files(tmp, signature, num_shards)
+            if final.exists():
+                if not replace:
+                    raise FileExistsError(f"{final} exists")
+                old = store_dir / f"{tmp.name}.old"
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _write_files(self, tmp: Path, signature: dict[str, Any], num_shards: int) -> None:
         tmp.mkdir()
         for name in ARRAYS:
             arr = np.ascontiguousarray(getattr(self, name))
@@ -205,12 +223,6 @@ class CompactIndex:
             fh.write(json.dumps(head, indent=1) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        if final.exists():
-            old = store_dir / f"{COMPACT}.old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
 
     @classmethod
     def load(cls, store_dir: Path, signature: dict[str, Any], num_shards: int) -> "CompactIndex | None":

@@ -8,6 +8,8 @@ On-disk layout (format versions 1 and 2; readers read both)::
                                  v2: zstd blocks of utterance payloads (see asr_kd.targets.codec)
       shards/shard-00000.json    the shard's index + checksum; written LAST = its completion marker
       index.tsv                  utt <TAB> shard <TAB> offset <TAB> frames   (sorted by utt; finalize)
+      index/                     the same, compact and memory-mapped (asr_kd.targets.index; finalize, or
+                                 built from index.tsv when an older store is first opened)
       rejects.tsv                utt <TAB> reason   (utterances the labeler refused; merged on resume)
 
 Format version 2 (the default of ``asr-kd label``, see ``asr_kd.targets.codec``): variable k per frame
@@ -38,8 +40,15 @@ temporary name, fsyncs and renames it, then writes the marker the same way. The 
 shard's sha256, byte size and per-utterance index, so a crash at any point leaves either a complete
 shard or one without marker, which ``completed_shards()`` does not count (a marker whose ``.bin`` has
 the wrong size is not counted either) and the labeler redoes. ``finalize()`` merges the markers into
-``index.tsv`` (refusing an utterance that appears in two shards) and records ``num_shards`` in
-``meta.json``; a reader refuses a store that was never finalized.
+``index.tsv`` and ``index/`` (refusing an utterance that appears in two shards) and records
+``num_shards`` in ``meta.json``; a reader refuses a store that was never finalized.
+
+Growth: a finalized store is immutable. More data goes into a new store, and training lists both
+(``kd.store: [OLD, NEW]``, ``asr_kd.targets.storeset``); ``StoreWriter.check_plan`` refuses to label a
+data dir that changed since the store was made, before anything is written.
+
+Checksums: ``StoreReader.problems()`` (``asr-kd targets verify``) hashes every shard; opening a reader
+and ``StoreReader.size_problems()`` (the trainer's start-up check) read no shard bytes.
 
 No pickle anywhere: JSON, TSV, raw little-endian arrays and zstd frames only.
 """
@@ -719,8 +728,10 @@ class StoreReader:
                 shard_bytes.append(-1)
         built = compact.CompactIndex.from_tsv(tsv, num_shards, shard_bytes, hint=RESUME_HINT)
         if compact.writable(self.store_dir):
+            # replace an index/ that was there (stale: index.tsv changed), not one another process just wrote
+            stale = (self.store_dir / compact.COMPACT).exists()
             try:
-                built.write(self.store_dir, signature, num_shards)
+                built.write(self.store_dir, signature, num_shards, replace=stale)
                 cached = compact.CompactIndex.load(self.store_dir, signature, num_shards)
                 if cached is not None:
                     log.info("%s: wrote the compact index %s (built from index.tsv)", self.store_dir, cached.source)

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Hash every shard of each STORE (sha256, against the checksum its marker recorded when it was "
         "written) and check the index against the shard markers; with several STOREs (a kd.store list) also that "
         "they agree on teacher, units, frame rate and temperature and hold each utterance once. Reads every byte of "
-        "the stores (about 1 s per GB from the page cache; disk or network speed otherwise): this is its own step, "
+        "the stores (sha256 at roughly 1 GB/s per core from the page cache; disk or network speed otherwise): this is its own step, "
         "run after labeling and after copying a store. 'asr-kd train' does not hash the store at start-up — it "
         "checks shard sizes only, and each format-2 shard is sha256-checked when training first reads it. Exits 0 "
         "with one OK summary line, or 1 listing every problem.")
@@ -155,6 +155,14 @@ def check_against_student_config(reader, config_path: str) -> list[str]:
     return problems
 
 
+def _size(n: float) -> str:
+    """Bytes for people: 512 B, 3.4 MiB, 1.20 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{n:.0f} B"
+
+
 def _verify(args: argparse.Namespace) -> int:
     import time
 
@@ -205,7 +213,7 @@ def _verify(args: argparse.Namespace) -> int:
     shards = sum(r.meta.num_shards or 0 for r in readers)
     notes = [f"{len(readers)} store(s), {utts} utterances, {frames} frames, {shards} shards",
              "sizes and indexes consistent" if args.no_checksums else
-             f"checksums verified ({total / 1e9:.3f} GB hashed in {wall:.1f} s, {total / 1e6 / max(wall, 1e-9):.0f} MB/s)"]
+             f"checksums verified ({_size(total)} hashed in {wall:.1f} s, {_size(total / max(wall, 1e-9))}/s)"]
     if args.data and readers:
         try:
             reader = StoreSet(args.stores) if len(readers) > 1 else readers[0]

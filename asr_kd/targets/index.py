@@ -89,6 +89,17 @@ class UttIds(Sequence[str]):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
+    def __add__(self, other):  # list-like: ids + [...] and ids * 2 give lists
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+    def __mul__(self, n: int) -> list[str]:
+        return list(self) * n
+
+    __rmul__ = __mul__
+
     def __repr__(self) -> str:
         return f"UttIds({len(self)} ids)"
 

@@ -296,8 +296,13 @@ def test_bit_flipped_shard_is_refused(kd_setup, capsys, tmp_path):
     rc, out = _verify(bad, capsys)
     assert rc == 1 and "shard-00002.bin" in out and "sha256 mismatch" in out, out
     assert _verify(bad, capsys, "--no-checksums")[0] == 0  # only the checksum can see a flipped bit
-    msg = _train_error(conf, bad, tmp_path / "m")
-    assert "shard-00002.bin" in msg and "sha256" in msg
+    # training start-up does not hash the store (sizes only; 'targets verify' is the checksum step) ...
+    trainer = Trainer(load_config(conf, TrainConfig, [f"kd.store={bad}"]), tmp_path / "m", progress=False)
+    trainer._setup()
+    # ... but the first read of the damaged (format 2) shard hashes it and refuses it, naming it
+    victim = next(u for u in trainer.unlabeled_ids if trainer.store.readers[0]._entry(u)[0] == 2)
+    with pytest.raises(StoreError, match=r"shard-00002\.bin: sha256 mismatch"):
+        trainer.store.get_sparse(victim)
 
 
 def test_missing_index_entry_is_refused(kd_setup, capsys, tmp_path):

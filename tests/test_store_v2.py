@@ -90,10 +90,16 @@ def test_v2_top_p_store_is_smaller_and_close_to_teacher(tmp_path):
     assert kl2 < 0.01
 
 
-def test_golden_v1_store_reads_unchanged():
-    """A store written by the v1-only asr-kd reads as before: same meta, ids, probs within the log8 bound."""
+def test_golden_v1_store_reads_unchanged(tmp_path):
+    """A store written by the v1-only asr-kd reads as before: same meta, ids, probs within the log8 bound.
+    Read from a copy: the reader caches a compact index (``index/``) in a writable store it opens, and
+    the golden store stays as the v1-only asr-kd wrote it (index.tsv only)."""
+    import shutil
+
     exact = json.loads((GOLDEN_V1.parent / "store_v1_exact.json").read_text())
-    reader = StoreReader(GOLDEN_V1)
+    assert not (GOLDEN_V1 / "index").exists()
+    reader = StoreReader(shutil.copytree(GOLDEN_V1, tmp_path / "store_v1"))
+    assert (tmp_path / "store_v1" / "index" / "index.json").is_file()  # indexed from index.tsv, cached
     assert reader.meta.format_version == 1 and reader.meta.codec is None and reader.meta.top_p == 1.0
     assert reader.utt_ids == sorted(exact)
     reader.verify()

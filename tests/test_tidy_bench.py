@@ -59,13 +59,15 @@ def test_publish_prints_and_replaces_only_its_section(tmp_path, monkeypatch, cap
     assert text.count("<!-- bench:a -->") == 1 and text.index("bench:a") < text.index("bench:b")
 
 
-def test_time_store_reads_counts_every_frame_of_the_store():
+def test_time_store_reads_counts_every_frame_of_the_store(tmp_path):
     """The shared read-speed helper (train_input, store_v2) reads every utterance both ways."""
+    import shutil
     from pathlib import Path
 
     from asr_kd.targets.store import StoreReader
 
-    reader = StoreReader(Path(__file__).parent / "data" / "store_v1")
+    # a copy: opening a writable store caches its compact index there, the golden store stays unchanged
+    reader = StoreReader(shutil.copytree(Path(__file__).parent / "data" / "store_v1", tmp_path / "store_v1"))
     calls = []
     real = reader.get_sparse
     reader.get_sparse = lambda utt: calls.append(utt) or real(utt)

@@ -549,6 +549,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, o.shard_size, seconds)
+    writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())
     todo = [s for s in range(len(shards)) if s not in set(done)]
     sample_rate = ensemble.sample_rate
@@ -625,6 +626,7 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, o.shard_size, seconds)
+    writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())
     sample_rate = ensemble.sample_rate
     collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)

@@ -8,6 +8,8 @@ On-disk layout (format versions 1 and 2; readers read both)::
                                  v2: zstd blocks of utterance payloads (see asr_kd.targets.codec)
       shards/shard-00000.json    the shard's index + checksum; written LAST = its completion marker
       index.tsv                  utt <TAB> shard <TAB> offset <TAB> frames   (sorted by utt; finalize)
+      index/                     the same, compact and memory-mapped (asr_kd.targets.index; finalize, or
+                                 built from index.tsv when an older store is first opened)
       rejects.tsv                utt <TAB> reason   (utterances the labeler refused; merged on resume)
 
 Format version 2 (the default of ``asr-kd label``, see ``asr_kd.targets.codec``): variable k per frame
@@ -38,8 +40,15 @@ temporary name, fsyncs and renames it, then writes the marker the same way. The 
 shard's sha256, byte size and per-utterance index, so a crash at any point leaves either a complete
 shard or one without marker, which ``completed_shards()`` does not count (a marker whose ``.bin`` has
 the wrong size is not counted either) and the labeler redoes. ``finalize()`` merges the markers into
-``index.tsv`` (refusing an utterance that appears in two shards) and records ``num_shards`` in
-``meta.json``; a reader refuses a store that was never finalized.
+``index.tsv`` and ``index/`` (refusing an utterance that appears in two shards) and records
+``num_shards`` in ``meta.json``; a reader refuses a store that was never finalized.
+
+Growth: a finalized store is immutable. More data goes into a new store, and training lists both
+(``kd.store: [OLD, NEW]``, ``asr_kd.targets.storeset``); ``StoreWriter.check_plan`` refuses to label a
+data dir that changed since the store was made, before anything is written.
+
+Checksums: ``StoreReader.problems()`` (``asr-kd targets verify``) hashes every shard; opening a reader
+and ``StoreReader.size_problems()`` (the trainer's start-up check) read no shard bytes.
 
 No pickle anywhere: JSON, TSV, raw little-endian arrays and zstd frames only.
 """
@@ -54,7 +63,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pydantic
@@ -63,6 +72,7 @@ from pydantic import Field, model_validator
 from asr_kd.config import StrictModel
 from asr_kd.errors import StoreError
 from asr_kd.targets import codec as v2codec
+from asr_kd.targets import index as compact
 from asr_kd.targets import quant
 
 log = logging.getLogger(__name__)
@@ -401,6 +411,7 @@ class StoreWriter:
             self.meta = self.meta.model_copy(update={"num_shards": None})
             self._write_meta()
         (self.out_dir / INDEX).unlink(missing_ok=True)
+        compact.remove(self.out_dir)
         self._dirty = True
 
     def topk(self, log_probs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -423,6 +434,50 @@ class StoreWriter:
                 continue
             done.add(int(marker["shard"]))
         return done
+
+    def check_plan(self, shards: Sequence[Sequence[str]], data: str) -> None:
+        """Refuse to label ``data`` into this store when its shard plan ``shards`` (utterance ids per
+        shard) no longer matches the shards already written: the data changed since the store was made.
+
+        A completed shard must hold exactly its planned utterances less those in ``rejects.tsv``. A store
+        does not grow (adding data changes the plan, and writing would unfinalize a finished store):
+        the message says how many utterances were added and removed, writes the added ids to a file
+        and tells how to label them into a new store and train on both (``kd.store=[OLD,NEW]``).
+        Called before any labeling; reads the markers only.
+        """
+        done = sorted(self.completed_shards())
+        if not done:
+            return
+        rejects = set(read_rejects(self.out_dir / REJECTS))
+        stored: set[str] = set()
+        changed = False
+        for s in done:
+            utts = {row[0] for row in _read_marker(self.shard_dir / f"{shard_name(s)}.json")["utts"]}
+            stored |= utts
+            planned = set(shards[s]) if s < len(shards) else set()
+            if not utts <= planned or not planned - utts <= rejects:
+                changed = True
+        if not changed:
+            return
+        planned_all = {u for shard in shards for u in shard}
+        added = sorted(planned_all - stored - rejects)
+        removed = sorted((stored | rejects) - planned_all)
+        import tempfile
+
+        fd, listing = tempfile.mkstemp(prefix=f"asr-kd-{self.out_dir.name}-new-utts-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(u + "\n" for u in added))
+        finished = self.meta.num_shards is not None
+        new = f"{self.out_dir.name}_new"
+        raise StoreError(
+            f"{self.out_dir}: {data} changed since this store was {'made' if finished else 'started'}: "
+            f"{len(added)} utterance(s) are not in the store (e.g. {added[:3]}), {len(removed)} stored or rejected "
+            f"utterance(s) are no longer in {data} (e.g. {removed[:3]}), so its shard plan no longer matches the "
+            f"shards written. A store does not grow: label the new utterances into a new store and train on both — "
+            f"the new ids are listed in {listing}: 'asr-kd data subset --utt-list {listing} --out DATA_NEW {data}', "
+            f"then 'asr-kd label ... --data DATA_NEW --out {self.out_dir.parent / new}' and "
+            f"kd.store=[{self.out_dir},{self.out_dir.parent / new}]"
+            + ("" if finished else f" (or, to relabel everything, use a new --out dir; {self.out_dir} was never finished)"))
 
     def _encode(self, shard_id: int, items: Sequence[tuple[str, Any, Any]]) -> tuple[Any, list[list]]:
         """Validate ``items``; v1: ``(records, index)``, v2: ``(validated items, index)``."""
@@ -554,7 +609,8 @@ class StoreWriter:
         return path
 
     def finalize(self, expected_shards: int | None = None) -> StoreMeta:
-        """Merge the shard markers into ``index.tsv`` and record ``num_shards``; the store becomes readable.
+        """Merge the shard markers into ``index.tsv`` (and its compact form ``index/``, see
+        ``asr_kd.targets.index``) and record ``num_shards``; the store becomes readable.
 
         Refuses gaps in the shard ids 0..N-1 (N = ``expected_shards``, the plan's shard count, or the
         highest complete id + 1) and utterances stored twice. Rejects of utterances that a later run
@@ -571,8 +627,10 @@ class StoreWriter:
         if missing:
             raise StoreError(f"{self.out_dir}: shards {missing[:10]} are missing or incomplete; {RESUME_HINT}")
         entries: dict[str, tuple[int, int, int]] = {}
+        shard_bytes = []
         for s in sorted(done):
             marker = _read_marker(self.shard_dir / f"{shard_name(s)}.json")
+            shard_bytes.append(int(marker["bytes"]))
             for utt, offset, frames, *_ in marker["utts"]:
                 if utt in entries:
                     raise StoreError(f"{self.out_dir}: utterance {utt!r} is stored in two shards "
@@ -580,7 +638,12 @@ class StoreWriter:
                                      "between runs — relabel into a new --out dir")
                 entries[utt] = (s, int(offset), int(frames))
         rows = "".join(f"{u}\t{s}\t{o}\t{f}\n" for u, (s, o, f) in sorted(entries.items()))
+        compact.remove(self.out_dir)  # a reader never pairs a new index.tsv with an old compact index
         _atomic_write_bytes(self.out_dir / INDEX, rows.encode("utf-8"))
+        utts = sorted(entries)
+        ci = compact.CompactIndex.from_entries(utts, [entries[u][0] for u in utts], [entries[u][1] for u in utts],
+                                               [entries[u][2] for u in utts], shard_bytes, source=str(self.out_dir / INDEX))
+        ci.write(self.out_dir, compact.tsv_signature(self.out_dir / INDEX), len(done))
         rej_path = self.out_dir / REJECTS
         rejects = read_rejects(rej_path)
         relabeled = [u for u in rejects if u in entries]
@@ -616,8 +679,25 @@ def read_rejects(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
+def _trim(cache: "collections.OrderedDict", size: int) -> None:
+    """Drop the least recently used entries of ``cache`` beyond ``size``."""
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
 class StoreReader:
-    """Read a finalized store: random access by utterance id (memmap) and sequential shard streaming."""
+    """Read a finalized store: random access by utterance id (memmap) and sequential shard streaming.
+
+    Opening costs O(1) in the number of shards and utterances when the store has its compact index
+    (``STORE/index/``, written by ``finalize``; see ``asr_kd.targets.index``): ``meta.json``, the
+    index's header and memory maps of its arrays. An older store (index.tsv only) is indexed once
+    from ``index.tsv`` and its markers and the result cached in the store when the directory is
+    writable (else kept in memory: numpy arrays, no per-utterance Python objects). Opening reads no
+    shard bytes; a v2 shard is sha256-checked when first read (``asr-kd targets verify`` hashes all).
+    """
+
+    OPEN_SHARDS = 64  # shard memmaps / v2 shard indexes kept open (least recently used closed)
+    MARKERS = 256  # parsed shard markers kept
 
     def __init__(self, store_dir: str | os.PathLike):
         self.store_dir = Path(store_dir)
@@ -625,46 +705,58 @@ class StoreReader:
         if self.meta.num_shards is None or not (self.store_dir / INDEX).is_file():
             raise StoreError(f"{self.store_dir}: the store was not finalized (labeling did not finish); {RESUME_HINT}")
         self._record = self.meta.record_dtype
-        self._index = self._read_index()
-        self._utt_ids = sorted(self._index)
-        self._maps: dict[int, np.ndarray] = {}
-        self._markers: dict[int, dict[str, Any]] = {}
+        self._index = self._open_index()
+        self._utt_ids = compact.UttIds(self._index.ids)
+        self._maps: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._markers: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
         # v2: verified shard bytes and decompressed blocks, a few of each (least recently used dropped)
-        self._v2_shards: dict[int, tuple[np.ndarray, dict[str, tuple[int, int, int, int, int]], str]] = {}
+        self._v2_shards: collections.OrderedDict[int, tuple[np.ndarray, dict[str, tuple[int, int, int, int, int]], str]] = \
+            collections.OrderedDict()
+        self._v2_verified: set[int] = set()  # shards whose sha256 matched (not hashed again when reopened)
         self._v2_blocks: collections.OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = \
             collections.OrderedDict()
         self._decompress = None
 
-    def _read_index(self) -> dict[str, tuple[int, int, int]]:
-        path = self.store_dir / INDEX
-        index: dict[str, tuple[int, int, int]] = {}
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            fields = line.split("\t")
+    def _open_index(self) -> compact.CompactIndex:
+        """The compact index: ``STORE/index/`` memory-mapped, or built from ``index.tsv`` (and cached)."""
+        num_shards = int(self.meta.num_shards or 0)
+        tsv = self.store_dir / INDEX
+        signature = compact.tsv_signature(tsv)
+        found = compact.CompactIndex.load(self.store_dir, signature, num_shards)
+        if found is not None:
+            return found
+        shard_bytes = []
+        for s in range(num_shards):  # sizes for the start-up check; -1 where a marker is unreadable
             try:
-                utt, shard, offset, frames = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
-                if len(fields) != 4 or shard < 0 or offset < 0 or frames < 0:
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise StoreError(f"{path}:{lineno}: expected 'utt<TAB>shard<TAB>offset<TAB>frames', got {line!r}; "
-                                 f"{RESUME_HINT} to rebuild the index") from None
-            if utt in index:
-                raise StoreError(f"{path}:{lineno}: utterance {utt!r} is listed twice; {RESUME_HINT} to rebuild the index")
-            if shard >= self.meta.num_shards:
-                raise StoreError(f"{path}:{lineno}: shard {shard} of {utt!r} is beyond num_shards={self.meta.num_shards}")
-            index[utt] = (shard, offset, frames)
-        return index
+                shard_bytes.append(int(_read_marker(self.store_dir / SHARDS / f"{shard_name(s)}.json")["bytes"]))
+            except StoreError:
+                shard_bytes.append(-1)
+        built = compact.CompactIndex.from_tsv(tsv, num_shards, shard_bytes, hint=RESUME_HINT)
+        if compact.writable(self.store_dir):
+            # replace an index/ that was there (stale: index.tsv changed), not one another process just wrote
+            stale = (self.store_dir / compact.COMPACT).exists()
+            try:
+                built.write(self.store_dir, signature, num_shards, replace=stale)
+                cached = compact.CompactIndex.load(self.store_dir, signature, num_shards)
+                if cached is not None:
+                    log.info("%s: wrote the compact index %s (built from index.tsv)", self.store_dir, cached.source)
+                    return cached
+            except OSError as exc:  # e.g. another rank renamed its copy into place first
+                log.info("%s: compact index kept in memory (%s)", self.store_dir, exc)
+        return built
 
     # ---------------------------------------------------------------- lookup
     @property
-    def utt_ids(self) -> list[str]:
-        """Sorted utterance ids in the store."""
+    def utt_ids(self) -> compact.UttIds:
+        """Sorted utterance ids in the store: a read-only sequence of ``str`` decoded on access (build a
+        list or set yourself when you need one; the reader does not hold one)."""
         return self._utt_ids
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __contains__(self, utt: object) -> bool:
-        return utt in self._index
+        return self._index.find(utt) >= 0
 
     @property
     def shard_ids(self) -> list[int]:
@@ -674,25 +766,31 @@ class StoreReader:
         return self.store_dir / SHARDS / f"{shard_name(shard)}.bin"
 
     def marker(self, shard: int) -> dict[str, Any]:
-        if shard not in self._markers:
-            path = self.store_dir / SHARDS / f"{shard_name(shard)}.json"
-            if not path.is_file():
-                raise StoreError(f"{path}: shard index (completion marker) is missing: shard {shard} is incomplete; "
-                                 f"{RESUME_HINT}")
-            self._markers[shard] = _read_marker(path)
-        return self._markers[shard]
+        """The shard's marker (its JSON index), parsed; the last ``MARKERS`` are kept."""
+        found = self._markers.get(shard)
+        if found is not None:
+            self._markers.move_to_end(shard)
+            return found
+        path = self.store_dir / SHARDS / f"{shard_name(shard)}.json"
+        if not path.is_file():
+            raise StoreError(f"{path}: shard index (completion marker) is missing: shard {shard} is incomplete; "
+                             f"{RESUME_HINT}")
+        found = self._markers[shard] = _read_marker(path)
+        _trim(self._markers, self.MARKERS)
+        return found
 
     def rejects(self) -> dict[str, str]:
         """Utterances the labeler refused, with reasons (``rejects.tsv``)."""
         return read_rejects(self.store_dir / REJECTS)
 
     def _entry(self, utt: str) -> tuple[int, int, int]:
-        try:
-            return self._index[utt]
-        except KeyError:
-            reason = self.rejects().get(utt)
-            why = f"it was rejected by the labeler: {reason}" if reason else f"label it with 'asr-kd label' ({RESUME_HINT})"
-            raise StoreError(f"{self.store_dir}: utterance {utt!r} is not in the store index; {why}") from None
+        """``(shard, offset, frames)`` of ``utt`` (offset and frames in output frames)."""
+        i = self._index.find(utt)
+        if i >= 0:
+            return self._index.entry(i)
+        reason = self.rejects().get(utt)
+        why = f"it was rejected by the labeler: {reason}" if reason else f"label it with 'asr-kd label' ({RESUME_HINT})"
+        raise StoreError(f"{self.store_dir}: utterance {utt!r} is not in the store index; {why}")
 
     def num_frames(self, utt: str) -> int:
         """Stored (output) frames of ``utt``, each ``meta.frame_shift_ms`` long."""
@@ -700,7 +798,37 @@ class StoreReader:
 
     @property
     def total_frames(self) -> int:
-        return sum(f for _, _, f in self._index.values())
+        """Stored frames of all utterances (reads the whole ``frames`` array: for reports, not lookups)."""
+        return int(self._index.frames.sum(dtype=np.int64))
+
+    def index_nbytes(self) -> int:
+        """Bytes of the per-utterance index arrays (memory-mapped: resident only as far as touched)."""
+        return self._index.nbytes()
+
+    def size_problems(self) -> list[str]:
+        """Cheap start-up check, no shard byte read: every shard's ``.bin`` exists and has the size its
+        marker recorded at finalize (one ``stat`` per shard, sizes from the compact index). A flipped
+        bit keeps the size: the sha256 check when a reader first opens a v2 shard, or
+        ``asr-kd targets verify``, catches that."""
+        found = []
+        for s in self.shard_ids:
+            path = self.shard_path(s)
+            fix = f"delete {path.with_suffix('.json').name} and {RESUME_HINT}"
+            want = int(self._index.shard_bytes[s])
+            if want < 0:
+                try:
+                    want = int(self.marker(s)["bytes"])
+                except StoreError as exc:
+                    found.append(str(exc))
+                    continue
+            try:
+                size = path.stat().st_size
+            except OSError:
+                found.append(f"{path}: shard file is missing; {fix}")
+                continue
+            if size != want:
+                found.append(f"{path}: {size} bytes, its index says {want} (truncated); {fix}")
+        return found
 
     def payload_bytes(self) -> int:
         """Bytes of all shard ``.bin`` files (the frame records)."""
@@ -709,6 +837,7 @@ class StoreReader:
     def _shard(self, shard: int) -> np.ndarray:
         arr = self._maps.get(shard)
         if arr is not None:
+            self._maps.move_to_end(shard)
             return arr
         path = self.shard_path(shard)
         marker = self.marker(shard)
@@ -721,6 +850,7 @@ class StoreReader:
                              f"{self._record.itemsize} bytes); delete {path.with_suffix('.json').name} and {RESUME_HINT}")
         arr = np.memmap(path, dtype=self._record, mode="r") if size else np.empty(0, dtype=self._record)
         self._maps[shard] = arr
+        _trim(self._maps, self.OPEN_SHARDS)
         return arr
 
     # ------------------------------------------------------------ version 2
@@ -730,9 +860,11 @@ class StoreReader:
         """A v2 shard as a read-only memmap, checked against its marker (size, then sha256 of every
         byte) the first time it is opened — before any of it is decoded —, its
         ``{utt: (block, frame_in_block, entry_in_block, frames, entries)}`` and its path for messages. Kept open after,
-        like v1's memmaps (the page cache holds the bytes, not this process)."""
+        like v1's memmaps (the page cache holds the bytes, not this process); the last ``OPEN_SHARDS``
+        stay open, and a shard reopened after that is size-checked but not hashed again."""
         cached = self._v2_shards.get(shard)
         if cached is not None:
+            self._v2_shards.move_to_end(shard)
             return cached
         path = self.shard_path(shard)
         marker = self.marker(shard)
@@ -744,11 +876,14 @@ class StoreReader:
             raise StoreError(f"{path}: shard is truncated or corrupt ({size} bytes on disk, its index says "
                              f"{marker['bytes']} bytes); {fix}")
         data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.empty(0, dtype=np.uint8)
-        if hashlib.sha256(data).hexdigest() != marker["sha256"]:
-            raise StoreError(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
+        if shard not in self._v2_verified:
+            if hashlib.sha256(data).hexdigest() != marker["sha256"]:
+                raise StoreError(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
+            self._v2_verified.add(shard)
         locs = {row[0]: (int(row[3]), int(row[4]), int(row[5]), int(row[2]), int(row[6])) for row in marker["utts"]}
-        self._v2_shards[shard] = (data, locs, str(path))
-        return self._v2_shards[shard]
+        found = self._v2_shards[shard] = (data, locs, str(path))
+        _trim(self._v2_shards, self.OPEN_SHARDS)
+        return found
 
     def _v2_block(self, shard: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``(counts, ids, codes)`` columns of one block, decompressed and size-checked."""
@@ -863,16 +998,24 @@ class StoreReader:
         is yielded exactly once either way.
         """
         order = list(self.shard_ids if shards is None else shards)
-        by_shard: dict[int, list[tuple[int, int, str]]] = {}
-        for utt, (s, o, f) in self._index.items():
-            by_shard.setdefault(s, []).append((o, f, utt))
+        ix = self._index
+        by_pos = np.lexsort((np.asarray(ix.offset), np.asarray(ix.shard)))  # index positions by (shard, offset)
+        shard_of = np.asarray(ix.shard)[by_pos]
+        starts = np.searchsorted(shard_of, np.arange(len(self.shard_ids) + 1))
+
+        def entries_of(s: int) -> list[tuple[int, int, str]]:
+            if not 0 <= s < len(self.shard_ids):
+                return []
+            pos = by_pos[starts[s]: starts[s + 1]]
+            return [(int(ix.offset[i]), int(ix.frames[i]), ix.ids[i].decode("utf-8")) for i in pos]
+
         rng = np.random.default_rng(seed)
         if shuffle_buffer > 0:
             order = [order[i] for i in rng.permutation(len(order))]
 
         def sequential() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
             for s in order:
-                entries = sorted(by_shard.get(s, []))
+                entries = entries_of(s)
                 if not entries:
                     continue
                 if self.meta.format_version >= 2:
@@ -903,13 +1046,19 @@ class StoreReader:
             yield buf.pop()
 
     # ---------------------------------------------------------------- verification
-    def problems(self, checksums: bool = True) -> list[str]:
+    def problems(self, checksums: bool = True, progress: Callable[[int], None] | None = None) -> list[str]:
         """Every inconsistency found: shard files vs markers (size, sha256), index vs markers.
 
-        ``checksums=False`` skips hashing (fast: sizes and indexes only).
+        ``checksums=False`` skips hashing (sizes and indexes only: reads every marker, no shard bytes).
+        ``progress(n)`` is called with the number of shard bytes hashed after each 4 MiB read (and with
+        a shard's size when it is not hashed), e.g. a tqdm bar's ``update``. O(store bytes) with
+        checksums: this is ``asr-kd targets verify``, not something a trainer runs at start-up.
         """
         found: list[str] = []
-        in_shards: dict[str, tuple[int, int, int]] = {}
+        ix = self._index
+        n = len(ix)
+        first_shard = np.full(n, -1, dtype=np.int32)  # the shard whose marker listed each indexed utterance
+        outside: dict[str, int] = {}  # utterances in a marker but not in index.tsv (few: a damaged index)
         shard_dir = self.store_dir / SHARDS
         on_disk = {int(p.stem.split("-")[1]) for p in shard_dir.glob("shard-*.json") if p.stem.split("-")[1].isdigit()}
         extra = sorted(on_disk - set(self.shard_ids))
@@ -923,11 +1072,22 @@ class StoreReader:
                 found.append(str(exc))
                 continue
             for utt, offset, frames, *_ in marker["utts"]:
-                if utt in in_shards:
-                    found.append(f"utterance {utt!r} is stored in two shards ({shard_name(in_shards[utt][0])} and "
+                i = ix.find(utt)
+                before = int(first_shard[i]) if i >= 0 else outside.get(utt, -1)
+                if before >= 0:
+                    found.append(f"utterance {utt!r} is stored in two shards ({shard_name(before)} and "
                                  f"{shard_name(s)}); relabel into a new --out dir")
                     continue
-                in_shards[utt] = (s, int(offset), int(frames))
+                entry = (s, int(offset), int(frames))
+                if i < 0:
+                    outside[utt] = s
+                    found.append(f"utterance {utt!r} is in {shard_name(s)} but missing from index.tsv; {RESUME_HINT} "
+                                 "to rebuild the index")
+                    continue
+                first_shard[i] = s
+                if ix.entry(i) != entry:
+                    found.append(f"utterance {utt!r}: index.tsv says (shard, offset, frames) = {ix.entry(i)}, "
+                                 f"{shard_name(s)} says {entry}; {RESUME_HINT} to rebuild the index")
             fix = f"delete {path.with_suffix('.json').name} and {RESUME_HINT}"
             if not path.is_file():
                 found.append(f"{path}: shard file is missing; {fix}")
@@ -935,24 +1095,30 @@ class StoreReader:
             size = path.stat().st_size
             if size != marker["bytes"]:
                 found.append(f"{path}: {size} bytes, its index says {marker['bytes']} (truncated); {fix}")
+                if progress is not None:
+                    progress(int(marker["bytes"]))
                 continue
             if checksums:
                 digest = hashlib.sha256()
                 with open(path, "rb") as fh:
                     for block in iter(lambda: fh.read(1 << 22), b""):
                         digest.update(block)
+                        if progress is not None:
+                            progress(len(block))
                 if digest.hexdigest() != marker["sha256"]:
                     found.append(f"{path}: sha256 mismatch (the file changed after it was written: disk or copy error); {fix}")
-        for utt, entry in sorted(in_shards.items()):
-            if utt not in self._index:
-                found.append(f"utterance {utt!r} is in {shard_name(entry[0])} but missing from index.tsv; {RESUME_HINT} "
-                             "to rebuild the index")
-            elif self._index[utt] != entry:
-                found.append(f"utterance {utt!r}: index.tsv says (shard, offset, frames) = {self._index[utt]}, "
-                             f"{shard_name(entry[0])} says {entry}; {RESUME_HINT} to rebuild the index")
-        for utt in sorted(set(self._index) - set(in_shards)):
-            found.append(f"utterance {utt!r} is in index.tsv but in no shard's index; {RESUME_HINT}")
+            elif progress is not None:
+                progress(size)
+        for i in np.flatnonzero(first_shard < 0).tolist():
+            found.append(f"utterance {ix.ids[i].decode('utf-8')!r} is in index.tsv but in no shard's index; {RESUME_HINT}")
         return found
+
+    def shard_bytes_total(self) -> int:
+        """Sum of the shard sizes the markers recorded (the bytes ``problems()`` hashes)."""
+        sizes = np.asarray(self._index.shard_bytes)
+        if (sizes >= 0).all():
+            return int(sizes.sum())
+        return sum(int(self.marker(s)["bytes"]) if sizes[s] < 0 else int(sizes[s]) for s in self.shard_ids)
 
     def verify(self, checksums: bool = True) -> None:
         """Raise StoreError listing every problem ``problems()`` finds."""

@@ -85,7 +85,9 @@ class LoopConfig(StrictModel):
 class KDConfig(StrictModel):
     """Distillation from a soft-target store (see asr_kd.train.losses for the exact loss)."""
 
-    store: str = Field(description="soft-target store made by 'asr-kd label'")
+    store: str | list[str] = Field(description="soft-target store made by 'asr-kd label', or a list of stores "
+                                   "(e.g. last month's corpus and this month's: kd.store=[A,B]) that agree on teacher, "
+                                   "units, frame rate and temperature and hold each utterance once")
     ctc_weight: float = Field(0.3, ge=0, le=1, description="alpha: loss = alpha*CTC(transcripts) + (1-alpha)*KD "
                               "(+ pseudo_ctc_weight*CTC(teacher 1-best)), each term the mean over the epoch's batches that "
                               "carry it (see asr_kd.train.losses.epoch_loss_weights)")
@@ -97,6 +99,22 @@ class KDConfig(StrictModel):
                                      "(the store's text.pseudo) on utterances without a transcript; 0 = off")
     allow_other_teacher: bool = Field(False, description="train although units.from_model names a model dir whose "
                                       "fingerprint is not among the store's teachers (same units, other weights)")
+
+    @model_validator(mode="after")
+    def _check_stores(self) -> "KDConfig":
+        if isinstance(self.store, list) and not self.store:
+            raise ValueError("kd.store: give a store dir or a non-empty list of store dirs")
+        return self
+
+    @property
+    def stores(self) -> list[str]:
+        """``store`` as a list (one entry for the single-path form)."""
+        return [self.store] if isinstance(self.store, str) else list(self.store)
+
+    @property
+    def store_label(self) -> str:
+        """``store`` for messages: the path, or the list joined with commas."""
+        return ",".join(self.stores)
 
 
 class TrainConfig(StrictModel):

@@ -43,7 +43,7 @@ def absolutize(config: TrainConfig) -> TrainConfig:
     c.data.dev = ab(c.data.dev)
     c.units.from_model = ab(c.units.from_model)
     if c.kd is not None:
-        c.kd.store = ab(c.kd.store)
+        c.kd.store = ab(c.kd.store) if isinstance(c.kd.store, str) else [ab(p) for p in c.kd.store]
     return c
 
 

@@ -216,69 +216,77 @@ class Trainer:
         return src.cmvn
 
     def _open_store(self) -> None:
-        from asr_kd.targets.store import StoreReader, check_compatible
+        """Open ``kd.store`` (one store or a list, ``asr_kd.targets.storeset``) and check it against the
+        model and the data. Nothing here reads shard bytes: opening maps the compact indexes, and the
+        damage check is sizes only (one stat per shard, on rank 0). A bit flip that keeps a shard's size
+        is caught when a reader first opens that shard (v2 shards are sha256-checked then) and by
+        ``asr-kd targets verify``, which hashes every shard and is the step to run after copying a store."""
+        from asr_kd.targets.store import check_compatible
+        from asr_kd.targets.storeset import StoreSet
 
         c = self.config
-        self.store = StoreReader(c.kd.store)
-        # Refuse a damaged store before the first step: a truncated or bit-flipped shard would otherwise
-        # fail mid-run or, worse, train on garbage. Rank 0 hashes every shard (one sequential read, ~1 s
-        # per GB); the other DDP ranks check sizes and indexes only.
-        damaged = self.store.problems(checksums=self.is_main)
+        where = c.kd.store_label
+        self.store = StoreSet(c.kd.stores)
+        damaged = self.store.size_problems() if self.is_main else []
         if damaged:
-            raise StoreError(f"{c.kd.store}: the soft-target store is damaged ({len(damaged)} problem(s)); "
+            raise StoreError(f"{where}: the soft-target store is damaged ({len(damaged)} problem(s)); "
                              "'asr-kd targets verify' lists them:\n  " + "\n  ".join(damaged[:20]))
         meta = self.store.meta
         notes = check_compatible(meta, self.tokenizer.units_hash(), self.model.frame_shift_ms, self.tokenizer.vocab_size,
-                                 where=f"kd.store {c.kd.store}", fbank=c.fbank.model_dump(mode="json"))
+                                 where=f"kd.store {where}", fbank=c.fbank.model_dump(mode="json"))
         if notes and self.is_main:
             log.warning("the student's features differ from the teacher's (frames still align): %s", "; ".join(notes))
         if c.units.from_model:
             from asr_kd.targets.store import teacher_mismatch
 
-            other = teacher_mismatch(meta, c.units.from_model, where=f"kd.store {c.kd.store}")
+            other = teacher_mismatch(meta, c.units.from_model, where=f"kd.store {where}")
             if other and not c.kd.allow_other_teacher:
                 raise StoreError(other)
             if other and self.is_main:
                 log.warning("%s (allowed by kd.allow_other_teacher)", other)
         if abs(meta.temperature - c.kd.temperature) > 1e-6:
-            raise StoreError(f"{c.kd.store}: targets were made at temperature {meta.temperature} but kd.temperature is "
+            raise StoreError(f"{where}: targets were made at temperature {meta.temperature} but kd.temperature is "
                              f"{c.kd.temperature}; set kd.temperature={meta.temperature} or relabel")
-        in_store = set(self.store.utt_ids)
         store_rejects = self.store.rejects()
-        missing = [u for u in self.unlabeled_ids if u not in in_store]
+        missing = [u for u in self.unlabeled_ids if u not in self.store]
         excused = [u for u in missing if u in store_rejects]
         unexplained = [u for u in missing if u not in store_rejects]
         if unexplained:
-            raise StoreError(f"{c.kd.store}: {len(unexplained)} unlabeled utterance(s) have no soft targets and are not "
-                             f"listed as teacher rejects, e.g. {unexplained[:5]}; label them with 'asr-kd label' (it resumes)")
+            raise StoreError(f"{where}: {len(unexplained)} unlabeled utterance(s) have no soft targets and are not "
+                             f"listed as teacher rejects, e.g. {unexplained[:5]}; label them with 'asr-kd label' (it resumes)"
+                             + ("" if len(c.kd.stores) > 1 else "; data added since the store was made: label it into a "
+                                "new store and list both, kd.store=[OLD,NEW]"))
         if excused:
             self.table.rejects.extend((u, f"teacher reject: {store_rejects[u]}") for u in excused)
             for u in excused:
                 del self.table.utts[u]
-            self.unlabeled_ids = [u for u in self.unlabeled_ids if u in in_store]
+            excused_set = set(excused)
+            self.unlabeled_ids = [u for u in self.unlabeled_ids if u not in excused_set]
             write_rejects(self.out / "rejects.tsv", self.table.rejects)
         if c.kd.pseudo_ctc_weight > 0:
             self._load_pseudo_transcripts()
 
     def _load_pseudo_transcripts(self) -> None:
-        """Token ids of the teacher's 1-best (``text.pseudo``) for the unlabeled utterances; an empty or
-        unalignable pseudo transcript gets no pseudo-CTC term (counted in the log, never an error)."""
+        """Token ids of the teacher's 1-best (``text.pseudo`` of each store) for the unlabeled utterances;
+        an empty or unalignable pseudo transcript gets no pseudo-CTC term (counted in the log, never an error)."""
         c = self.config
-        path = Path(c.kd.store) / "text.pseudo"
-        if not path.exists():
-            raise StoreError(f"{path} is missing but kd.pseudo_ctc_weight={c.kd.pseudo_ctc_weight}; relabel with "
-                             "'asr-kd label' (it writes text.pseudo) or set kd.pseudo_ctc_weight=0")
+        paths = self.store.pseudo_paths()
+        for path in paths:
+            if not path.exists():
+                raise StoreError(f"{path} is missing but kd.pseudo_ctc_weight={c.kd.pseudo_ctc_weight}; relabel with "
+                                 "'asr-kd label' (it writes text.pseudo) or set kd.pseudo_ctc_weight=0")
         wanted = set(self.unlabeled_ids)
         skipped = 0
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            utt, _, text = line.partition(" ")
-            if utt not in wanted:
-                continue
-            tokens = self.tokenizer.encode(normalize_text(text))
-            if not tokens or ctc_min_frames(tokens) > self.table.utts[utt].frames // c.model.subsampling:
-                skipped += 1
-                continue
-            self.pseudo_tokens[utt] = tokens
+        for path in paths:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                utt, _, text = line.partition(" ")
+                if utt not in wanted:
+                    continue
+                tokens = self.tokenizer.encode(normalize_text(text))
+                if not tokens or ctc_min_frames(tokens) > self.table.utts[utt].frames // c.model.subsampling:
+                    skipped += 1
+                    continue
+                self.pseudo_tokens[utt] = tokens
         log.info("pseudo-CTC: teacher 1-best for %d of %d unlabeled utterances (%d empty or unalignable)",
                  len(self.pseudo_tokens), len(self.unlabeled_ids), skipped)
 

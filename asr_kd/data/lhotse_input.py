@@ -26,6 +26,7 @@ cut id and the reason, and the rest is labeled:
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def load_cut_audio(cut_dict: dict[str, Any], utt: str, sample_rate: int, max_sec
     from lhotse.serialization import deserialize_item
 
     where = f"cut {utt!r}"
-    cut = deserialize_item(cut_dict)
+    cut = deserialize_item(copy.deepcopy(cut_dict))  # lhotse pops keys from the dict it reads
     if max_seconds is not None and cut.duration > max_seconds:
         raise AudioTooLongError(f"{cut.duration:.2f} s is longer than the limit of {max_seconds:g} s", utt, where)
     try:

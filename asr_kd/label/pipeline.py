@@ -1,4 +1,8 @@
-"""Label a data dir with teacher soft targets: a Ray Data pipeline writing a sharded store.
+"""Label audio with teacher soft targets: a Ray Data pipeline writing a sharded store.
+
+Input: a data dir, an audio shard dir (``asr-kd data shard``) or a lhotse CutSet manifest, each a row
+source of ``asr_kd.data.sources`` (ids, durations in seconds, and per utterance a small item saying
+where its audio is). Everything below is the same for all three, so the same audio gives the same store.
 
 Plan: utterances are sorted by duration (ties by id) and cut into shards of ``shard_size``
 utterances, and each shard into teacher batches (consecutive utterances, at most ``read_batch_size``

@@ -170,3 +170,17 @@ def test_a_cut_read_by_lhotse_gives_lhotse_samples(setup, tmp_path):
     with pytest.raises(AudioError, match="utterance 'c', file \"cut 'c'\"") as err:
         load_cut_audio(item[4]["cut"], "c", 16000, None)
     assert err.value.reason in ("missing", "unreadable")
+
+
+def test_unreadable_or_missing_manifest_is_a_clear_error(setup, tmp_path):
+    from asr_kd.errors import AsrKdError
+
+    root, teacher = setup
+    bad = tmp_path / "cuts.jsonl.gz"
+    with gzip.open(bad, "wt") as fh:
+        fh.write('{"id": "x", "this is": "not a cut"}\n')
+    with pytest.raises(AsrKdError, match=r"cuts\.jsonl\.gz: not a readable lhotse CutSet manifest"):
+        label_local([str(teacher)], str(bad), str(tmp_path / "store"), options())
+    with pytest.raises(AsrKdError, match=r"nope\.jsonl\.gz: lhotse CutSet manifest not found"):
+        label_local([str(teacher)], str(tmp_path / "nope.jsonl.gz"), str(tmp_path / "store"), options())
+    assert not (tmp_path / "store").exists()

@@ -111,7 +111,15 @@ class CutSetSource:
         self.path = str(Path(path).resolve())
         self._items: dict[str, list] = {}
         self._seconds: dict[str, float] = {}
-        for cut in read_cuts(path):
+        cuts = iter(read_cuts(path))
+        for n in range(1, 1 << 62):
+            try:
+                cut = next(cuts)
+            except StopIteration:
+                break
+            except Exception as exc:  # lhotse reads a lazy manifest while iterating
+                raise AsrKdError(f"{self.path}: not a readable lhotse CutSet manifest: item {n}: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
             if cut.id in self._items:
                 raise AsrKdError(f"{self.path}: cut id {cut.id!r} occurs twice; cut ids are the utterance ids of the store")
             item, seconds = cut_item(cut)

@@ -83,7 +83,9 @@ def open_source(path: str | os.PathLike, allow_pipes: bool = False) -> LabelSour
     p = Path(path)
     if p.is_dir() and (p / MANIFEST).is_file():
         return ShardSource(p)
-    if p.is_file() and p.name.endswith(LHOTSE_SUFFIXES):
+    if p.name.endswith(LHOTSE_SUFFIXES) and not p.is_dir():
+        if not p.is_file():
+            raise AsrKdError(f"{p}: lhotse CutSet manifest not found")
         from asr_kd.data.lhotse_input import CutSetSource
 
         return CutSetSource(p)

@@ -9,8 +9,10 @@ seeks straight to one member (no scan of the tar), which is what the labeling pi
       manifest.json              written last: format, version, source data dir, shard list, counts, seconds
       shard-000000.tar           members UTT.flac (or UTT.wav), sorted by utterance id
       shard-000000.index.json    per member: utt, member, offset and size (bytes of the member's data in
-                                 the tar), seconds, sample_rate (Hz), num_samples, sha256; and the shard's
-                                 rejects; written after its tar (its presence marks the shard complete)
+                                 the tar), seconds (the duration the data dir gives -- utt2dur, segments or
+                                 the header -- which labeling plans by), sample_rate (Hz), num_samples
+                                 (the member's exact length), sha256; and the shard's rejects (utt, reason,
+                                 seconds); written after its tar (its presence marks the shard complete)
       rejects.tsv                utt <TAB> reason, every utterance that could not be packed
 
 What a member holds (the choice keeps the store of a shard dir identical to that of its data dir):

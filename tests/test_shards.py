@@ -286,3 +286,20 @@ def test_cli_data_shard_then_label(corpus, reference, tmp_path, capsys):
                      "--local", "--no-progress", "--top-k", "4", "--shard-size", "5"]) == 0
     label_local([str(teacher)], str(seg), str(tmp_path / "ref"), options(read_batch_size=16))  # the CLI's batches
     assert_same_store(tmp_path / "store", tmp_path / "ref")
+
+
+def test_pipe_entries_run_once_when_packing(corpus, tmp_path):
+    """With --allow-pipes a 'command |' entry runs while packing (its output re-encoded as FLAC), and the
+    shards label to the store of the data dir labeled with --allow-pipes; labeling the shards runs nothing."""
+    _, teacher, data, _ = corpus
+    d = read_data_dir(data)
+    keep = [u for u in d.utt_ids if u.startswith("spk")][:4]
+    sub = d.subset(keep)
+    sub.wav_scp[keep[0]] = f"cat {sub.wav_scp[keep[0]]} |"
+    piped = write_data_dir(sub, tmp_path / "piped")
+    write_shards(piped, tmp_path / "sh", shard_size=10, allow_pipes=True, progress=False)
+    idx = json.loads((tmp_path / "sh" / "shard-000000.index.json").read_text())
+    assert [m["member"] for m in idx["members"]][0] == f"{keep[0]}.flac" and not idx["rejects"]
+    label_local([str(teacher)], str(piped), str(tmp_path / "ref"), options(allow_pipes=True))
+    label_local([str(teacher)], str(tmp_path / "sh"), str(tmp_path / "store"), options())
+    assert_same_store(tmp_path / "store", tmp_path / "ref")

@@ -210,6 +210,38 @@ def read_samples(
     return samples, rate, info
 
 
+def check_file(source: AudioSource, block_seconds: float = 60.0) -> Any:
+    """Decode a whole audio file in blocks of ``block_seconds`` with the checks of ``read_samples`` (same
+    errors, same messages) without holding it in memory; returns its ``soundfile`` info.
+
+    For files whose bytes are kept as they are (audio shards): a 10-hour recording costs one block."""
+    utt, where = source.utt_id, source.path
+    handle, _ = _open(source, allow_pipes=False)
+    info = _info(handle, utt, where)
+    rate, total = int(info.samplerate), int(info.frames)
+    if info.channels != 1:
+        raise AudioChannelError(
+            f"audio has {info.channels} channels; asr-kd reads mono only. Downmix it, e.g. "
+            f"'sox in.wav -c 1 out.wav' (or pick one channel: 'sox in.wav out.wav remix 1')", utt, where)
+    if total <= 0:
+        raise AudioEmptyError("audio file has 0 samples", utt, where)
+    decoded = bad = 0
+    try:
+        for block in sf.blocks(handle, blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True):
+            decoded += block.shape[0]
+            bad += int((~np.isfinite(block[:, 0])).sum())
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioUnreadableError(f"decoding failed ({exc}); the file is truncated or corrupt", utt, where) from None
+    if decoded == 0:
+        raise AudioEmptyError("decoded 0 samples", utt, where)
+    if decoded != total:
+        raise AudioUnreadableError(f"header says {total} samples in range but only {decoded} "
+                                   f"could be decoded; the file is truncated", utt, where)
+    if bad:
+        raise AudioNonFiniteError(f"{bad} of {decoded} samples are NaN or inf", utt, where)
+    return info
+
+
 def load_audio_rate(
     source: AudioSource,
     sample_rate: int = 16000,

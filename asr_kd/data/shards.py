@@ -25,7 +25,8 @@ What a member holds (the choice keeps the store of a shard dir identical to that
 
 Audio is never resampled here: labeling resamples as it does for the data dir (the same function on the
 same samples gives the same teacher input), and one shard dir serves teachers of any sample rate.
-Every member is decoded once while packing, with ``load_audio``'s checks (missing, unreadable, empty,
+Every member is decoded once while packing (a whole file block by block, so a long recording is never
+held in memory), with ``load_audio``'s checks (missing, unreadable, empty,
 NaN/inf, multi-channel, segment out of range); a failing utterance goes to ``rejects.tsv`` and the
 shard's index with the same reason labeling would give it, and labeling the shard dir carries that
 reason into the store's ``rejects.tsv``: nothing is dropped silently.
@@ -53,9 +54,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from asr_kd.data.audio import read_samples, utterance_seconds
+from asr_kd.data.audio import check_file, read_samples, utterance_seconds
 from asr_kd.data.datadir import AudioSource, DataDir, read_data_dir
-from asr_kd.errors import AsrKdError, AudioError
+from asr_kd.errors import AsrKdError, AudioError, AudioUnreadableError
 
 FORMAT = "asr-kd-audio-shards"
 FORMAT_VERSION = 1
@@ -144,10 +145,16 @@ def encode_member(source: AudioSource, allow_pipes: bool = False) -> tuple[bytes
     """The member bytes of one utterance and ``(bytes, extension, sample_rate_hz, num_samples)``.
 
     Raises the ``AudioError`` that ``load_audio`` would raise for it (the reason goes to rejects)."""
-    samples, rate, info = read_samples(source, allow_pipes=allow_pipes, dtype="float32")
     whole = source.start is None and source.end is None
-    if whole and info.format in ("WAV", "FLAC") and not source.is_pipe:
-        return Path(source.path).read_bytes(), info.format.lower(), rate, int(samples.shape[0])
+    if whole and not source.is_pipe and Path(source.path).suffix.lower() in (".wav", ".flac"):
+        info = check_file(source)  # decoded block by block: a long recording is never held in memory
+        if info.format in ("WAV", "FLAC"):
+            try:
+                payload = Path(source.path).read_bytes()
+            except OSError as exc:
+                raise AudioUnreadableError(f"cannot read the file ({exc})", source.utt_id, source.path) from None
+            return payload, info.format.lower(), int(info.samplerate), int(info.frames)
+    samples, rate, info = read_samples(source, allow_pipes=allow_pipes, dtype="float32")
     buf = io.BytesIO()
     subtype = FLAC_SUBTYPES.get(info.subtype)
     if subtype is not None:

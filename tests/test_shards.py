@@ -303,3 +303,21 @@ def test_pipe_entries_run_once_when_packing(corpus, tmp_path):
     label_local([str(teacher)], str(piped), str(tmp_path / "ref"), options(allow_pipes=True))
     label_local([str(teacher)], str(tmp_path / "sh"), str(tmp_path / "store"), options())
     assert_same_store(tmp_path / "store", tmp_path / "ref")
+
+
+def test_targets_verify_and_stats_take_the_shard_dir(corpus, reference, tmp_path, capsys):
+    """'asr-kd targets verify STORE --data SHARD_DIR' compares ids and frame counts with the shard index;
+    'targets stats --teacher --data SHARD_DIR' reruns the teacher on the shards' audio (KL ~ quantization)."""
+    _, teacher, data, _ = corpus
+    write_shards(data, tmp_path / "sh", shard_size=4, progress=False)
+    assert cli_main(["targets", "verify", str(reference[0]), "--data", str(tmp_path / "sh")]) == 0
+    assert "frame counts match" in capsys.readouterr().out
+    assert cli_main(["targets", "stats", str(reference[0]), "--json", "--teacher", str(teacher), "--data",
+                     str(tmp_path / "sh"), "--sample", "5"]) == 0
+    kl = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kl_nats"]
+    assert 0 <= kl < 0.5
+    # a shard dir of other utterances is a mismatch
+    d = read_data_dir(data)
+    write_shards(write_data_dir(d.subset(d.utt_ids[:5]), tmp_path / "small"), tmp_path / "sh_small", progress=False)
+    assert cli_main(["targets", "verify", str(reference[0]), "--data", str(tmp_path / "sh_small")]) == 1
+    assert "stored utterance(s) are not in" in capsys.readouterr().err

@@ -192,6 +192,9 @@ def test_packing_is_deterministic_and_resumes_shard_by_shard(corpus, tmp_path):
     # another plan for the same dir is refused instead of mixing two plans
     with pytest.raises(AsrKdError, match="other utterances than the plan"):
         write_shards(data, tmp_path / "b", shard_size=3, progress=False)
+    # a dir that holds something else is not written into
+    with pytest.raises(AsrKdError, match="is not an audio shard dir"):
+        write_shards(data, data, progress=False)
 
 
 def test_store_from_shards_equals_store_from_data_dir(corpus, reference, tmp_path):

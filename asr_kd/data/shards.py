@@ -249,6 +249,8 @@ def write_shards(data_dir: str | os.PathLike, out_dir: str | os.PathLike, shard_
     t0 = time.time()
     data = read_data_dir(data_dir, allow_pipes=allow_pipes)
     out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not ((out / MANIFEST).exists() or any(out.glob("shard-*"))):
+        raise AsrKdError(f"{out}: exists, is not empty and is not an audio shard dir; give a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     plan = plan_audio_shards(data, seconds, shard_size, shard_seconds)

@@ -19,9 +19,9 @@ from asr_kd.errors import AsrKdError
 # name -> (module, one-line help). Order is pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("data_prep.cli", "make data dirs from a corpus (synth, librispeech, librilight, folder)"),
-    "data": ("asr_kd.data.cli", "validate, combine, subset or split data dirs; compute CMVN"),
+    "data": ("asr_kd.data.cli", "validate, combine, subset, split or shard data dirs; compute CMVN"),
     "train": ("asr_kd.train.cli", "train a teacher or a student (CTC and/or distillation) from a YAML config"),
-    "label": ("asr_kd.label.cli", "label a data dir with teacher soft targets on Ray (resumable)"),
+    "label": ("asr_kd.label.cli", "label a data dir, audio shards or a lhotse CutSet with teacher soft targets on Ray (resumable)"),
     "pseudo-label": ("asr_kd.label.seq_cli", "transcribe a data dir with a Whisper teacher: pseudo-labeled data dir, filtered"),
     "targets": ("asr_kd.targets.cli", "inspect, verify, export or import a soft-target store"),
     "evaluate": ("asr_kd.evaluate", "decode a data dir and score WER/CER (sclite-compatible output)"),

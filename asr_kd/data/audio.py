@@ -35,6 +35,7 @@ import torchaudio
 
 from asr_kd.data.datadir import AudioSource, is_pipe
 from asr_kd.errors import (
+    AudioError,
     AudioChannelError,
     AudioEmptyError,
     AudioMissingError,
@@ -139,30 +140,34 @@ def audio_duration(path: str, allow_pipes: bool = False) -> float:
     return info.frames / info.samplerate
 
 
-def load_audio(
+def read_samples(
     source: AudioSource,
-    sample_rate: int = 16000,
-    allow_resample: bool = True,
+    sample_rate: int | None = None,
     max_seconds: float | None = None,
     allow_pipes: bool = False,
-) -> torch.Tensor:
-    """Read one utterance: 1-D float32 samples at ``sample_rate`` Hz (PCM scaled to [-1, 1)).
+    dtype: str = "float32",
+    data: bytes | None = None,
+) -> tuple[np.ndarray, int, Any]:
+    """Read one utterance at the file's own rate, with every check of ``load_audio`` but no resampling.
 
-    ``source.start`` / ``source.end`` (seconds) select a segment; only that frame range is read from
-    the file. ``max_seconds`` bounds the duration of what is read (checked from the header before
-    decoding, so a 10-hour file is refused without reading it). Resampling uses
-    ``torchaudio.functional.resample`` (windowed sinc) when the file rate differs; with
-    ``allow_resample=False`` a different rate raises ``AudioRateError``.
+    Returns ``(samples, rate, info)``: 1-D samples of ``source``'s span in ``dtype`` (``float32``: PCM
+    scaled to [-1, 1); ``int32``: integer PCM left-aligned, as libsndfile returns it), the file's rate
+    in Hz and its ``soundfile`` info. ``sample_rate`` given: a different file rate raises
+    ``AudioRateError``. ``data``: the bytes of an audio file held in memory (e.g. a member of an audio
+    shard); ``source.path`` then only names it in messages. NaN/inf is checked for float dtypes.
     """
     utt, where = source.utt_id, source.path
-    handle, _ = _open(source, allow_pipes)
+    if data is not None:
+        handle: Any = io.BytesIO(data)
+    else:
+        handle, _ = _open(source, allow_pipes)
     info = _info(handle, utt, where)
     rate, total = int(info.samplerate), int(info.frames)
     if info.channels != 1:
         raise AudioChannelError(
             f"audio has {info.channels} channels; asr-kd reads mono only. Downmix it, e.g. "
             f"'sox in.wav -c 1 out.wav' (or pick one channel: 'sox in.wav out.wav remix 1')", utt, where)
-    if rate != sample_rate and not allow_resample:
+    if sample_rate is not None and rate != sample_rate:
         raise AudioRateError(f"sample rate is {rate} Hz, expected {sample_rate} Hz (resampling is off); "
                              f"resample it, e.g. 'sox in.wav -r {sample_rate} out.wav'", utt, where)
     if total <= 0:
@@ -189,7 +194,7 @@ def load_audio(
                                 f"recordings first (e.g. asr-kd prepare librilight) or raise max_seconds", utt, where)
 
     try:
-        samples, _ = sf.read(handle, start=start, stop=stop, dtype="float32", always_2d=True)
+        samples, _ = sf.read(handle, start=start, stop=stop, dtype=dtype, always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioUnreadableError(f"decoding failed ({exc}); the file is truncated or corrupt", utt, where) from None
     if samples.shape[0] == 0:
@@ -198,13 +203,92 @@ def load_audio(
         # libsndfile stops early on a truncated file whose header claims more frames
         raise AudioUnreadableError(f"header says {stop - start} samples in range but only {samples.shape[0]} "
                                    f"could be decoded; the file is truncated", utt, where)
-    wave = torch.from_numpy(np.ascontiguousarray(samples[:, 0]))
-    if not bool(torch.isfinite(wave).all()):
-        bad = int((~torch.isfinite(wave)).sum())
-        raise AudioNonFiniteError(f"{bad} of {wave.numel()} samples are NaN or inf", utt, where)
+    samples = np.ascontiguousarray(samples[:, 0])
+    if samples.dtype.kind == "f" and not bool(np.isfinite(samples).all()):
+        bad = int((~np.isfinite(samples)).sum())
+        raise AudioNonFiniteError(f"{bad} of {samples.size} samples are NaN or inf", utt, where)
+    return samples, rate, info
+
+
+def check_file(source: AudioSource, block_seconds: float = 60.0) -> Any:
+    """Decode a whole audio file in blocks of ``block_seconds`` with the checks of ``read_samples`` (same
+    errors, same messages) without holding it in memory; returns its ``soundfile`` info.
+
+    For files whose bytes are kept as they are (audio shards): a 10-hour recording costs one block."""
+    utt, where = source.utt_id, source.path
+    handle, _ = _open(source, allow_pipes=False)
+    info = _info(handle, utt, where)
+    rate, total = int(info.samplerate), int(info.frames)
+    if info.channels != 1:
+        raise AudioChannelError(
+            f"audio has {info.channels} channels; asr-kd reads mono only. Downmix it, e.g. "
+            f"'sox in.wav -c 1 out.wav' (or pick one channel: 'sox in.wav out.wav remix 1')", utt, where)
+    if total <= 0:
+        raise AudioEmptyError("audio file has 0 samples", utt, where)
+    decoded = bad = 0
+    try:
+        for block in sf.blocks(handle, blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True):
+            decoded += block.shape[0]
+            bad += int((~np.isfinite(block[:, 0])).sum())
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioUnreadableError(f"decoding failed ({exc}); the file is truncated or corrupt", utt, where) from None
+    if decoded == 0:
+        raise AudioEmptyError("decoded 0 samples", utt, where)
+    if decoded != total:
+        raise AudioUnreadableError(f"header says {total} samples in range but only {decoded} "
+                                   f"could be decoded; the file is truncated", utt, where)
+    if bad:
+        raise AudioNonFiniteError(f"{bad} of {decoded} samples are NaN or inf", utt, where)
+    return info
+
+
+def load_audio_rate(
+    source: AudioSource,
+    sample_rate: int = 16000,
+    allow_resample: bool = True,
+    max_seconds: float | None = None,
+    allow_pipes: bool = False,
+    data: bytes | None = None,
+) -> tuple[torch.Tensor, int]:
+    """``load_audio`` that also returns the file's own sample rate (Hz) before resampling."""
+    samples, rate, _ = read_samples(source, None if allow_resample else sample_rate, max_seconds, allow_pipes,
+                                    dtype="float32", data=data)
+    wave = torch.from_numpy(samples)
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, orig_freq=rate, new_freq=sample_rate)
-    return wave
+    return wave, rate
+
+
+def load_audio(
+    source: AudioSource,
+    sample_rate: int = 16000,
+    allow_resample: bool = True,
+    max_seconds: float | None = None,
+    allow_pipes: bool = False,
+    data: bytes | None = None,
+) -> torch.Tensor:
+    """Read one utterance: 1-D float32 samples at ``sample_rate`` Hz (PCM scaled to [-1, 1)).
+
+    ``source.start`` / ``source.end`` (seconds) select a segment; only that frame range is read from
+    the file. ``max_seconds`` bounds the duration of what is read (checked from the header before
+    decoding, so a 10-hour file is refused without reading it). Resampling uses
+    ``torchaudio.functional.resample`` (windowed sinc) when the file rate differs; with
+    ``allow_resample=False`` a different rate raises ``AudioRateError``. ``data``: the file's bytes
+    already in memory (an audio-shard member); ``source.path`` then only names it in messages.
+    """
+    return load_audio_rate(source, sample_rate, allow_resample, max_seconds, allow_pipes, data)[0]
+
+
+def utterance_seconds(data: "DataDir", utt: str) -> float:
+    """Duration in seconds from utt2dur/segments, else from the file header; 0 when unreadable
+    (labeling plans shards by it and rejects the utterance later)."""
+    d = data.duration(utt)
+    if d is not None:
+        return d
+    try:
+        return audio_duration(data.source(utt).path)
+    except (AudioError, OSError):
+        return 0.0
 
 
 def load_utterance(data: "DataDir", utt_id: str, **kwargs: Any) -> torch.Tensor:

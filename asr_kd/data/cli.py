@@ -9,6 +9,7 @@
     asr-kd data cmvn    --out cmvn.json DIR [--max-utts N] [--seed S] [--num-mel-bins F] [--sample-rate R]
     asr-kd data fbank   DIR [DIR ...] [--config TRAIN.yaml]     (feature cache: DIR/feats.scp + DIR/fbank/)
     asr-kd data perturb-speed DIR --out OUT [--factors 0.9,1.0,1.1] [--jobs N]   (Kaldi's 3-way speed perturbation)
+    asr-kd data shard   DIR --out SHARD_DIR [--shard-size N] [--shard-seconds S]   (tar shards + index; asr_kd.data.shards)
 
 ``validate`` exits 1 if any dir is invalid (each problem printed on stderr as ``file:line: message``),
 0 otherwise. The other commands exit 2 with the error on bad input (``asr_kd.cli``).
@@ -98,9 +99,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("dir", metavar="DIR")
 
+    p = sub.add_parser("shard", help="pack the audio of a data dir into tar shards with a per-shard index "
+                       "(WebDataset/lhotse Shar style, random access by offset); 'asr-kd label --data SHARD_DIR' reads them")
+    p.add_argument("--out", required=True, help="shard dir: shard-NNNNNN.tar + .index.json, manifest.json, rejects.tsv; "
+                   "rerunning resumes it")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="at most N utterances per shard (default 1000 when --shard-seconds is not given)")
+    p.add_argument("--shard-seconds", type=float, default=None, help="at most S seconds of audio per shard")
+    p.add_argument("--allow-pipes", action="store_true", help="accept 'command |' entries in wav.scp (run once, here)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("dir", metavar="DIR")
+
 
 def run(args: argparse.Namespace) -> int:
     return {
+        "shard": _shard,
         "perturb-speed": _perturb_speed,
         "fbank": _fbank,
         "validate": _validate,
@@ -338,4 +351,13 @@ def _perturb_speed(args: argparse.Namespace) -> int:
     summary = perturb_speed(args.dir, args.out, factors, jobs=args.jobs, sample_rate=args.sample_rate,
                             progress=not args.no_progress and sys.stderr.isatty(), allow_pipes=args.allow_pipes)
     print(summary.line())
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from asr_kd.data.shards import write_shards
+
+    summary = write_shards(args.dir, args.out, shard_size=args.shard_size, shard_seconds=args.shard_seconds,
+                           allow_pipes=args.allow_pipes, progress=not args.no_progress and sys.stderr.isatty())
+    print(summary.line() + (f" (see {Path(args.out) / 'rejects.tsv'})" if summary.rejects else ""))
     return 0

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="teacher frames (e.g. 20 ms) -> stored frames (40 ms): keep the frame with the largest non-blank "
                              "probability (default; CTC spikes survive), or average each group")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per --model (probabilities are averaged)")
-    parser.add_argument("--data", required=True, help="data dir to label (text not needed)")
+    parser.add_argument("--data", required=True, help="what to label (text not needed): a data dir, an audio shard dir "
+                        "('asr-kd data shard', recognised by its manifest.json) or a lhotse CutSet manifest "
+                        "(cuts.jsonl.gz; cut id = utterance id); the same audio gives the same store")
     parser.add_argument("--out", required=True, help="soft-target store dir; rerunning resumes it")
     parser.add_argument("--top-k", type=int, default=8, help="most units kept per output frame (k_max; 40 ms frames, or "
                         "20 ms for subsampling-2 teachers; 1-64)")
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-max-prob", type=float, help="reject utterances whose mean per-frame max probability is lower")
     parser.add_argument("--max-entropy", type=float, help="reject utterances whose mean per-frame entropy (nats) is higher")
     parser.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: a local Ray)")
-    parser.add_argument("--allow-pipes", action="store_true", help="allow 'command |' entries in wav.scp")
+    parser.add_argument("--allow-pipes", action="store_true", help="allow 'command |' entries in wav.scp (data dir input)")
     parser.add_argument("--local", action="store_true", help="no Ray: a single-process loop (debugging, reference)")
     parser.add_argument("--no-progress", action="store_true")
 

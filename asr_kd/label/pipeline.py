@@ -1,4 +1,8 @@
-"""Label a data dir with teacher soft targets: a Ray Data pipeline writing a sharded store.
+"""Label audio with teacher soft targets: a Ray Data pipeline writing a sharded store.
+
+Input: a data dir, an audio shard dir (``asr-kd data shard``) or a lhotse CutSet manifest, each a row
+source of ``asr_kd.data.sources`` (ids, durations in seconds, and per utterance a small item saying
+where its audio is). Everything below is the same for all three, so the same audio gives the same store.
 
 Plan: utterances are sorted by duration (ties by id) and cut into shards of ``shard_size``
 utterances, and each shard into teacher batches (consecutive utterances, at most ``read_batch_size``
@@ -34,12 +38,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from asr_kd.data.audio import audio_duration, load_audio
-from asr_kd.data.datadir import DataDir, read_data_dir
+from asr_kd.data.audio import utterance_seconds  # noqa: F401  (re-exported)
+from asr_kd.data.datadir import DataDir
+from asr_kd.data.sources import LabelSource, open_source, read_item
 from asr_kd.errors import AsrKdError, AudioError, remote_error_message
 from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
 from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
@@ -121,18 +125,7 @@ class LabelSummary:
 # --------------------------------------------------------------------------------------- planning
 
 
-def utterance_seconds(data: DataDir, utt: str) -> float:
-    """Duration from utt2dur/segments, else from the file header; 0 when unreadable (rejected later)."""
-    d = data.duration(utt)
-    if d is not None:
-        return d
-    try:
-        return audio_duration(data.source(utt).path)
-    except (AudioError, OSError):
-        return 0.0
-
-
-def plan_shards(data: DataDir, shard_size: int, seconds: dict[str, float] | None = None) -> list[list[str]]:
+def plan_shards(data: "DataDir | LabelSource", shard_size: int, seconds: dict[str, float] | None = None) -> list[list[str]]:
     """Utterance ids sorted by (duration, id) and cut into shards of ``shard_size``."""
     if shard_size < 1:
         raise AsrKdError(f"label: shard size must be >= 1, got {shard_size}")
@@ -169,16 +162,14 @@ def _pack(items: list, frames: list[int], max_frames: int, max_utts: int | None 
     return groups
 
 
-def _batch_rows(data: DataDir, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
+def _batch_rows(data: LabelSource, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
                 max_utts: int, max_frames: int) -> list[dict[str, Any]]:
-    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances (JSON)."""
+    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances' items
+    (JSON, ``asr_kd.data.sources``: where the audio is, never the audio)."""
     rows = []
     for s in todo:
         for utts in plan_batches(shards[s], seconds, max_utts, max_frames):
-            items = []
-            for utt in utts:
-                src = data.source(utt)
-                items.append([utt, src.path, src.start, src.end])
+            items = [data.item(utt) for utt in utts]
             rows.append({"shard": s, "utts": json.dumps(items)})
     return rows
 
@@ -191,24 +182,16 @@ def read_audio_group(batch: dict[str, np.ndarray], sample_rate: int, max_seconds
 
     Each output row keeps its batch whole: ``wave`` is the batch's waveforms concatenated and
     ``meta`` (JSON) holds the utterance ids, their lengths in samples and their errors."""
-    from asr_kd.data.datadir import AudioSource
-
-    from asr_kd.data.datadir import is_pipe
-
     torch.set_num_threads(1)
     waves, metas = [], []
     for utts in batch["utts"]:
         parts, ids, lengths, errors, notes = [], [], [], [], []
-        for utt, path, start, end in json.loads(str(utts)):
+        for item in json.loads(str(utts)):
+            utt = item[0]
             note = ""
             try:
-                wave = load_audio(AudioSource(utt, path, start, end), sample_rate=sample_rate, max_seconds=max_seconds,
-                                  allow_pipes=allow_pipes).numpy().astype(np.float32)
+                wave, note = read_item(item, sample_rate, max_seconds, allow_pipes)
                 err = ""
-                if not is_pipe(path):
-                    rate = sf.info(path).samplerate
-                    if rate != sample_rate:
-                        note = f"file {path} is {rate} Hz: resampled to {sample_rate} Hz for the teachers"
             except AudioError as exc:
                 wave, err = np.zeros(0, dtype=np.float32), f"{exc.reason}: {exc.detail}"
             parts.append(wave)
@@ -535,19 +518,22 @@ def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None) -
 
 
 def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
-    """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable)."""
+    """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable).
+
+    ``data_dir`` is a Kaldi-style data dir, an audio shard dir (``asr-kd data shard``) or a lhotse
+    CutSet manifest (``asr_kd.data.sources.open_source``); the same audio gives the same store."""
     import ray
     from ray.data import ActorPoolStrategy
 
     o = options or LabelOptions()
     check_options(o)
     t0 = time.time()
-    data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
+    data = open_source(data_dir, allow_pipes=o.allow_pipes)
     # the driver loads the teachers once to check them and to fill the store's meta
     ensemble = TeacherEnsemble(model_dirs, device="cpu", **o.ensemble_kwargs())
     created_store = not Path(out_dir).exists()
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
-    seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
+    seconds = data.seconds()
     shards = plan_shards(data, o.shard_size, seconds)
     writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())
@@ -619,12 +605,12 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     o = options or LabelOptions()
     check_options(o)
     t0 = time.time()
-    data = read_data_dir(data_dir, allow_pipes=o.allow_pipes)
+    data = open_source(data_dir, allow_pipes=o.allow_pipes)
     from asr_kd.devices import resolve_device
 
     ensemble = TeacherEnsemble(model_dirs, device=str(resolve_device("auto")), **o.ensemble_kwargs())
     writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
-    seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
+    seconds = data.seconds()
     shards = plan_shards(data, o.shard_size, seconds)
     writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())

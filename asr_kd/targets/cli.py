@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     p.add_argument("--teacher", action="append", help="teacher model dir(s) that made the store: also report "
                    "KL(teacher dense || stored) on a sample (needs --data)")
-    p.add_argument("--data", help="the data dir that was labeled (audio for --teacher)")
+    p.add_argument("--data", help="what was labeled (audio for --teacher): data dir, audio shard dir or lhotse CutSet")
     p.add_argument("--units-from", help="with --teacher: the --units-from given to 'asr-kd label' (Hugging Face / SpeechBrain teachers)")
     p.add_argument("--unit-map", action="append", help="with --teacher: the --unit-map file(s) given to 'asr-kd label'")
     p.add_argument("--sample", type=int, default=50, help="utterances sampled for the KL (default 50)")
@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checks shard sizes only, and each format-2 shard is sha256-checked when training first reads it. Exits 0 "
         "with one OK summary line, or 1 listing every problem.")
     p.add_argument("stores", nargs="+", metavar="STORE", help="store dir(s); several = the stores of a kd.store list")
-    p.add_argument("--data", help="data dir the store(s) should label (ids and utt2dur frame counts are compared)")
+    p.add_argument("--data", help="data dir, audio shard dir or lhotse CutSet the store(s) should label (ids and frame "
+                   "counts vs utt2dur/segments, shard index or cut durations are compared)")
     p.add_argument("--student-config", help="training YAML whose units, fbank and kd.temperature must match the store(s)")
     p.add_argument("--no-checksums", action="store_true", help="skip the sha256 pass (sizes and indexes only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,14 +79,16 @@ def _ids_preview(ids: list[str]) -> str:
 
 
 def check_against_data(reader, data_dir: str) -> tuple[list[str], list[str]]:
-    """Problems and notes from comparing a store with a data dir (ids; frames vs utt2dur, +-1 frame)."""
-    from asr_kd.data.datadir import read_data_dir
+    """Problems and notes from comparing a store with what was labeled (ids; frames vs durations, +-1 frame):
+    a data dir (durations from utt2dur/segments), an audio shard dir or a lhotse CutSet (their durations)."""
+    from asr_kd.data.sources import DataDirSource, open_source
     from asr_kd.targets.stats import expected_frames_for_meta
 
-    data = read_data_dir(data_dir)
+    source = open_source(data_dir)
+    duration = source.data.duration if isinstance(source, DataDirSource) else source.seconds().get
     problems: list[str] = []
     notes: list[str] = []
-    data_ids = set(data.utt_ids)
+    data_ids = set(source.utt_ids)
     store_ids = set(reader.utt_ids)
     rejects = reader.rejects()
     unlabeled = sorted(data_ids - store_ids - set(rejects))
@@ -101,7 +104,7 @@ def check_against_data(reader, data_dir: str) -> tuple[list[str], list[str]]:
         notes.append(f"{len(rejected_here)} rejected by the labeler")
     wrong, unknown_dur = [], 0
     for utt in sorted(store_ids & data_ids):
-        dur = data.duration(utt)
+        dur = duration(utt)
         if dur is None:
             unknown_dur += 1
             continue

@@ -227,8 +227,9 @@ def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, samp
     """
     import random
 
-    from asr_kd.data.audio import load_audio
-    from asr_kd.data.datadir import read_data_dir
+    import torch
+
+    from asr_kd.data.sources import open_source, read_item
     from asr_kd.label.teacher import TeacherEnsemble
 
     m = reader.meta
@@ -244,14 +245,15 @@ def teacher_kl(reader: StoreReader, teacher_dirs: list[str], data_dir: str, samp
     if ens.tokenizer.units_hash() != m.units_hash:
         raise StoreError(f"store units {m.units_hash} differ from the teachers' {ens.tokenizer.units_hash()}; pass the "
                          "--units-from that labeling used")
-    data = read_data_dir(data_dir)
-    utts = [u for u in reader.utt_ids if u in data]
+    data = open_source(data_dir)  # a data dir, an audio shard dir or a lhotse CutSet, as 'asr-kd label --data'
+    known = set(data.utt_ids)
+    utts = [u for u in reader.utt_ids if u in known]
     if not utts:
         raise StoreError(f"no stored utterance is in {data_dir}; pass the data dir that was labeled")
     chosen = sorted(random.Random(seed).sample(utts, min(sample, len(utts))))
     total, frames = 0.0, 0
     for utt in chosen:
-        wave = load_audio(data.source(utt), sample_rate=ens.sample_rate)
+        wave = torch.from_numpy(read_item(data.item(utt), ens.sample_rate, None, False)[0])
         probs = ens.dense([wave])[0][0]
         ids, stored = reader.get_sparse(utt)
         n = min(probs.shape[0], ids.shape[0])

@@ -1,0 +1,95 @@
+"""The LibriSpeech recipe on GPUs (issue 17): actors and workers derived from the Ray cluster's GPUs, and
+``recipes/librispeech/gpu_smoke.sh``. This machine has no GPU: the cluster tests start a local Ray with
+*logical* GPUs, check that labeling and training lay themselves out one actor / one worker per GPU, and
+that the run then stops with the "CUDA cannot be used" error of ``asr_kd.devices`` instead of running on
+the CPU. A GPU machine runs ``recipes/librispeech/gpu_smoke.sh`` for the real thing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from asr_kd.devices import per_gpu
+from factories import ROOT, cli_env, make_data, make_teacher, tiny_train_config
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour when CUDA is unusable")
+
+
+def _config(tmp_path, device="auto"):
+    from asr_kd.config import load_config
+    from asr_kd.train.config import TrainConfig
+
+    data = make_data(tmp_path / "lab", 3, with_text=True)
+    return load_config(tiny_train_config(tmp_path / "conf.yaml", [str(data)]), TrainConfig, [f"train.device={device}"])
+
+
+def test_one_actor_and_one_worker_per_gpu_of_the_cluster_cpu_defaults_without_gpus(tmp_path):
+    """Mutation caught: deriving from the CPU count, or ignoring --actors/--workers when given."""
+    from asr_kd.errors import AsrKdError
+    from asr_kd.label.pipeline import CPU_ACTORS, LabelOptions, actor_layout
+    from asr_kd.train.distributed import CPU_WORKERS, worker_layout
+
+    assert per_gpu(None, 4, 2, "--actors") == (4, "one per 1 GPU of the Ray cluster's 4 GPU(s); --actors not given")
+    assert per_gpu(3, 4, 2, "--actors")[0] == 3 and per_gpu(None, 0, 2, "--actors")[0] == 2
+    # labeling: one actor per GPU with num_gpus=1; the CPU default without GPUs; fractional GPUs share
+    assert actor_layout(LabelOptions(), 2)[:2] == (2, 1.0)
+    assert actor_layout(LabelOptions(), 0)[:2] == (CPU_ACTORS, 0.0) == (2, 0.0)
+    assert actor_layout(LabelOptions(num_gpus_per_actor=0.5), 2)[:2] == (4, 0.5)
+    assert actor_layout(LabelOptions(actors=1), 8)[:2] == (1, 1.0)
+    with pytest.raises(AsrKdError, match=r"8 actor\(s\) x 1 GPU need 8 GPU\(s\) but the Ray cluster has 2"):
+        actor_layout(LabelOptions(actors=8), 2)  # was an actor pool waiting for GPUs that do not exist
+    # training: one DDP worker per GPU; one CPU worker without GPUs or with train.device=cpu
+    config = _config(tmp_path)
+    assert worker_layout(config, None, 2)[:2] == (2, True)
+    assert worker_layout(config, None, 0)[:2] == (CPU_WORKERS, False) == (1, False)
+    assert worker_layout(config, 3, 0)[:2] == (3, False)
+    cpu = _config(tmp_path / "cpu", device="cpu")
+    assert worker_layout(cpu, None, 2)[:2] == (1, False)
+
+
+# A local Ray with 2 logical GPUs (this machine has none), then the two CLI stages without --workers /
+# --actors, in one process: the CLI uses the Ray this process is connected to.
+_CLUSTER_RUN = textwrap.dedent("""
+    import os, sys
+    import ray
+    from asr_kd.label.ray_runtime import LOOPBACK, _pin_to_loopback
+    _pin_to_loopback()
+    ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=3, num_gpus=2, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
+    from asr_kd.cli import main
+    conf, out, teacher, data, store = sys.argv[1:6]
+    # label first: a failed Ray Train run leaves its workers holding the GPUs of this shared cluster
+    rc_label = main(["label", "--model", teacher, "--data", data, "--out", store, "--no-progress", "--top-k", "2"])
+    print("RC_LABEL", rc_label, flush=True)
+    rc_train = main(["train", "--config", conf, "--out", out, "--no-progress", "train.device=auto"])
+    print("RC_TRAIN", rc_train, flush=True)
+""")
+
+
+@NO_GPU
+def test_cluster_with_two_gpus_gets_two_workers_and_two_actors_then_refuses_the_missing_cuda(tmp_path):
+    """Mutations caught: --workers/--actors defaults not derived from the cluster (1 worker / 2 CPU actors
+    in the layout line); a GPU worker or actor falling back to the CPU (rc 0, no device error)."""
+    data = make_data(tmp_path / "lab", 4, with_text=True)
+    conf = tiny_train_config(tmp_path / "conf.yaml", [str(data)], max_steps=2)
+    teacher = make_teacher(tmp_path / "teacher")
+    proc = subprocess.run([sys.executable, "-c", _CLUSTER_RUN, str(conf), str(tmp_path / "model"), str(teacher), str(data),
+                           str(tmp_path / "store")], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=cli_env(ASR_KD_LOG="INFO"))
+    out = proc.stdout + proc.stderr
+    assert "RC_TRAIN 2" in out and "RC_LABEL 2" in out, out[-4000:]
+    assert ("train: layout 2 Ray Train (DDP) worker(s) x 1 GPU each, device cuda, dtype bfloat16 autocast (float32 "
+            "weights) (one per 1 GPU of the Ray cluster's 2 GPU(s); --workers not given)") in out, out[-4000:]
+    assert ("label: layout 2 teacher actor(s) x 1 GPU each, device cuda, dtype float32 (one per 1 GPU of the Ray "
+            "cluster's 2 GPU(s); --actors not given)") in out, out[-4000:]
+    # both stages stop with the device error (the message test_devices checks), naming the cause
+    train_err = [line for line in out.splitlines() if line.startswith("asr-kd train: error:")]
+    label_err = [line for line in out.splitlines() if line.startswith("asr-kd label: error:")]
+    assert train_err and "CUDA cannot be used" in train_err[0] and "no NVIDIA GPU is visible" in train_err[0], out[-4000:]
+    assert label_err and "CUDA cannot be used" in label_err[0] and "no NVIDIA GPU is visible" in label_err[0], out[-4000:]
+    assert not (tmp_path / "model" / "model.pt").exists()  # nothing trained on the CPU
+    assert not (tmp_path / "store").exists()  # nothing labeled on the CPU, no empty store left behind

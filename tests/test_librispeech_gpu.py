@@ -6,12 +6,16 @@ the CPU. A GPU machine runs ``recipes/librispeech/gpu_smoke.sh`` for the real th
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from asr_kd.devices import per_gpu
 from factories import ROOT, cli_env, make_data, make_teacher, tiny_train_config
@@ -93,3 +97,55 @@ def test_cluster_with_two_gpus_gets_two_workers_and_two_actors_then_refuses_the_
     assert label_err and "CUDA cannot be used" in label_err[0] and "no NVIDIA GPU is visible" in label_err[0], out[-4000:]
     assert not (tmp_path / "model" / "model.pt").exists()  # nothing trained on the CPU
     assert not (tmp_path / "store").exists()  # nothing labeled on the CPU, no empty store left behind
+
+
+# ------------------------------------------------------------------------------ gpu_smoke.sh
+
+SMOKE = ROOT / "recipes" / "librispeech" / "gpu_smoke.sh"
+
+
+def _smoke(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = cli_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(["bash", str(SMOKE), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_gpu_smoke_script_parses_and_refuses_bad_arguments():
+    assert subprocess.run(["bash", "-n", str(SMOKE)]).returncode == 0
+    bad = _smoke("--max-stpes", "3")
+    assert bad.returncode == 2 and "unknown option --max-stpes" in bad.stderr
+    bad = _smoke("--device", "tpu")
+    assert bad.returncode == 2 and "--device must be cuda or cpu" in bad.stderr
+    bad = _smoke("stray")
+    assert bad.returncode == 2 and "unexpected argument stray" in bad.stderr
+    assert "--max-steps" in _smoke("--help").stdout
+
+
+@NO_GPU
+def test_gpu_smoke_refuses_a_machine_without_a_gpu_before_any_work(tmp_path):
+    """Mutation caught: the device check dropped -> the script builds the tree and trains on the CPU."""
+    proc = _smoke("--out", str(tmp_path / "smoke"), "--max-steps", "2", "--hours", "0.01")
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "gpu_smoke: refusing to run: no usable GPU here" in proc.stderr
+    assert "CUDA cannot be used" in proc.stderr and "--device cpu" in proc.stderr  # the cause, and the dry mode
+    assert not (tmp_path / "smoke").exists()
+
+
+@pytest.mark.slow
+def test_gpu_smoke_dry_mode_on_the_cpu_trains_the_recipe_teacher_and_reports(tmp_path):
+    """The CPU parts of the GPU script end to end: tree in the LibriSpeech layout, prepare, the recipe's
+    teacher config (19.5 M params, BPE-500) for 5 steps, the report. ~1.5 min on one loaded core."""
+    out = tmp_path / "smoke"
+    proc = _smoke("--out", str(out), "--device", "cpu", "--max-steps", "5", "--hours", "0.1", "batch.max_frames=6000",
+                  "batch.num_workers=0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "corpus" / "LibriSpeech").iterdir()) == ["dev-clean", "train-clean-100"]
+    report = json.loads((out / "smoke.json").read_text())
+    assert report["device"] == "cpu" and report["dtype"] == "float32" and report["peak_gpu_mem_gib"] is None
+    assert report["steps"] == 5 and report["steps_per_s"] > 0 and report["steady_steps_per_s"] > 0
+    assert report["config"] == "recipes/librispeech/conf/teacher.yaml" and 19 < report["params_m"] < 20
+    assert report["train_hours"] == pytest.approx(0.1, abs=0.01)
+    config = yaml.safe_load((out / "model" / "config.yaml").read_text())
+    assert config["model"]["d_model"] == 256 and config["units"]["bpe_vocab_size"] == 500  # the recipe's teacher
+    assert config["train"]["max_steps"] == 5 and config["batch"]["max_frames"] == 6000
+    md = (out / "smoke.md").read_text()
+    assert "| device | cpu |" in md and "| optimizer steps | 5 |" in md and "peak GPU memory" in md

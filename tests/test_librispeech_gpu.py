@@ -55,6 +55,35 @@ def test_one_actor_and_one_worker_per_gpu_of_the_cluster_cpu_defaults_without_gp
     assert worker_layout(cpu, None, 2)[:2] == (1, False)
 
 
+def test_train_without_workers_on_a_machine_with_gpus_goes_to_ddp_one_worker_per_gpu(tmp_path, monkeypatch):
+    """Without --workers and without a Ray to join, the count comes from the GPUs a local Ray would
+    register; 2 or more -> train_distributed with the count left to the cluster, else one process.
+    (Mutation caught: --workers defaulting to 1 -> one process on a 2-GPU machine.)"""
+    import argparse
+
+    import ray
+
+    import asr_kd.devices as devices
+    import asr_kd.train.cli as train_cli
+    import asr_kd.train.distributed as distributed
+
+    if ray.is_initialized():
+        pytest.skip("a Ray of this test session is running: the CLI would ask it instead")
+    calls = []
+    monkeypatch.setattr(distributed, "train_distributed", lambda config, out, workers, **kw: calls.append(workers))
+    monkeypatch.setattr(devices, "nvidia_gpus", lambda root="/": ["NVIDIA H100"] * 2)
+    monkeypatch.setattr(devices, "local_ray_gpus", lambda: 2)
+    data = make_data(tmp_path / "lab", 3, with_text=True)
+    conf = tiny_train_config(tmp_path / "conf.yaml", [str(data)])
+    args = argparse.Namespace(config=str(conf), out=str(tmp_path / "m"), resume=False, workers=None, address=None,
+                              no_progress=True, overrides=["train.device=auto"])
+    assert train_cli.run(args) == 0 and calls == [None]  # derived from the cluster in train_distributed
+    assert train_cli.local_cluster_gpus(_config(tmp_path / "c2", device="cpu")) == 0  # cpu asked for: no GPUs
+    monkeypatch.setattr(devices, "nvidia_gpus", lambda root="/": [])
+    monkeypatch.setattr(devices, "local_ray_gpus", lambda: pytest.fail("Ray asked although no GPU is present"))
+    assert train_cli.local_cluster_gpus(_config(tmp_path / "c3")) == 0
+
+
 # A local Ray with 2 logical GPUs (this machine has none), then the two CLI stages without --workers /
 # --actors, in one process: the CLI uses the Ray this process is connected to.
 _CLUSTER_RUN = textwrap.dedent("""

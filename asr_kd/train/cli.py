@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from asr_kd.train.loop import train
 
     device = resolve_device(config.train.device)  # a GPU that cannot be used is an error here, before any work
-    why = "--workers 1" if args.workers else f"--workers not given, {'one GPU' if device.type == 'cuda' else 'no GPU'} here"
+    why = ("--workers 1" if args.workers else "--workers not given, train.device=cpu" if config.train.device == "cpu"
+           else f"--workers not given, {'one GPU' if device.type == 'cuda' else 'no GPU'} here")
     logging.getLogger("asr_kd.train").info(layout_line("train", 1, "process", 1 if device.type == "cuda" else 0,
                                                        device.type, train_dtype(config, device.type == "cuda"), why))
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
@@ -53,12 +54,12 @@ def local_cluster_gpus(config) -> float:
     """GPUs of the Ray cluster ``asr-kd train`` without ``--address`` would use: the one this process is
     already connected to (a program that started Ray itself), else the local Ray it would start; 0 when
     ``train.device=cpu``."""
+    import sys
+
     if config.train.device == "cpu":
         return 0
-    import ray
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return sys.modules["ray"].cluster_resources().get("GPU", 0)
+    from asr_kd.devices import local_ray_gpus, nvidia_gpus
 
-    if ray.is_initialized():
-        return ray.cluster_resources().get("GPU", 0)
-    from asr_kd.devices import local_ray_gpus
-
-    return local_ray_gpus()
+    return local_ray_gpus() if nvidia_gpus() else 0  # no NVIDIA GPU at all: not worth importing Ray to ask

@@ -109,8 +109,8 @@ def per_gpu(requested: int | None, cluster_gpus: float, cpu_default: int, flag: 
 
 def layout_line(stage: str, count: int, what: str, gpus_each: float, device: str, dtype: str, why: str) -> str:
     """The line a stage logs before it starts: how many workers, on what, in which dtype, and why."""
-    on = f"{gpus_each:g} GPU each" if gpus_each > 0 else "CPU"
-    return f"{stage}: layout {count} {what} x {on}, device {device}, dtype {dtype} ({why})"
+    on = f" x {gpus_each:g} GPU each" if gpus_each > 0 else " on CPU"
+    return f"{stage}: layout {count} {what}{on}, device {device}, dtype {dtype} ({why})"
 
 
 __all__ = ["DeviceError", "cuda_problem", "layout_line", "local_ray_gpus", "nvidia_driver", "nvidia_gpus", "per_gpu",

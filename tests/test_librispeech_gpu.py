@@ -178,3 +178,19 @@ def test_gpu_smoke_dry_mode_on_the_cpu_trains_the_recipe_teacher_and_reports(tmp
     assert config["train"]["max_steps"] == 5 and config["batch"]["max_frames"] == 6000
     md = (out / "smoke.md").read_text()
     assert "| device | cpu |" in md and "| optimizer steps | 5 |" in md and "peak GPU memory" in md
+
+
+def test_gpu_smoke_tree_repeats_audio_through_hard_links_beyond_the_distinct_part(tmp_path):
+    """Hours of training audio without synthesizing them: utterances past ``distinct_hours`` are hard links
+    of earlier files, each with its own id and transcript, and prepare librispeech reads them as usual."""
+    from data_prep.librispeech import prepare_librispeech
+    from tools.gpu_smoke import build_tree
+
+    root = build_tree(tmp_path / "corpus", hours=0.03, distinct_hours=0.01, dev_utts=2)
+    flacs = sorted((root / "LibriSpeech" / "train-clean-100").rglob("*.flac"))
+    inodes = {f.stat().st_ino for f in flacs}
+    assert len(flacs) > len(inodes) >= 2  # some utterances share audio
+    results, _ = prepare_librispeech(root / "LibriSpeech", ["train-clean-100", "dev-clean"], tmp_path / "data",
+                                     progress=False)
+    train = results[0]
+    assert train.utterances == len(flacs) and train.seconds >= 0.03 * 3600 and results[1].utterances == 2

@@ -1,6 +1,6 @@
 """GPU smoke test of the LibriSpeech recipe's teacher (``recipes/librispeech/gpu_smoke.sh`` runs this).
 
-On a GPU machine: builds a small tree in the LibriSpeech layout (synthetic speech-like audio, random
+On a GPU machine: builds a tree in the LibriSpeech layout (synthetic speech-like audio, random
 word transcripts; nothing downloaded), prepares it with ``asr-kd prepare librispeech``, trains the
 recipe's teacher config (``recipes/librispeech/conf/teacher.yaml``: the model, units, batch and optimizer
 as the recipe has them) for ``--max-steps`` optimizer steps with the real training loop, and writes
@@ -39,10 +39,12 @@ def speechlike(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return (0.15 * tone * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def build_tree(root: Path, hours: float, seed: int = 0, dev_utts: int = 8) -> Path:
+def build_tree(root: Path, hours: float, seed: int = 0, dev_utts: int = 8, distinct_hours: float = 0.5) -> Path:
     """``root/LibriSpeech/{train-clean-100,dev-clean}/SPK/CHAP/SPK-CHAP-NNNN.flac`` + ``SPK-CHAP.trans.txt``
     (upper-case transcripts, as distributed): about ``hours`` of training audio in utterances of 2-17 s
-    (LibriSpeech's train-clean-100 has 12.7 s on average, at most ~25 s), ``dev_utts`` dev utterances."""
+    (LibriSpeech's train-clean-100 has 12.7 s on average, at most ~25 s), ``dev_utts`` dev utterances.
+    Audio beyond the first ``distinct_hours`` repeats earlier files through hard links (each utterance
+    keeps its own id and transcript): epochs of many batches without synthesizing hours of audio."""
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
@@ -52,13 +54,22 @@ def build_tree(root: Path, hours: float, seed: int = 0, dev_utts: int = 8) -> Pa
     words = ["".join(rng.choice(letters, size=rng.integers(2, 9), p=weights)) for _ in range(3000)]
     for subset, target_s, spk0 in (("train-clean-100", hours * 3600, 100), ("dev-clean", None, 900)):
         total, n = 0.0, 0
+        written: list[tuple[Path, float]] = []
         while (total < target_s) if target_s is not None else (n < dev_utts):
             spk, chap = spk0 + n // 40, 1000 + n // 20
             d = root / "LibriSpeech" / subset / str(spk) / str(chap)
             d.mkdir(parents=True, exist_ok=True)
-            seconds = float(rng.uniform(2.0, 17.0))
             utt = f"{spk}-{chap}-{n % 20:04d}"
-            sf.write(d / f"{utt}.flac", speechlike(seconds, rng), SR, subtype="PCM_16")
+            if total < distinct_hours * 3600 or not written:
+                seconds = float(rng.uniform(2.0, 17.0))
+                sf.write(d / f"{utt}.flac", speechlike(seconds, rng), SR, subtype="PCM_16")
+                written.append((d / f"{utt}.flac", seconds))
+            else:
+                src, seconds = written[n % len(written)]
+                try:
+                    (d / f"{utt}.flac").hardlink_to(src)
+                except OSError:
+                    (d / f"{utt}.flac").write_bytes(src.read_bytes())
             text = " ".join(rng.choice(words, size=max(1, int(seconds * 2.7))))  # ~2.7 words/s, as read speech
             with open(d / f"{spk}-{chap}.trans.txt", "a", encoding="utf-8") as fh:
                 fh.write(f"{utt} {text}\n")
@@ -88,14 +99,17 @@ def read_train_metrics(model_dir: Path) -> list[dict]:
 
 
 def steady_rates(rows: list[dict]) -> dict:
-    """Steps/s and padded-frames/s between the first and the last logged train step (start-up excluded)."""
+    """Median steps/s and audio-s per s over the logging intervals after the first logged step (start-up
+    excluded; the median leaves out the intervals slowed by an epoch's dev evaluation and checkpoint)."""
     if len(rows) < 2:
         return {}
-    first, last = rows[0], rows[-1]
-    dt = float(last["wall_s"]) - float(first["wall_s"])
-    steps = int(last["step"]) - int(first["step"])
+    rates = []
+    for a, b in zip(rows, rows[1:]):
+        dt = float(b["wall_s"]) - float(a["wall_s"])
+        if dt > 0:
+            rates.append((int(b["step"]) - int(a["step"])) / dt)
     fps = [float(r["frames_per_s"]) for r in rows[1:] if r.get("frames_per_s") not in (None, "")]
-    return {"steady_from_step": int(first["step"]), "steady_steps_per_s": steps / dt if dt > 0 else None,
+    return {"steady_from_step": int(rows[0]["step"]), "steady_steps_per_s": float(np.median(rates)) if rates else None,
             "steady_audio_s_per_s": float(np.median(fps)) / 100 if fps else None}
 
 
@@ -109,9 +123,9 @@ def write_report(out: Path, result: dict) -> None:
             ("optimizer steps", str(result["steps"])),
             ("wall s (train call)", f"{result['train_wall_s']:.1f}"),
             ("steps/s (whole run)", f"{result['steps_per_s']:.3f}"),
-            ("steps/s (steady, from step %s)" % result.get("steady_from_step", "-"),
+            ("steps/s (median over logging intervals after step %s)" % result.get("steady_from_step", "-"),
              "-" if result.get("steady_steps_per_s") is None else f"{result['steady_steps_per_s']:.3f}"),
-            ("audio-s per s (steady)",
+            ("audio-s per s (median, after start-up)",
              "-" if result.get("steady_audio_s_per_s") is None else f"{result['steady_audio_s_per_s']:.0f}"),
             ("peak GPU memory (max_memory_allocated)",
              "-" if result["peak_gpu_mem_gib"] is None else f"{result['peak_gpu_mem_gib']:.2f} GiB")]
@@ -125,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="work dir: corpus/, data/, model/, smoke.json, smoke.md")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu = dry mode for machines without a GPU")
     p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (train.max_steps)")
-    p.add_argument("--hours", type=float, default=1.0,
-                   help="training audio to synthesize (1 h = 3 recipe batches of 120,000 padded frames per epoch)")
+    p.add_argument("--hours", type=float, default=10.0,
+                   help="training audio (10 h = ~30 recipe batches of 120,000 padded frames per epoch; beyond the "
+                        "first 0.5 h the files repeat through hard links)")
     p.add_argument("--config", default=str(TEACHER_CONF), help="training config (default: the recipe's teacher)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides, e.g. batch.max_frames=6000")
     args = p.parse_args(argv)

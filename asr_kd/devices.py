@@ -81,4 +81,37 @@ def resolve_device(pref: str, root: str | Path = "/") -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["DeviceError", "cuda_problem", "nvidia_driver", "nvidia_gpus", "resolve_device"]
+def local_ray_gpus() -> int:
+    """GPUs a local Ray started by this process would register: Ray's own count (NVML), limited to
+    ``CUDA_VISIBLE_DEVICES`` when that is set. Asked without starting Ray, so ``asr-kd train`` without
+    ``--workers`` can choose between one process and DDP on Ray Train."""
+    from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager as nvidia
+
+    count = nvidia.get_current_node_num_accelerators()
+    visible = nvidia.get_current_process_visible_accelerator_ids()
+    return min(count, len(visible)) if visible is not None else count
+
+
+def per_gpu(requested: int | None, cluster_gpus: float, cpu_default: int, flag: str,
+            gpus_each: float = 1.0) -> tuple[int, str]:
+    """How many Ray actors or DDP workers a stage runs, and why: ``requested`` (the value of ``flag``) when
+    given; otherwise, on a Ray cluster with GPUs, one per ``gpus_each`` GPU(s) of the cluster (one per GPU
+    by default); on a cluster without GPUs, ``cpu_default``."""
+    if requested is not None:
+        return requested, f"{flag} {requested}"
+    if gpus_each > 0 and cluster_gpus >= gpus_each:
+        return int(cluster_gpus // gpus_each + 1e-9), (f"one per {gpus_each:g} GPU of the Ray cluster's "
+                                                       f"{cluster_gpus:g} GPU(s); {flag} not given")
+    if gpus_each <= 0 and cluster_gpus > 0:
+        return cpu_default, f"{flag} not given, CPU asked for: the CPU default"
+    return cpu_default, f"{flag} not given and the Ray cluster has no GPU: the CPU default"
+
+
+def layout_line(stage: str, count: int, what: str, gpus_each: float, device: str, dtype: str, why: str) -> str:
+    """The line a stage logs before it starts: how many workers, on what, in which dtype, and why."""
+    on = f" x {gpus_each:g} GPU each" if gpus_each > 0 else " on CPU"
+    return f"{stage}: layout {count} {what}{on}, device {device}, dtype {dtype} ({why})"
+
+
+__all__ = ["DeviceError", "cuda_problem", "layout_line", "local_ray_gpus", "nvidia_driver", "nvidia_gpus", "per_gpu",
+           "resolve_device"]

@@ -145,3 +145,10 @@ def test_librispeech_recipe_wiring_on_a_tiny_tree(tmp_path):
     assert sp == sorted(f"sp{f}-{u}" for f in ("0.9", "1.0", "1.1") for u in base)
     teacher_conf = (tmp_path / "exp" / "teacher" / "config.yaml").read_text()
     assert "train_clean_100_sp" in teacher_conf and "train_clean_100_sp" not in (tmp_path / "exp" / "kd" / "config.yaml").read_text()
+    # --workers / --actors not passed: the stages derive them from the cluster's GPUs (none here: the CPU
+    # defaults) and say so before they start
+    commands = (tmp_path / "exp" / "commands.log").read_text()
+    assert "--workers" not in commands and "--actors" not in commands
+    assert "label: layout 2 teacher actor(s) on CPU, device cpu, dtype float32 (--actors not given and the Ray " \
+           "cluster has no GPU: the CPU default)" in proc.stderr, proc.stderr[-3000:]
+    assert "train: layout 1 process on CPU, device cpu, dtype float32 (--workers not given, no GPU here)" in proc.stderr

@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=256, help="utterances per shard (the unit of resume)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="longer utterances are rejected as too_long")
     parser.add_argument("--batch-max-frames", type=int, default=40000, help="padded 10 ms frames per teacher batch")
-    parser.add_argument("--actors", type=int, default=2, help="teacher actors in the Ray pool")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="teacher actors in the Ray pool (default: one per GPU of the Ray cluster, 1 GPU each; "
+                             "2 when the cluster has no GPU)")
     parser.add_argument("--actor-cpus", type=float, default=None,
                         help="CPUs reserved per actor (default: share the cluster's CPUs, leaving room for audio reading)")
     parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")

@@ -70,7 +70,7 @@ class LabelOptions:
     max_seconds: float = 60.0  # longer utterances are rejected as too_long
     batch_max_frames: int = 40000  # padded 10 ms frames per teacher forward
     read_batch_size: int = 16  # at most this many utterances per teacher batch (batches never cross a shard)
-    actors: int = 2
+    actors: int | None = None  # None: one per GPU of the Ray cluster (with num_gpus_per_actor), CPU_ACTORS without GPUs
     actor_num_cpus: float | None = None  # None: share the cluster's CPUs, keeping room for audio reading
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     min_max_prob: float | None = None  # confidence filter: mean per-frame max probability below -> rejected
@@ -493,6 +493,54 @@ def _resolve_spec(spec: str) -> str:
 
 
 READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task
+CPU_ACTORS = 2  # teacher actors when --actors is not given and the Ray cluster has no GPU
+
+
+def actor_layout(o: LabelOptions, cluster_gpus: float) -> tuple[int, float, str]:
+    """Teacher actors, GPUs per actor and the reason, from the options and the Ray cluster's GPUs: one
+    actor per GPU (``num_gpus=1``) when the cluster has GPUs and ``--actors`` is not given. A GPU request
+    the cluster cannot meet is an error here, not an actor pool waiting forever for resources."""
+    from asr_kd.devices import per_gpu
+
+    gpus = o.num_gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    actors, why = per_gpu(o.actors, cluster_gpus, CPU_ACTORS, "--actors", gpus)
+    if actors < 1:
+        raise AsrKdError(f"label: --actors must be >= 1, got {actors}")
+    if gpus > 0 and actors * gpus > cluster_gpus + 1e-9:
+        raise AsrKdError(f"label: {actors} actor(s) x {gpus:g} GPU need {actors * gpus:g} GPU(s) but the Ray cluster has "
+                         f"{cluster_gpus:g}; lower --actors or --gpus-per-actor (0 = CPU actors)")
+    return actors, gpus, why
+
+
+def _cuda_probe() -> str:
+    from asr_kd.devices import resolve_device
+
+    return str(resolve_device("cuda"))
+
+
+def check_actor_gpus(actors: int, gpus: float) -> None:
+    """Before the actor pool starts: ``actors`` Ray tasks holding ``gpus`` GPU(s) each check that CUDA works
+    where the teacher actors will run. A teacher actor whose constructor fails is restarted by the pool
+    again and again (Ray Data's actors retry forever), so the clear error (``asr_kd.devices``) is raised
+    here instead of the stage hanging."""
+    import ray
+
+    probe = ray.remote(_cuda_probe)
+    refs = [probe.options(num_gpus=gpus, num_cpus=0, max_retries=0, scheduling_strategy="SPREAD").remote()
+            for _ in range(actors)]
+    failure = None
+    for ref in refs:  # every result fetched: no "unhandled error" noise from the probes after the first
+        try:
+            ray.get(ref)
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        ours = remote_error_message(failure)
+        if ours is None:
+            raise failure
+        raise AsrKdError(f"label: {ours}") from None
 
 
 def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None) -> float:
@@ -552,10 +600,21 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        gpus = o.num_gpus_per_actor
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        actor_cpus = actor_cpu_share(ray.cluster_resources().get("CPU", 1.0), o.actors, o.actor_num_cpus)
+        actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0))
+        actor_cpus = actor_cpu_share(ray.cluster_resources().get("CPU", 1.0), actors, o.actor_num_cpus)
+        from asr_kd.devices import layout_line
+
+        log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu", "float32", why)
+                 + f", {actor_cpus:g} CPU each; audio decoding on CPU tasks")
+        if gpus > 0:
+            try:
+                check_actor_gpus(actors, gpus)
+            except Exception:
+                if started_ray:
+                    ray.shutdown()
+                if created_store and not done:  # nothing labeled: no empty store left behind
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                raise
         # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
         rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
         n_utts = sum(len(shards[s]) for s in todo)
@@ -564,7 +623,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
                             fn_kwargs=dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes))
         # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
-        ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=o.actors),
+        ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
                             num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
                             runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[_resolve_spec(m) for m in model_dirs],

@@ -25,13 +25,17 @@ filesystem (removed at the end), and Gloo/NCCL use the nodes' network interfaces
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from asr_kd.devices import layout_line, per_gpu
 from asr_kd.errors import AsrKdError, remote_error_message
 from asr_kd.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def absolutize(config: TrainConfig) -> TrainConfig:
@@ -124,10 +128,33 @@ def _use_gpu(config: TrainConfig, workers: int, cluster_gpus: float, use_gpu: bo
     return True
 
 
-def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: bool = False, use_gpu: bool | None = None,
-                      threads_per_worker: int = 1, progress: bool = True, address: str | None = None) -> None:
-    """Train ``config`` with ``workers`` DDP workers on Ray Train: a local Ray when ``address`` is None, else
-    the cluster at ``address`` (see the module docstring for what its nodes must share)."""
+CPU_WORKERS = 1  # DDP workers when --workers is not given and the Ray cluster has no GPU
+
+
+def worker_layout(config: TrainConfig, workers: int | None, cluster_gpus: float,
+                  use_gpu: bool | None = None) -> tuple[int, bool, str]:
+    """DDP workers, whether each takes a GPU, and the reason: ``--workers`` when given, else one worker per
+    GPU of the Ray cluster (``CPU_WORKERS`` on a cluster without GPUs, or with ``train.device=cpu``)."""
+    gpus = 0.0 if config.train.device == "cpu" or use_gpu is False else cluster_gpus
+    workers, why = per_gpu(workers, gpus, CPU_WORKERS, "--workers")
+    if config.train.device == "cpu" and cluster_gpus > 0 and "not given" in why:
+        why = "--workers not given and train.device=cpu: the CPU default"
+    if workers < 1:
+        raise AsrKdError(f"--workers must be >= 1, got {workers}")
+    return workers, _use_gpu(config, workers, cluster_gpus, use_gpu), why
+
+
+def train_dtype(config: TrainConfig, on_gpu: bool) -> str:
+    """The compute dtype of the training step, as the loop sets it (``Trainer._autocast``)."""
+    return "bfloat16 autocast (float32 weights)" if on_gpu and config.train.amp else "float32"
+
+
+def train_distributed(config: TrainConfig, out_dir: str, workers: int | None, resume: bool = False,
+                      use_gpu: bool | None = None, threads_per_worker: int = 1, progress: bool = True,
+                      address: str | None = None) -> None:
+    """Train ``config`` with ``workers`` DDP workers on Ray Train (None: one per GPU of the cluster, see
+    ``worker_layout``): a local Ray when ``address`` is None, else the cluster at ``address`` (see the module
+    docstring for what its nodes must share)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -141,7 +168,10 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int, resume: b
     # private (0700) and fresh (no stale store file); on a cluster it must be where every node sees it
     rendezvous = Path(tempfile.mkdtemp(prefix=".ddp-rendezvous-", dir=out if address else None))
     try:
-        use_gpu = _use_gpu(config, workers, ray.cluster_resources().get("GPU", 0), use_gpu)
+        workers, use_gpu, why = worker_layout(config, workers, ray.cluster_resources().get("GPU", 0), use_gpu)
+        log.info(layout_line("train", workers, "Ray Train (DDP) worker(s)", 1 if use_gpu else 0,
+                             "cuda" if use_gpu else "cpu", train_dtype(config, use_gpu), why)
+                 + ("" if use_gpu else f", {threads_per_worker} thread(s) each"))
         if use_gpu:  # a worker given a GPU it cannot use fails (asr_kd.devices), it does not train on its CPU
             config = config.model_copy(deep=True)
             config.train.device = "cuda"

@@ -157,7 +157,13 @@ def student_rows(pairs: list[tuple[str, str]]) -> list[dict]:
         if not wer_path.is_file():
             raise SystemExit(f"{wer_path}: not found; run 'asr-kd evaluate --model STUDENT --data DEV --out {eval_dir}' first")
         report = json.loads(wer_path.read_text())
-        rows.append({"store": store, "eval": eval_dir, "label": store_label(st), "k": st.k, "top_p": st.top_p,
+        seed = "?"
+        config = Path(eval_dir).parent / "config.yaml"  # EVAL_DIR is MODEL_DIR/eval_<set> as the recipes write it
+        if config.is_file():
+            import yaml
+
+            seed = (yaml.safe_load(config.read_text()).get("train") or {}).get("seed", "?")
+        rows.append({"store": store, "eval": eval_dir, "label": store_label(st), "seed": seed, "k": st.k, "top_p": st.top_p,
                      "format_version": st.format_version, "quantization": st.quantization,
                      "bytes_per_frame": st.bytes_per_frame, "bytes_per_second": st.bytes_per_audio_second,
                      "mean_k": st.mean_k, "mass": st.mean_topk_mass, "wer": float(report["wer"]),
@@ -344,10 +350,16 @@ def main() -> int:
             body += ["", "KD students distilled from stores of the whole training set (labeled + unlabeled) made by "
                      "`asr-kd label` with each setting, everything else as the demo recipe's KD student (same seed, "
                      "same optimizer steps); dev WER from `asr-kd evaluate`:", "",
-                     table(["store", "bytes/frame", "bytes/audio-s", "mean k", "mass kept", "dev WER %", "dev CER %",
-                            "eval dir"],
+                     table(["store", "bytes/frame", "bytes/audio-s", "mean k", "mass kept", "student seed", "dev WER %",
+                            "dev CER %", "eval dir"],
                            [[r["label"], f"{r['bytes_per_frame']:.2f}", f"{r['bytes_per_second']:.0f}", f"{r['mean_k']:.2f}",
-                             f"{r['mass']:.4f}", f"{r['wer']:.2f}", f"{r['cer']:.2f}", r["eval"]] for r in students])]
+                             f"{r['mass']:.4f}", r["seed"], f"{r['wer']:.2f}", f"{r['cer']:.2f}", r["eval"]] for r in students])]
+            by_store: dict[str, list[float]] = {}
+            for r in students:
+                by_store.setdefault(r["label"], []).append(r["wer"])
+            means = [f"{label} {sum(w) / len(w):.2f} % ({len(w)} seeds)" for label, w in by_store.items() if len(w) > 1]
+            if means:
+                body += ["", "Mean dev WER over student seeds: " + "; ".join(means) + "."]
         else:
             body += ["", "Student dev WER per variant: not measured in this run; add `--student-wer STORE=EVAL_DIR` per "
                      "store (a KD student's eval dir and the store it was distilled from)."]

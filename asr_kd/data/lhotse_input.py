@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from asr_kd.data.audio import MAX_SEGMENT_OVERSHOOT_S
+from asr_kd.data.sources import ItemTableSource
 from asr_kd.errors import (
     AsrKdError,
     AudioChannelError,
@@ -101,7 +102,7 @@ def cut_item(cut: Any) -> tuple[list, float]:
     return [utt, f"cut {utt!r} (read by lhotse)", None, None, {"cut": cut.to_dict()}], seconds
 
 
-class CutSetSource:
+class CutSetSource(ItemTableSource):
     """Labeling rows from a lhotse CutSet manifest (``asr_kd.data.sources``). The driver keeps one small
     item per cut (where the audio is), never the audio."""
 
@@ -127,19 +128,6 @@ class CutSetSource:
         if not self._items:
             raise AsrKdError(f"{self.path}: the CutSet is empty")
         self._ids = sorted(self._items)
-
-    @property
-    def utt_ids(self) -> list[str]:
-        return self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def seconds(self) -> dict[str, float]:
-        return dict(self._seconds)
-
-    def item(self, utt: str) -> list:
-        return self._items[utt]
 
 
 def load_cut_audio(cut_dict: dict[str, Any], utt: str, sample_rate: int, max_seconds: float | None) -> np.ndarray:

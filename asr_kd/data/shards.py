@@ -56,6 +56,7 @@ import soundfile as sf
 
 from asr_kd.data.audio import check_file, read_samples, utterance_seconds
 from asr_kd.data.datadir import AudioSource, DataDir, read_data_dir
+from asr_kd.data.sources import ItemTableSource
 from asr_kd.errors import AsrKdError, AudioError, AudioUnreadableError
 
 FORMAT = "asr-kd-audio-shards"
@@ -358,7 +359,7 @@ def read_member(loc: dict[str, Any]) -> bytes:
     return data
 
 
-class ShardSource:
+class ShardSource(ItemTableSource):
     """Labeling rows from an audio shard dir (``asr_kd.data.sources``): one item per utterance of the
     source data dir, in the same order with the same durations, so the store equals the data dir's.
 
@@ -401,19 +402,6 @@ class ShardSource:
             raise ShardIntegrityError(f"{where}: utterance {utt!r} is in two shards of {self.path}")
         self._items[utt] = item
         self._seconds[utt] = float(seconds)
-
-    @property
-    def utt_ids(self) -> list[str]:
-        return self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def seconds(self) -> dict[str, float]:
-        return dict(self._seconds)
-
-    def item(self, utt: str) -> list:
-        return self._items[utt]
 
 
 def member_array(loc: dict[str, Any]) -> tuple[np.ndarray, int]:

@@ -50,6 +50,29 @@ class LabelSource(Protocol):
     def item(self, utt: str) -> list: ...
 
 
+class ItemTableSource:
+    """Base of the sources whose items and durations are built once at open time (audio shards, lhotse
+    cuts): a subclass fills ``_items`` (utt -> item), ``_seconds`` (utt -> seconds) and ``_ids`` (sorted)."""
+
+    path: str
+    _ids: list[str]
+    _items: dict[str, list]
+    _seconds: dict[str, float]
+
+    @property
+    def utt_ids(self) -> list[str]:
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seconds(self) -> dict[str, float]:
+        return dict(self._seconds)
+
+    def item(self, utt: str) -> list:
+        return self._items[utt]
+
+
 class DataDirSource:
     """A Kaldi-style data dir: items are ``[utt, path, start, end, None]`` (segments give start/end)."""
 

@@ -160,6 +160,7 @@ def test_target_comparison_tells_two_utterances_apart(setup, tmp_path):
 
 
 def test_ray_store_equals_plain_loop(setup, ray_cluster):
+    """The default CPU layout (each actor decodes its own shards and sends compact columns back)."""
     root, teacher, data = setup
     s_ray = label([str(teacher)], str(data), str(root / "store_ray"), options())
     s_loc = label_local([str(teacher)], str(data), str(root / "store_local"), options())
@@ -172,6 +173,21 @@ def test_ray_store_equals_plain_loop(setup, ray_cluster):
     pseudo = (root / "store_ray" / "text.pseudo").read_text().splitlines()
     assert sorted(line.split(" ", 1)[0] for line in pseudo) == reader.utt_ids
     reader.verify()
+
+
+def test_read_tasks_layout_writes_the_store_the_actors_layout_writes(setup, ray_cluster, caplog):
+    """``--audio-read tasks`` (CPU read tasks feed the actors, one row per planned batch: the GPU layout)
+    and ``actors`` (one row per shard) run the same planned batches, so their stores are byte-identical."""
+    root, teacher, data = setup
+    with caplog.at_level("INFO", logger="asr_kd.label.pipeline"):
+        label([str(teacher)], str(data), str(root / "store_tasks"), options(audio_read="tasks"))
+        label([str(teacher)], str(data), str(root / "store_actors"), options(audio_read="actors"))
+    layouts = [r.getMessage() for r in caplog.records if "layout" in r.getMessage()]
+    assert "audio decoding on CPU tasks" in layouts[0] and "each actor decodes its own shards" in layouts[1], layouts
+    shards = sorted(p.name for p in (root / "store_tasks" / "shards").iterdir())
+    assert shards == sorted(p.name for p in (root / "store_actors" / "shards").iterdir()) and len(shards) == 10
+    for name in shards:
+        assert (root / "store_tasks" / "shards" / name).read_bytes() == (root / "store_actors" / "shards" / name).read_bytes(), name
 
 
 def test_actor_killed_mid_run_loses_nothing(setup, ray_cluster, monkeypatch):
@@ -478,6 +494,23 @@ def test_actor_cpu_share_leaves_room_for_audio_reading():
     assert actor_cpu_share(16.0, 4, None) == 1.0
     with pytest.raises(AsrKdError, match="leave no CPU for audio reading"):
         actor_cpu_share(2.0, 2, 1.0)
+    # actors that decode their own audio (no read tasks) may take every CPU, but not more
+    assert actor_cpu_share(2.0, 2, None, read_tasks=False) == 1.0
+    assert actor_cpu_share(2.0, 2, 1.0, read_tasks=False) == 1.0
+    with pytest.raises(AsrKdError, match="wait forever"):
+        actor_cpu_share(2.0, 2, 1.5, read_tasks=False)
+
+
+def test_layout_defaults_actors_read_on_cpus_and_tasks_feed_gpus():
+    from asr_kd.errors import AsrKdError
+    from asr_kd.label.pipeline import actor_layout, reads_in_actors
+
+    assert actor_layout(LabelOptions(), 0, 8.0)[:2] == (8, 0.0)  # one CPU actor per cluster CPU
+    assert actor_layout(LabelOptions(), 0, 1.0)[:2] == (1, 0.0)
+    assert reads_in_actors(LabelOptions(), 0.0) and not reads_in_actors(LabelOptions(), 1.0)
+    assert reads_in_actors(LabelOptions(audio_read="actors"), 1.0) and not reads_in_actors(LabelOptions(audio_read="tasks"), 0.0)
+    with pytest.raises(AsrKdError, match="--audio-read"):
+        reads_in_actors(LabelOptions(audio_read="gpu"), 0.0)
 
 
 def test_default_store_is_v2_top_p_and_bad_settings_are_refused(setup, tmp_path, capsys):

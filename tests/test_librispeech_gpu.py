@@ -34,14 +34,14 @@ def _config(tmp_path, device="auto"):
 def test_one_actor_and_one_worker_per_gpu_of_the_cluster_cpu_defaults_without_gpus(tmp_path):
     """Mutation caught: deriving from the CPU count, or ignoring --actors/--workers when given."""
     from asr_kd.errors import AsrKdError
-    from asr_kd.label.pipeline import CPU_ACTORS, LabelOptions, actor_layout
+    from asr_kd.label.pipeline import LabelOptions, actor_layout
     from asr_kd.train.distributed import CPU_WORKERS, worker_layout
 
     assert per_gpu(None, 4, 2, "--actors") == (4, "one per 1 GPU of the Ray cluster's 4 GPU(s); --actors not given")
     assert per_gpu(3, 4, 2, "--actors")[0] == 3 and per_gpu(None, 0, 2, "--actors")[0] == 2
     # labeling: one actor per GPU with num_gpus=1; the CPU default without GPUs; fractional GPUs share
     assert actor_layout(LabelOptions(), 2)[:2] == (2, 1.0)
-    assert actor_layout(LabelOptions(), 0)[:2] == (CPU_ACTORS, 0.0) == (2, 0.0)
+    assert actor_layout(LabelOptions(), 0, 2.0)[:2] == (2, 0.0)  # no GPU: one actor per cluster CPU
     assert actor_layout(LabelOptions(num_gpus_per_actor=0.5), 2)[:2] == (4, 0.5)
     assert actor_layout(LabelOptions(actors=1), 8)[:2] == (1, 1.0)
     with pytest.raises(AsrKdError, match=r"8 actor\(s\) x 1 GPU need 8 GPU\(s\) but the Ray cluster has 2"):

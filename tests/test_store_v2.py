@@ -191,3 +191,36 @@ def test_sparse_to_dense_ignores_padding():
     # KL of an exactly stored frame pair is 0 once the missing mass is spread as the teacher had it
     p = uni.astype(np.float64)
     assert kl_dense_vs_stored(np.log(p), ids, probs) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("quantization", ["log8", "float16"])
+def test_encoded_shard_written_by_a_worker_equals_the_writers_own_encoding(tmp_path, quantization):
+    """``write_encoded_shard`` (the compact columns labeling actors send back) writes the bytes ``write_shard``
+    writes from ids and probabilities, so the store does not depend on where the encoding ran."""
+    items = items_for(np.random.default_rng(3), n_utts=3)
+    m = meta(quantization=quantization, top_p=0.99)
+    plain = StoreWriter(tmp_path / "plain", m, shard_size_utts=3)
+    plain.write_shard(0, items)
+    encoded = StoreWriter(tmp_path / "encoded", m, shard_size_utts=3)
+    encoded.write_encoded_shard(0, [(u, *codec.encode_entries(i, p, **encoded.encoder_params())) for u, i, p in items])
+    for name in ("shard-00000.bin", "shard-00000.json"):
+        assert (tmp_path / "plain" / "shards" / name).read_bytes() == (tmp_path / "encoded" / "shards" / name).read_bytes()
+    counts = codec.encode_entries(items[0][1], items[0][2], **encoded.encoder_params())[0]
+    assert counts.dtype == np.uint8 and 1 <= counts.min() and counts.max() <= 8 and (counts < 8).any()  # top-p selected
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c, i, k: (c * 0, i, k), "frame counts must be 1..8"),
+    (lambda c, i, k: (c, i[:-1], k[:-1]), "sum to the"),
+    (lambda c, i, k: (c, np.full_like(i, 40), k), "out of range 0..29"),
+    (lambda c, i, k: (c, i.astype(np.int64), k), "encoded columns must be"),
+])
+def test_encoded_shard_with_bad_columns_is_refused_naming_the_utterance(tmp_path, damage, message):
+    items = items_for(np.random.default_rng(4), n_utts=2)
+    writer = StoreWriter(tmp_path / "s", meta(), shard_size_utts=3)
+    enc = [(u, *codec.encode_entries(i, p, **writer.encoder_params())) for u, i, p in items]
+    enc[1] = (enc[1][0], *damage(*enc[1][1:]))
+    with pytest.raises(StoreError, match=message) as err:
+        writer.write_encoded_shard(0, enc)
+    assert "utt01" in str(err.value)
+    assert not (tmp_path / "s" / "shards" / "shard-00000.json").exists()  # nothing half-written

@@ -198,11 +198,22 @@ class Fbank(torch.nn.Module):
             frames = frames + c.dither * torch.randn_like(frames)
         if c.remove_dc_offset:
             frames = frames - frames.mean(dim=-1, keepdim=True)
+        # The windowed frames are written into an FFT-sized buffer whose tail is zero (what rfft's own
+        # zero padding to n=padded_window_size would allocate and copy on every call).
+        w, n_fft = frames.shape[-1], c.padded_window_size
+        buffer = frames.new_empty(*frames.shape[:-1], n_fft)
+        buffer[..., w:] = 0.0
+        windowed = buffer[..., :w]
         if c.preemphasis != 0.0:
-            previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # first sample repeats itself
-            frames = frames - c.preemphasis * previous
-        frames = frames * self.window.to(frames.dtype)
-        power = torch.fft.rfft(frames, n=c.padded_window_size, dim=-1).abs().pow(2.0)  # zero-pads to FFT size
+            # x[i] - c x[i-1], and x[0] - c x[0] (the first sample repeats itself)
+            torch.sub(frames[..., 1:], frames[..., :-1], alpha=c.preemphasis, out=windowed[..., 1:])
+            torch.mul(frames[..., :1], 1.0 - c.preemphasis, out=windowed[..., :1])
+        else:
+            windowed.copy_(frames)
+        windowed.mul_(self.window.to(frames.dtype))
+        spectrum = torch.fft.rfft(buffer, dim=-1)
+        # |X|^2 = re^2 + im^2: abs() would take a square root (slow for complex) only for pow(2) to undo it
+        power = torch.addcmul(spectrum.real * spectrum.real, spectrum.imag, spectrum.imag)
         mel = torch.matmul(power, self.mel_banks_t.to(power.dtype))
         eps = torch.finfo(torch.float32).eps  # Kaldi's floor: std::numeric_limits<float>::epsilon()
         return mel.clamp_min(eps).log()

@@ -48,9 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-max-frames", type=int, default=40000, help="padded 10 ms frames per teacher batch")
     parser.add_argument("--actors", type=int, default=None,
                         help="teacher actors in the Ray pool (default: one per GPU of the Ray cluster, 1 GPU each; "
-                             "2 when the cluster has no GPU)")
+                             "one per CPU of the cluster when it has no GPU)")
     parser.add_argument("--actor-cpus", type=float, default=None,
-                        help="CPUs reserved per actor (default: share the cluster's CPUs, leaving room for audio reading)")
+                        help="CPUs reserved per actor (default: share the cluster's CPUs, leaving room for read tasks if any)")
+    parser.add_argument("--audio-read", choices=["auto", "actors", "tasks"], default="auto",
+                        help="who decodes the audio: each teacher actor its own shards ('actors': no separate read stage, "
+                        "best when actors run on CPUs), or Ray CPU tasks feeding the actors ('tasks': keeps GPUs busy); "
+                        "auto: actors on CPUs, tasks for GPU actors")
     parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
     parser.add_argument("--min-max-prob", type=float, help="reject utterances whose mean per-frame max probability is lower")
     parser.add_argument("--max-entropy", type=float, help="reject utterances whose mean per-frame entropy (nats) is higher")
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k, top_p=args.top_p, format_version=args.format_version, codec=args.codec,
         quantization=args.quantization, temperature=args.temperature, shard_size=args.shard_size,
         max_seconds=args.max_seconds, batch_max_frames=args.batch_max_frames, actors=args.actors,
-        actor_num_cpus=args.actor_cpus, num_gpus_per_actor=args.gpus_per_actor, min_max_prob=args.min_max_prob,
+        actor_num_cpus=args.actor_cpus, audio_read=args.audio_read, num_gpus_per_actor=args.gpus_per_actor, min_max_prob=args.min_max_prob,
         max_entropy=args.max_entropy, weights=args.weights, allow_pipes=args.allow_pipes, address=args.address,
         progress=not args.no_progress, units_from=args.units_from, unit_map_files=args.unit_map,
         unmapped_rule=args.unmapped, frame_conversion=args.frame_conversion,

@@ -11,14 +11,22 @@ a rerun plans the same shards and the same batches. A batch never crosses a shar
 already done cannot change how the others are batched, and since the teacher's float results depend
 on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes a clean run writes.
 Shards already complete in the store (their completion marker exists) are skipped: that is the
-resume. The rest flow through Ray Data, one row per planned batch::
+resume. The rest flow through Ray Data in one of two layouts (``--audio-read``, ``reads_in_actors``)::
 
+  actors (default on CPUs): one row per shard
+    from_items(shards) ─▶ map_batches(TeacherActor, ActorPoolStrategy(size=actors, 2 in flight))
+                              each actor decodes its shard batch by batch, fbank + teachers, encodes
+  tasks (default for GPU actors): one row per planned batch
     from_items(batches) ─▶ map_batches(read_audio_group)   CPU tasks: decode + resample, catch bad files
                         ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
                                                  fbank + teachers (num_gpus=1 each when GPUs exist),
                                                  one forward per planned batch, one row out per utterance
-                        ─▶ driver: group rows by shard; a shard is written (atomically) once all its
-                                   utterances are back, rejects first, then targets, then its marker.
+  then  driver: group rows by shard; a shard is written (atomically) once all its utterances are back,
+                rejects first, then targets, then its marker.
+
+Actors send a format-2 store's compact columns back (``codec.encode_entries``: ~5 bytes per 40 ms
+frame), not ids and probabilities (96 bytes per frame at top-8); the driver only lays out, compresses
+and writes them.
 
 Ray retries a task whose actor died and restarts the actor, and the driver keys results by
 utterance id, so a crash loses nothing and writes nothing twice. Bad utterances (unreadable, empty,
@@ -35,7 +43,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +62,7 @@ log = logging.getLogger(__name__)
 KILL_ACTOR_ENV = "ASR_KD_TEST_KILL_ACTOR_AFTER_BATCHES"  # test hook: an actor dies once after N batches
 KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the dying actor (die only once)
 STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
+TARGET_COLUMNS = ("counts", "ids", "probs", "codes")  # per-utterance arrays of label_rows' output (lists, not stacked)
 NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
 BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
@@ -70,8 +79,10 @@ class LabelOptions:
     max_seconds: float = 60.0  # longer utterances are rejected as too_long
     batch_max_frames: int = 40000  # padded 10 ms frames per teacher forward
     read_batch_size: int = 16  # at most this many utterances per teacher batch (batches never cross a shard)
-    actors: int | None = None  # None: one per GPU of the Ray cluster (with num_gpus_per_actor), CPU_ACTORS without GPUs
-    actor_num_cpus: float | None = None  # None: share the cluster's CPUs, keeping room for audio reading
+    actors: int | None = None  # None: one per GPU of the Ray cluster (with num_gpus_per_actor), else one per cluster CPU
+    actor_num_cpus: float | None = None  # None: share the cluster's CPUs (keeping room for read tasks when there are any)
+    audio_read: str = "auto"  # "actors": each teacher actor decodes its own shard; "tasks": CPU tasks decode for the
+    #                           actors; "auto": actors on a CPU-only layout, tasks when the actors hold GPUs
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     min_max_prob: float | None = None  # confidence filter: mean per-frame max probability below -> rejected
     max_entropy: float | None = None  # confidence filter: mean per-frame entropy (nats) above -> rejected
@@ -174,6 +185,15 @@ def _batch_rows(data: LabelSource, shards: list[list[str]], todo: Iterable[int],
     return rows
 
 
+def _shard_rows(data: LabelSource, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
+                max_utts: int, max_frames: int) -> list[dict[str, Any]]:
+    """One row per shard of ``todo`` (layout "actors"): ``batches`` is the JSON list of its planned teacher
+    batches, each a list of items — the batches ``_batch_rows`` plans, in the same order."""
+    return [{"shard": s, "batches": json.dumps([[data.item(utt) for utt in utts]
+                                                for utts in plan_batches(shards[s], seconds, max_utts, max_frames)])}
+            for s in todo]
+
+
 # --------------------------------------------------------------------------------------- workers
 
 
@@ -185,41 +205,60 @@ def read_audio_group(batch: dict[str, np.ndarray], sample_rate: int, max_seconds
     torch.set_num_threads(1)
     waves, metas = [], []
     for utts in batch["utts"]:
-        parts, ids, lengths, errors, notes = [], [], [], [], []
-        for item in json.loads(str(utts)):
-            utt = item[0]
-            note = ""
-            try:
-                wave, note = read_item(item, sample_rate, max_seconds, allow_pipes)
-                err = ""
-            except AudioError as exc:
-                wave, err = np.zeros(0, dtype=np.float32), f"{exc.reason}: {exc.detail}"
-            parts.append(wave)
-            ids.append(utt)
-            lengths.append(int(wave.shape[0]))
-            errors.append(err)
-            notes.append(note)
-        waves.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
-        metas.append(json.dumps({"utt_ids": ids, "lengths": lengths, "errors": errors, "notes": notes}))
+        wave, meta = read_planned_batch(json.loads(str(utts)), sample_rate, max_seconds, allow_pipes)
+        waves.append(wave)
+        metas.append(json.dumps(meta))
     return {"shard": batch["shard"], "wave": waves, "meta": np.array(metas, dtype=object)}
 
 
-def label_groups(ensemble: "TeacherEnsemble", batch: dict[str, Any], batch_max_frames: int) -> dict[str, Any]:
+def read_planned_batch(items: list[list], sample_rate: int, max_seconds: float, allow_pipes: bool
+                       ) -> tuple[np.ndarray, dict[str, list]]:
+    """Decode one planned batch: its waveforms concatenated (float32 at ``sample_rate`` Hz) and
+    ``{"utt_ids", "lengths" (samples), "errors", "notes"}``; a bad file gets an error, not an exception."""
+    parts, ids, lengths, errors, notes = [], [], [], [], []
+    for item in items:
+        note = ""
+        try:
+            wave, note = read_item(item, sample_rate, max_seconds, allow_pipes)
+            err = ""
+        except AudioError as exc:
+            wave, err = np.zeros(0, dtype=np.float32), f"{exc.reason}: {exc.detail}"
+        parts.append(wave)
+        ids.append(item[0])
+        lengths.append(int(wave.shape[0]))
+        errors.append(err)
+        notes.append(note)
+    wave = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return wave, {"utt_ids": ids, "lengths": lengths, "errors": errors, "notes": notes}
+
+
+def label_groups(ensemble: "TeacherEnsemble", batch: dict[str, Any], batch_max_frames: int,
+                 encoder: dict[str, Any] | None = None) -> dict[str, Any]:
     """Label the planned batches read by ``read_audio_group``: one forward per planned batch (split
     further only if its decoded audio exceeds ``batch_max_frames``), one output row per utterance."""
-    outs = []
-    for shard, wave, meta in zip(batch["shard"], batch["wave"], batch["meta"]):
-        m = json.loads(str(meta))
-        bounds = np.cumsum([0] + m["lengths"])
-        wave = np.asarray(wave, dtype=np.float32)
-        waves = [wave[bounds[i]: bounds[i + 1]] for i in range(len(m["lengths"]))]
-        outs.append(label_rows(ensemble, m["utt_ids"], [int(shard)] * len(waves), waves, m["errors"], batch_max_frames,
-                               m.get("notes")))
+    return _merge_rows([label_batch(ensemble, int(shard), wave, json.loads(str(meta)), batch_max_frames, encoder)
+                        for shard, wave, meta in zip(batch["shard"], batch["wave"], batch["meta"])], ensemble, batch_max_frames,
+                       encoder)
+
+
+def label_batch(ensemble: "TeacherEnsemble", shard: int, wave: np.ndarray, meta: dict[str, list], batch_max_frames: int,
+                encoder: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Label one decoded planned batch (``read_planned_batch``'s output): one output row per utterance."""
+    bounds = np.cumsum([0] + meta["lengths"])
+    wave = np.asarray(wave, dtype=np.float32)
+    waves = [wave[bounds[i]: bounds[i + 1]] for i in range(len(meta["lengths"]))]
+    return label_rows(ensemble, meta["utt_ids"], [shard] * len(waves), waves, meta["errors"], batch_max_frames,
+                      meta.get("notes"), encoder)
+
+
+def _merge_rows(outs: list[dict[str, Any]], ensemble: "TeacherEnsemble", batch_max_frames: int,
+                encoder: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Concatenate ``label_rows`` outputs column by column (an empty output when there are none)."""
     if not outs:
-        return label_rows(ensemble, [], [], [], [], batch_max_frames)
+        return label_rows(ensemble, [], [], [], [], batch_max_frames, encoder=encoder)
     merged: dict[str, Any] = {}
     for key in outs[0]:
-        if key in ("ids", "probs"):
+        if key in TARGET_COLUMNS:
             merged[key] = [a for o in outs for a in o[key]]
         else:
             merged[key] = np.concatenate([o[key] for o in outs])
@@ -233,27 +272,45 @@ def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
 
 
 class TeacherActor:
-    """Ray Data actor: fbank + teacher ensemble on batches of decoded audio."""
+    """Ray Data actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``),
+    or, given ``read_options`` (layout "actors"), on whole shards (rows of ``_shard_rows``) whose planned
+    batches it decodes itself, one after the other."""
 
     def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
-                 device: str = "auto"):
+                 device: str = "auto", read_options: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None):
         from asr_kd.devices import resolve_device
 
         torch.set_num_threads(threads)
         device = str(resolve_device(device))  # an actor given a GPU it cannot use fails instead of using its CPU
         self.ensemble = TeacherEnsemble(model_dirs, device=device, **ensemble_kwargs)
         self.batch_max_frames = batch_max_frames
+        self.read_options = read_options  # sample_rate, max_seconds, allow_pipes: rows are shards this actor decodes
+        self.encoder = encoder  # a format-2 store's encoder_params: rows carry the store's compact columns
         self.calls = 0
         self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
         self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
         self.node = _node_ip()
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _count_batch(self) -> None:
+        """Count one planned batch; the test hook ``KILL_ACTOR_ENV`` kills this actor once at its N-th."""
         self.calls += 1
         if self.kill_after and self.calls == self.kill_after and self.kill_marker and not os.path.exists(self.kill_marker):
             Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
             os._exit(1)  # simulate a crash mid-run (test hook)
-        out = label_groups(self.ensemble, batch, self.batch_max_frames)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.read_options is None:
+            for _ in batch["shard"]:
+                self._count_batch()
+            out = label_groups(self.ensemble, batch, self.batch_max_frames, self.encoder)
+        else:
+            outs = []
+            for shard, batches in zip(batch["shard"], batch["batches"]):
+                for items in json.loads(str(batches)):
+                    self._count_batch()
+                    wave, meta = read_planned_batch(items, **self.read_options)
+                    outs.append(label_batch(self.ensemble, int(shard), wave, meta, self.batch_max_frames, self.encoder))
+            out = _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
         out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
         return out
 
@@ -269,12 +326,24 @@ def _node_ip() -> str:
 
 
 def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int,
-               notes: list | None = None) -> dict[str, Any]:
-    """Run the ensemble over decoded rows; returns one output row per input row (errors and notes kept)."""
+               notes: list | None = None, encoder: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the ensemble over decoded rows; returns one output row per input row (errors and notes kept).
+
+    Targets: ``ids``/``probs`` ``(T, k)`` per utterance, or with ``encoder`` (a format-2 store's
+    ``StoreWriter.encoder_params()``) the store's compact columns ``counts``/``ids``/``codes``
+    (``codec.encode_entries``): the form sent back to the driver, ~5 bytes per frame instead of 96."""
     n = len(utt_ids)
     unmapped = np.zeros(n)
-    out_ids: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.int64)] * n
-    out_probs: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.float32)] * n
+    if encoder is None:
+        out_ids: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.int64)] * n
+        out_probs: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.float32)] * n
+    else:
+        from asr_kd.targets import quant
+        from asr_kd.targets.codec import encode_entries
+
+        out_counts: list[np.ndarray] = [np.zeros(0, np.uint8)] * n
+        out_ids = [np.zeros(0, quant.id_dtype(encoder["vocab_size"]))] * n
+        out_probs = [np.zeros(0, quant.code_dtype(encoder["quantization"]))] * n  # the kept entries' codes
     pseudo = [""] * n
     max_prob = np.full(n, np.nan)
     entropy = np.full(n, np.nan)
@@ -293,19 +362,36 @@ def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: li
             elif not torch.isfinite(r.probs).all():
                 errs[i] = "nan_output: the teacher produced NaN/inf probabilities"
             else:
-                out_ids[i] = r.ids.numpy()
-                out_probs[i] = r.probs.numpy()
+                if encoder is None:
+                    out_ids[i], out_probs[i] = r.ids.numpy(), r.probs.numpy()
+                else:
+                    out_counts[i], out_ids[i], out_probs[i] = encode_entries(r.ids.numpy(), r.probs.numpy(), **encoder)
                 pseudo[i] = r.pseudo_text
                 max_prob[i] = r.mean_max_prob
                 entropy[i] = r.mean_entropy
                 unmapped[i] = r.unmapped_mass
-    return {"utt_id": np.asarray(utt_ids, dtype=object), "shard": np.asarray(shards), "ids": out_ids, "probs": out_probs,
+    targets = {"ids": out_ids, "probs": out_probs} if encoder is None else {"counts": out_counts, "ids": out_ids, "codes": out_probs}
+    return {"utt_id": np.asarray(utt_ids, dtype=object), "shard": np.asarray(shards), **targets,
             "pseudo": np.asarray(pseudo, dtype=object), "max_prob": max_prob, "entropy": entropy,
             "error": np.asarray(errs, dtype=object), "samples": np.asarray([len(w) for w in waves]),
             "unmapped": unmapped, "note": np.asarray([str(x) for x in (notes or [""] * n)], dtype=object)}
 
 
 # --------------------------------------------------------------------------------------- driver
+
+
+class _Result(NamedTuple):
+    """One utterance's result as the driver keeps it until its shard is complete."""
+
+    targets: tuple  # (counts, ids, codes): a format-2 store's compact columns; or (ids, probs) (T, k)
+    pseudo: str  # the teachers' 1-best transcript
+    max_prob: float  # mean per-frame max probability
+    entropy: float  # mean per-frame entropy, nats
+    error: str  # reject reason ("" = labeled)
+    samples: int  # decoded samples at the teachers' rate
+    unmapped: float  # mean per-frame unmapped teacher mass
+    note: str  # e.g. "resampled"
+    node: str  # IP of the Ray node that labeled it ("" outside Ray)
 
 
 class _ShardCollector:
@@ -330,54 +416,61 @@ class _ShardCollector:
     def add(self, batch: dict[str, Any]) -> int:
         n = len(batch["utt_id"])
         nodes = batch.get("node")
+        encoded = "codes" in batch  # the store's compact columns (format 2) rather than ids and probs
         for i in range(n):
             shard = int(batch["shard"][i])
             if shard in self._done:  # a retried task's rows after their shard was written: already stored
                 continue
             utt = str(batch["utt_id"][i])
-            row = (batch["ids"][i], batch["probs"][i], str(batch["pseudo"][i]), float(batch["max_prob"][i]),
-                   float(batch["entropy"][i]), str(batch["error"][i]), int(batch["samples"][i]),
-                   float(batch["unmapped"][i]), str(batch["note"][i]), str(nodes[i]) if nodes is not None else "")
-            if row[8]:
+            targets = (tuple(np.asarray(batch[c][i]) for c in ("counts", "ids", "codes")) if encoded
+                       else (np.asarray(batch["ids"][i]), np.asarray(batch["probs"][i], dtype=np.float32)))
+            row = _Result(targets, str(batch["pseudo"][i]), float(batch["max_prob"][i]), float(batch["entropy"][i]),
+                          str(batch["error"][i]), int(batch["samples"][i]), float(batch["unmapped"][i]),
+                          str(batch["note"][i]), str(nodes[i]) if nodes is not None else "")
+            if row.note:
                 self.notes += 1
                 if self.notes <= NOTES_LOGGED:
-                    log.warning("label: utterance %s: %s", utt, row[8])
+                    log.warning("label: utterance %s: %s", utt, row.note)
             self.pending.setdefault(shard, {})[utt] = row  # keyed by id: a retried task cannot duplicate
             if len(self.pending[shard]) == len(self.shards[shard]):
                 self._write(shard)
         return n
 
-    def _reject_reason(self, row: tuple) -> str | None:
-        _, _, _, max_prob, entropy, error = row[:6]
+    def _reject_reason(self, row: "_Result") -> str | None:
         o = self.options
-        if error:
-            return error
-        if o.min_max_prob is not None and max_prob < o.min_max_prob:
-            return f"low_confidence: mean max probability {max_prob:.3f} < {o.min_max_prob}"
-        if o.max_entropy is not None and entropy > o.max_entropy:
-            return f"low_confidence: mean entropy {entropy:.3f} nats > {o.max_entropy}"
+        if row.error:
+            return row.error
+        if o.min_max_prob is not None and row.max_prob < o.min_max_prob:
+            return f"low_confidence: mean max probability {row.max_prob:.3f} < {o.min_max_prob}"
+        if o.max_entropy is not None and row.entropy > o.max_entropy:
+            return f"low_confidence: mean entropy {row.entropy:.3f} nats > {o.max_entropy}"
         return None
 
     def _write(self, shard: int) -> None:
         rows = self.pending.pop(shard)
         items, rejects, pseudo, unmapped = [], [], [], []
+        encoded = False
         for utt in self.shards[shard]:
             row = rows[utt]
-            if row[9]:
-                self.nodes[row[9]] = self.nodes.get(row[9], 0) + 1
+            if row.node:
+                self.nodes[row.node] = self.nodes.get(row.node, 0) + 1
             reason = self._reject_reason(row)
             if reason is not None:
                 rejects.append((utt, reason))
                 continue
-            items.append((utt, np.asarray(row[0]), np.asarray(row[1], dtype=np.float32)))
-            pseudo.append((utt, row[2]))
-            unmapped.append((utt, int(np.asarray(row[0]).shape[0]), row[7]))
-            self.seconds += row[6] / self.sample_rate
+            encoded = len(row.targets) == 3
+            items.append((utt, *row.targets))
+            pseudo.append((utt, row.pseudo))
+            unmapped.append((utt, int(row.targets[0].shape[0]), row.unmapped))
+            self.seconds += row.samples / self.sample_rate
         self.writer.write_rejects(rejects)
         write_pseudo_part(self.writer.out_dir, shard, pseudo)
         if self.record_unmapped:
             write_unmapped_part(self.writer.out_dir, shard, unmapped)
-        self.writer.write_shard(shard, items)
+        if encoded:
+            self.writer.write_encoded_shard(shard, items)
+        else:
+            self.writer.write_shard(shard, items)
         self.written.append(shard)
         self._done.add(shard)
         self.labeled += len(items)
@@ -440,6 +533,11 @@ def merge_pseudo(store_dir: Path) -> Path:
     return out
 
 
+def _encoder_of(writer) -> dict[str, Any] | None:
+    """What the workers need to send a format-2 store its compact columns (None: format 1, ids and probs)."""
+    return writer.encoder_params() if writer.meta.format_version >= 2 else None
+
+
 def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOptions):
     from asr_kd.targets.store import StoreMeta, StoreWriter
 
@@ -493,19 +591,25 @@ def _resolve_spec(spec: str) -> str:
 
 
 READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task
-CPU_ACTORS = 2  # teacher actors when --actors is not given and the Ray cluster has no GPU
 
 
-def actor_layout(o: LabelOptions, cluster_gpus: float) -> tuple[int, float, str]:
-    """Teacher actors, GPUs per actor and the reason, from the options and the Ray cluster's GPUs: one
-    actor per GPU (``num_gpus=1``) when the cluster has GPUs and ``--actors`` is not given. A GPU request
-    the cluster cannot meet is an error here, not an actor pool waiting forever for resources."""
+def cpu_actors(cluster_cpus: float) -> int:
+    """Teacher actors when ``--actors`` is not given and they run on CPUs: one per CPU of the Ray cluster
+    (each runs torch with one thread and decodes its own audio, so the CPUs are busy with no oversubscription)."""
+    return max(1, int(cluster_cpus + 1e-9))
+
+
+def actor_layout(o: LabelOptions, cluster_gpus: float, cluster_cpus: float = 2.0) -> tuple[int, float, str]:
+    """Teacher actors, GPUs per actor and the reason, from the options and the Ray cluster's resources: one
+    actor per GPU (``num_gpus=1``) when the cluster has GPUs and ``--actors`` is not given, else one per
+    cluster CPU (``cpu_actors``). A GPU request the cluster cannot meet is an error here, not an actor pool
+    waiting forever for resources."""
     from asr_kd.devices import per_gpu
 
     gpus = o.num_gpus_per_actor
     if gpus is None:
         gpus = 1.0 if cluster_gpus >= 1 else 0.0
-    actors, why = per_gpu(o.actors, cluster_gpus, CPU_ACTORS, "--actors", gpus)
+    actors, why = per_gpu(o.actors, cluster_gpus, cpu_actors(cluster_cpus), "--actors", gpus)
     if actors < 1:
         raise AsrKdError(f"label: --actors must be >= 1, got {actors}")
     if gpus > 0 and actors * gpus > cluster_gpus + 1e-9:
@@ -543,22 +647,39 @@ def check_actor_gpus(actors: int, gpus: float) -> None:
         raise AsrKdError(f"label: {ours}") from None
 
 
-def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None) -> float:
-    """CPUs to reserve per teacher actor so that audio-reading tasks can still be scheduled.
+def reads_in_actors(o: LabelOptions, gpus_per_actor: float) -> bool:
+    """Whether the teacher actors decode their own audio (layout "actors") rather than CPU read tasks.
+
+    Auto: actors on CPUs read their own shards — on a CPU-only machine decoding is a few percent of the
+    teacher's work, and a separate read stage only adds Ray scheduling and object-store copies
+    (BENCHMARKS.md, label_throughput); GPU actors get CPU read tasks, so decoding runs on the node's
+    CPUs in parallel while the GPU computes."""
+    if o.audio_read not in ("auto", "actors", "tasks"):
+        raise AsrKdError(f"label: --audio-read must be auto, actors or tasks, got {o.audio_read!r}")
+    if o.audio_read == "auto":
+        return gpus_per_actor <= 0
+    return o.audio_read == "actors"
+
+
+def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None, read_tasks: bool = True) -> float:
+    """CPUs to reserve per teacher actor so that audio-reading tasks (if any) can still be scheduled.
 
     If the actors reserved every CPU, no reading task could start and the pipeline would wait
     forever (the starvation of ray-project/ray#44687). Auto (``requested=None``): share all CPUs but
-    ``READ_TASK_CPUS`` among the actors, at most 1 each. An explicit request that leaves no room is
-    an error, not a hang.
+    ``READ_TASK_CPUS`` (all of them without read tasks) among the actors, at most 1 each. An explicit
+    request that leaves no room is an error, not a hang.
     """
     if actors < 1:
         raise AsrKdError(f"label: --actors must be >= 1, got {actors}")
-    room = cluster_cpus - READ_TASK_CPUS
+    room = cluster_cpus - (READ_TASK_CPUS if read_tasks else 0.0)
     if requested is None:
         share = min(1.0, room / actors)
         if share <= 0:
             raise AsrKdError(f"label: the Ray cluster has {cluster_cpus} CPU(s): not enough for audio reading plus {actors} actor(s)")
         return share
+    if requested * actors > room + 1e-9 and not read_tasks:
+        raise AsrKdError(f"label: {actors} actor(s) x {requested} CPU need more than the {cluster_cpus} CPU(s) of the Ray "
+                         "cluster (the pool would wait forever); lower --actors or --actor-cpus")
     if requested * actors > room + 1e-9:
         raise AsrKdError(f"label: {actors} actor(s) x {requested} CPU leave no CPU for audio reading on a cluster with "
                          f"{cluster_cpus} CPU(s) (the pipeline would stall); lower --actors or --actor-cpus")
@@ -600,12 +721,16 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0))
-        actor_cpus = actor_cpu_share(ray.cluster_resources().get("CPU", 1.0), actors, o.actor_num_cpus)
+        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+        actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
+        fused = reads_in_actors(o, gpus)
+        actor_cpus = actor_cpu_share(cluster_cpus, actors, o.actor_num_cpus, read_tasks=not fused)
         from asr_kd.devices import layout_line
 
-        log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu", "float32", why)
-                 + f", {actor_cpus:g} CPU each; audio decoding on CPU tasks")
+        log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu",
+                             {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}.get(o.precision, o.precision), why)
+                 + f", {actor_cpus:g} CPU each; "
+                 + ("each actor decodes its own shards" if fused else "audio decoding on CPU tasks"))
         if gpus > 0:
             try:
                 check_actor_gpus(actors, gpus)
@@ -615,21 +740,29 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
                 if created_store and not done:  # nothing labeled: no empty store left behind
                     shutil.rmtree(out_dir, ignore_errors=True)
                 raise
-        # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
-        rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+        read_options = dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
         n_utts = sum(len(shards[s]) for s in todo)
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-        ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS,
-                            fn_kwargs=dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes))
+        if fused:  # one row (and one block: a retry redoes one shard) per shard; the actors decode
+            rows = _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
+            rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+            ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
         # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
-        ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
+        # a shard is seconds of work: two in flight per actor (the next one waits while one runs; one alone
+        # leaves the actor idle between shards) so that a few shards still spread over all actors
+        pool = ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2) if fused else ActorPoolStrategy(size=actors)
+        ds = ds.map_batches(TeacherActor, batch_size=1, compute=pool,
                             num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
                             runtime_env={"env_vars": hooks} if hooks else None,
                             fn_constructor_kwargs=dict(model_dirs=[_resolve_spec(m) for m in model_dirs],
                                                        ensemble_kwargs=o.ensemble_kwargs(),
                                                        batch_max_frames=o.batch_max_frames,
-                                                       device="cuda" if gpus > 0 else "cpu"))
+                                                       device="cuda" if gpus > 0 else "cpu",
+                                                       read_options=read_options if fused else None,
+                                                       encoder=_encoder_of(writer)))
         bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -682,7 +815,7 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     for row in tqdm(rows, desc="label (local)", disable=not o.progress):
         read = read_audio_group({"shard": np.asarray([row["shard"]]), "utts": np.asarray([row["utts"]], dtype=object)},
                                 sample_rate, o.max_seconds, o.allow_pipes)
-        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames))
+        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames, _encoder_of(writer)))
     _finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)

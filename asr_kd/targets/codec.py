@@ -85,6 +85,19 @@ def kept_entries(ids: np.ndarray, probs: np.ndarray, counts: np.ndarray, vocab_s
     return ids[valid].astype(quant.id_dtype(vocab_size)), quant.encode(probs[valid], quantization, log8_range)
 
 
+def encode_entries(ids: np.ndarray, probs: np.ndarray, top_p: float, vocab_size: int, quantization: str,
+                   log8_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One utterance's ``ids, probs (T, k_max)`` -> its stored columns: ``counts (T,) uint8`` (entries kept
+    per frame, ``select_counts``), the kept ``ids`` and their ``codes`` in their stored dtypes.
+
+    The compact form a labeling worker sends to the store writer (``StoreWriter.write_encoded_shard``):
+    about 5 bytes per frame instead of 12 x k_max for int64 ids and float32 probabilities."""
+    ids, probs = sort_desc(np.asarray(ids), np.asarray(probs, dtype=np.float64))
+    counts = select_counts(probs, top_p)
+    kept_ids, kept_codes = kept_entries(ids, probs, counts, vocab_size, quantization, log8_range)
+    return counts.astype(np.uint8), kept_ids, kept_codes
+
+
 def decode_utterance(counts: np.ndarray, ids: np.ndarray, codes: np.ndarray, k_max: int, vocab_size: int,
                      quantization: str, log8_range: tuple[float, float], where: tuple[str, str] | str
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

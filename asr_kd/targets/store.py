@@ -516,9 +516,22 @@ class StoreWriter:
         data = np.concatenate(parts) if parts else np.empty(0, dtype=self._record)
         return data, index
 
+    def encoder_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``asr_kd.targets.codec.encode_entries`` for this (version 2) store: what a
+        labeling worker needs to send ``write_encoded_shard`` its compact columns."""
+        m = self.meta
+        return dict(top_p=m.top_p, vocab_size=m.vocab_size, quantization=m.quantization, log8_range=tuple(m.log8_range))
+
     def _encode_v2(self, items: list[tuple[str, np.ndarray, np.ndarray]], top_p: float
                    ) -> tuple[bytes, list[list], list[list], int]:
-        """Validated items -> ``(payload, utts, blocks, frames)`` of a v2 shard (see ``asr_kd.targets.codec``).
+        """Validated items -> ``(payload, utts, blocks, frames)`` of a v2 shard (see ``asr_kd.targets.codec``)."""
+        m = self.meta
+        return self._layout_v2([(utt, *v2codec.encode_entries(ids, probs, top_p, m.vocab_size, m.quantization, m.log8_range))
+                                for utt, ids, probs in items])
+
+    def _layout_v2(self, encoded: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
+                   ) -> tuple[bytes, list[list], list[list], int]:
+        """Encoded items ``(utt, counts, kept ids, kept codes)`` -> ``(payload, utts, blocks, frames)`` of a v2 shard.
 
         ``utts`` rows: ``[utt, frame_offset, frames, block, frame_in_block, entry_in_block, entries]``;
         ``blocks`` rows: ``[byte_offset, [counts_bytes, ids_bytes, codes_bytes], frames, entries]``
@@ -540,11 +553,8 @@ class StoreWriter:
             byte_offset += sum(len(x) for x in packed)
             cols, block_frames, block_entries = ([], [], []), 0, 0
 
-        for utt, ids, probs in items:
-            ids, probs = v2codec.sort_desc(ids, probs)
-            counts = v2codec.select_counts(probs, top_p)
-            kept_ids, kept_codes = v2codec.kept_entries(ids, probs, counts, m.vocab_size, m.quantization, m.log8_range)
-            frames, entries = int(ids.shape[0]), int(kept_ids.shape[0])
+        for utt, counts, kept_ids, kept_codes in encoded:
+            frames, entries = int(counts.shape[0]), int(kept_ids.shape[0])
             utts.append([utt, offset, frames, len(blocks), block_frames, block_entries, entries])
             cols[0].append(counts.astype(np.uint8))
             cols[1].append(kept_ids)
@@ -579,6 +589,45 @@ class StoreWriter:
         else:
             payload, frames = data.tobytes(), int(data.shape[0])
             layout = {"record_bytes": self._record.itemsize}
+        return self._write_payload(shard_id, payload, frames, layout, index)
+
+    def write_encoded_shard(self, shard_id: int, encoded: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> Path:
+        """``write_shard`` for items a worker encoded already with ``codec.encode_entries(**encoder_params())``:
+        ``[(utt_id, counts (T,) uint8, kept ids, kept codes)]`` (version 2 stores). Checked here: ids unique
+        and well-formed, counts in 1..k_max summing to the entries, ids in the vocabulary, the stored dtypes."""
+        m = self.meta
+        where = f"{self.out_dir}: shard {shard_id}"
+        if m.format_version < 2:
+            raise StoreError(f"{where}: encoded items need a format-2 store (this one is format {m.format_version})")
+        if shard_id < 0 or int(shard_id) != shard_id:
+            raise StoreError(f"{self.out_dir}: shard id must be a non-negative integer, got {shard_id!r}")
+        if len(encoded) > self.shard_size_utts:
+            raise StoreError(f"{self.out_dir}: shard {shard_id} has {len(encoded)} utterances, more than the planned "
+                             f"{self.shard_size_utts} per shard")
+        id_dtype, code_dtype = quant.id_dtype(m.vocab_size), quant.code_dtype(m.quantization)
+        seen: set[str] = set()
+        items = []
+        for utt, counts, ids, codes in encoded:
+            _check_utt_id(utt, where)
+            if utt in seen:
+                raise StoreError(f"{where}: utterance {utt!r} appears twice in the shard")
+            seen.add(utt)
+            counts, ids, codes = np.asarray(counts), np.asarray(ids), np.asarray(codes)
+            if (counts.dtype != np.uint8 or ids.dtype != id_dtype or codes.dtype != code_dtype or counts.ndim != 1
+                    or ids.shape != codes.shape or ids.ndim != 1):
+                raise StoreError(f"{where}: utterance {utt!r}: encoded columns must be counts (T,) uint8, ids and codes "
+                                 f"(entries,) {id_dtype} and {code_dtype}; got {counts.dtype}{counts.shape}, "
+                                 f"{ids.dtype}{ids.shape}, {codes.dtype}{codes.shape}")
+            if counts.size and (int(counts.min()) < 1 or int(counts.max()) > m.k or int(counts.sum(dtype=np.int64)) != ids.size):
+                raise StoreError(f"{where}: utterance {utt!r}: frame counts must be 1..{m.k} and sum to the {ids.size} entries")
+            if ids.size and int(ids.max()) >= m.vocab_size:
+                raise StoreError(f"{where}: utterance {utt!r}: unit id {int(ids.max())} out of range 0..{m.vocab_size - 1}")
+            items.append((utt, counts, ids, codes))
+        payload, index, blocks, frames = self._layout_v2(items)
+        return self._write_payload(shard_id, payload, frames, {"blocks": blocks, "codec": m.codec}, index)
+
+    def _write_payload(self, shard_id: int, payload: bytes, frames: int, layout: dict[str, Any], index: list[list]) -> Path:
+        """Replace shard ``shard_id`` atomically: its ``.bin`` first, then its marker (the completion record)."""
         self._invalidate()
         base = self.shard_dir / shard_name(shard_id)
         marker_path = base.with_suffix(".json")

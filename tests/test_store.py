@@ -376,3 +376,21 @@ def test_stored_entropy():
     assert h[0] == pytest.approx(0.0)
     assert h[1] == pytest.approx(math.log(2))
     assert h[2] == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))
+
+
+def test_rejects_are_appended_and_a_torn_last_line_is_cut_before_the_next_append(tmp_path, caplog):
+    """A shard's rejects are appended (not the whole file rewritten per shard). A run killed mid-append
+    leaves a torn last line: readers ignore it, the next append cuts it off, finalize sorts the file."""
+    meta = make_meta()
+    w = StoreWriter(tmp_path, meta)
+    w.write_rejects([("z", "empty")])
+    w.write_rejects([("a", "unreadable: bad header")])
+    path = tmp_path / "rejects.tsv"
+    assert path.read_text() == "z\tempty\na\tunreadable: bad header\n"  # appended in order, not merged
+    with open(path, "a") as fh:
+        fh.write("b\ttoo_lo")  # killed mid-append
+    assert read_rejects(path) == {"z": "empty", "a": "unreadable: bad header"}
+    w.write_rejects([("b", "too_long: 70 s"), ("z", "unreadable: now")])  # the rerun redoes b's shard
+    assert path.read_text().splitlines() == ["z\tempty", "a\tunreadable: bad header", "b\ttoo_long: 70 s", "z\tunreadable: now"]
+    w.finalize(expected_shards=0)
+    assert path.read_text() == "a\tunreadable: bad header\nb\ttoo_long: 70 s\nz\tunreadable: now\n"  # latest wins, sorted

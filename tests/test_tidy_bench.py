@@ -13,7 +13,7 @@ import pytest
 
 from tools.bench import common
 
-BENCHES = ["label_precision", "label_throughput", "storage", "store_v2", "student", "train_input", "train_parallel"]
+BENCHES = ["label_input", "label_plan", "label_precision", "label_resume", "label_throughput", "storage", "store_v2", "student", "train_input", "train_parallel"]
 
 
 @pytest.mark.parametrize("name", BENCHES)

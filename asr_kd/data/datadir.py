@@ -142,26 +142,29 @@ class DataDir:
 # --------------------------------------------------------------------------------------- reading
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, stripped_text)``; non-UTF-8 bytes are an error naming the line."""
+def _iter_lines(path: Path) -> Iterator[tuple[int, str, int]]:
+    """Yield ``(line_number, stripped_text, byte_offset)``; non-UTF-8 bytes are an error naming the line."""
+    offset = 0
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataDirError(f"not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8", str(path), lineno) from None
-            yield lineno, line.rstrip("\r\n")
+            yield lineno, line.rstrip("\r\n"), offset
+            offset += len(raw)
 
 
-def _read_table(path: Path, min_fields: int, max_fields: int | None, what: str) -> dict[str, tuple[int, list[str]]]:
-    """Read ``<id> fields...`` lines: checks field count, duplicates and sort order.
+def scan_table(path: Path, min_fields: int, max_fields: int | None, what: str) -> Iterator[tuple[int, str, list[str], int]]:
+    """Stream ``<id> fields...`` lines as ``(line_number, id, fields_after_id, byte_offset)``, checking
+    field count, duplicates and sort order line by line (constant memory: sorted order makes a duplicate
+    the previous line's id).
 
     ``max_fields=None`` keeps the rest of the line (after the id) as one field (for text and wav.scp).
-    Returns ``id -> (line_number, fields_after_id)``.
     """
-    table: dict[str, tuple[int, list[str]]] = {}
     prev: str | None = None
-    for lineno, line in _iter_lines(path):
+    prev_line = 0
+    for lineno, line, offset in _iter_lines(path):
         if not line.strip():
             raise DataDirError("empty line; remove it", str(path), lineno)
         if line != line.strip():
@@ -177,13 +180,54 @@ def _read_table(path: Path, min_fields: int, max_fields: int | None, what: str) 
             if not (min_fields <= len(parts) <= max_fields):
                 raise DataDirError(f"expected '<id> {what}' ({max_fields} fields), found {len(parts)} fields", str(path), lineno)
         key = parts[0]
-        if key in table:
-            raise DataDirError(f"duplicate id {key!r} (first on line {table[key][0]})", str(path), lineno)
+        if key == prev:
+            raise DataDirError(f"duplicate id {key!r} (first on line {prev_line})", str(path), lineno)
         if prev is not None and key < prev:
             raise DataDirError(f"not sorted: {key!r} comes after {prev!r}; sort with 'LC_ALL=C sort'", str(path), lineno)
-        prev = key
-        table[key] = (lineno, fields)
-    return table
+        prev, prev_line = key, lineno
+        yield lineno, key, fields, offset
+
+
+def _read_table(path: Path, min_fields: int, max_fields: int | None, what: str) -> dict[str, tuple[int, list[str]]]:
+    """``scan_table`` into ``id -> (line_number, fields_after_id)``."""
+    return {key: (lineno, fields) for lineno, key, fields, _ in scan_table(path, min_fields, max_fields, what)}
+
+
+def check_wav_entry(key: str, entry: str, path: Path, lineno: int, allow_pipes: bool, check_audio: bool = False) -> None:
+    """One ``wav.scp`` entry: a pipe only with ``allow_pipes``, a path without spaces (existing, with ``check_audio``)."""
+    if is_pipe(entry):
+        if not allow_pipes:
+            raise DataDirError(
+                f"recording {key!r} is a pipe command; commands in wav.scp are refused by default "
+                "(they run arbitrary programs) — convert the audio to files, or pass --allow-pipes",
+                str(path), lineno)
+    elif len(entry.split()) != 1:
+        raise DataDirError(f"recording {key!r}: path contains spaces or extra fields: {entry!r}", str(path), lineno)
+    elif check_audio and not Path(entry).is_file():
+        raise DataDirError(f"audio file of {key!r} not found: {entry}", str(path), lineno)
+
+
+def parse_segment(key: str, fields: list[str], path: Path, lineno: int) -> tuple[str, float, float]:
+    """``segments`` fields after the id -> ``(recording, start, end)`` seconds, with 0 <= start < end."""
+    rec, start_s, end_s = fields
+    try:
+        start, end = float(start_s), float(end_s)
+    except ValueError:
+        raise DataDirError(f"segment {key!r}: start/end must be seconds, got {start_s!r} {end_s!r}", str(path), lineno) from None
+    if start < 0 or end <= start:
+        raise DataDirError(f"segment {key!r}: need 0 <= start < end, got start={start} end={end}", str(path), lineno)
+    return rec, start, end
+
+
+def parse_duration(key: str, field: str, path: Path, lineno: int) -> float:
+    """An ``utt2dur`` value: seconds > 0."""
+    try:
+        dur = float(field)
+    except ValueError:
+        raise DataDirError(f"utterance {key!r}: duration must be seconds, got {field!r}", str(path), lineno) from None
+    if not dur > 0:
+        raise DataDirError(f"utterance {key!r}: duration must be > 0, got {dur}", str(path), lineno)
+    return dur
 
 
 def _require_same_ids(
@@ -216,30 +260,14 @@ def read_data_dir(path: str | os.PathLike, check_audio: bool = False, allow_pipe
         raise DataDirError("wav.scp is empty: the data dir has no utterances", str(wav_path))
     wav_scp = {k: v[1][0].strip() for k, v in wav_table.items()}
     for key, (lineno, fields) in wav_table.items():
-        entry = fields[0].strip()
-        if is_pipe(entry):
-            if not allow_pipes:
-                raise DataDirError(
-                    f"recording {key!r} is a pipe command; commands in wav.scp are refused by default "
-                    "(they run arbitrary programs) — convert the audio to files, or pass --allow-pipes",
-                    str(wav_path), lineno)
-        elif len(entry.split()) != 1:
-            raise DataDirError(f"recording {key!r}: path contains spaces or extra fields: {entry!r}", str(wav_path), lineno)
-        elif check_audio and not Path(entry).is_file():
-            raise DataDirError(f"audio file of {key!r} not found: {entry}", str(wav_path), lineno)
+        check_wav_entry(key, fields[0].strip(), wav_path, lineno, allow_pipes, check_audio)
 
     segments = None
     seg_path = root / "segments"
     if seg_path.is_file():
         segments = {}
         for key, (lineno, fields) in _read_table(seg_path, 4, 4, "<recording-id> <start> <end>").items():
-            rec, start_s, end_s = fields
-            try:
-                start, end = float(start_s), float(end_s)
-            except ValueError:
-                raise DataDirError(f"segment {key!r}: start/end must be seconds, got {start_s!r} {end_s!r}", str(seg_path), lineno) from None
-            if start < 0 or end <= start:
-                raise DataDirError(f"segment {key!r}: need 0 <= start < end, got start={start} end={end}", str(seg_path), lineno)
+            rec, start, end = parse_segment(key, fields, seg_path, lineno)
             if rec not in wav_scp:
                 raise DataDirError(f"segment {key!r}: recording {rec!r} is absent from wav.scp", str(seg_path), lineno)
             segments[key] = Segment(rec, start, end)
@@ -292,13 +320,7 @@ def read_data_dir(path: str | os.PathLike, check_audio: bool = False, allow_pipe
         table = _read_table(dur_path, 2, 2, "<seconds>")
         _require_same_ids("utt2dur", dur_path, table, utt_ids, where)
         for key, (lineno, fields) in table.items():
-            try:
-                dur = float(fields[0])
-            except ValueError:
-                raise DataDirError(f"utterance {key!r}: duration must be seconds, got {fields[0]!r}", str(dur_path), lineno) from None
-            if not dur > 0:
-                raise DataDirError(f"utterance {key!r}: duration must be > 0, got {dur}", str(dur_path), lineno)
-            utt2dur[key] = dur
+            utt2dur[key] = parse_duration(key, fields[0], dur_path, lineno)
 
     extra = {}
     for name in ("text.ref", "text.pseudo"):

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: a local Ray)")
     parser.add_argument("--allow-pipes", action="store_true", help="allow 'command |' entries in wav.scp (data dir input)")
     parser.add_argument("--local", action="store_true", help="no Ray: a single-process loop (debugging, reference)")
+    parser.add_argument("--dry-run", action="store_true", help="plan only: read the input, plan shards and teacher batches "
+                        "(the completed shards of an existing --out left out) and report them with the driver memory "
+                        "planning took; loads no teacher, starts no Ray, writes nothing")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -77,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
         unmapped_rule=args.unmapped, frame_conversion=args.frame_conversion,
         precision=args.precision,
     )
+    if args.dry_run:
+        from asr_kd.label.pipeline import plan_only
+
+        print(plan_only(args.data, args.out, options, gpus_per_actor=args.gpus_per_actor or 0.0).line())
+        return 0
     if args.local:
         summary = label_local(args.model, args.data, args.out, options)
         print(summary.line())

@@ -43,6 +43,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
@@ -136,16 +137,54 @@ class LabelSummary:
 # --------------------------------------------------------------------------------------- planning
 
 
-def plan_shards(data: "DataDir | LabelSource", shard_size: int, seconds: dict[str, float] | None = None) -> list[list[str]]:
-    """Utterance ids sorted by (duration, id) and cut into shards of ``shard_size``."""
+def plan_shards(data: "DataDir | LabelSource", shard_size: int, seconds: "Mapping[str, float] | None" = None) -> "Sequence[list[str]]":
+    """Utterance ids sorted by (duration, id) and cut into shards of ``shard_size``.
+
+    With compact durations (``asr_kd.data.sources.Durations``: a data dir source) the order is one
+    int64 array and the shards a ``ShardPlan`` that lists a shard's ids when asked; otherwise lists."""
+    from asr_kd.data.sources import Durations
+
     if shard_size < 1:
         raise AsrKdError(f"label: shard size must be >= 1, got {shard_size}")
     seconds = seconds if seconds is not None else {u: utterance_seconds(data, u) for u in data.utt_ids}
+    if isinstance(seconds, Durations):  # ids are sorted, so index order breaks duration ties by id
+        order = np.lexsort((np.arange(len(seconds.array)), seconds.array))
+        return ShardPlan(seconds.ids, order, shard_size)
     order = sorted(data.utt_ids, key=lambda u: (seconds[u], u))
     return [order[i: i + shard_size] for i in range(0, len(order), shard_size)]
 
 
-def plan_batches(shard: list[str], seconds: dict[str, float], max_utts: int, max_frames: int) -> list[list[str]]:
+class ShardPlan(Sequence):
+    """Shards of ``plan_shards`` over compact ids: the duration order as one int64 array (8 bytes per
+    utterance); ``plan[s]`` is shard ``s``'s list of ids, built when asked (the last few are cached)."""
+
+    def __init__(self, ids: Sequence[str], order: np.ndarray, shard_size: int):
+        self.ids, self.order, self.shard_size = ids, order, shard_size
+        self._cache: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.shard_size)
+
+    def __getitem__(self, s):  # type: ignore[override]
+        if isinstance(s, slice):
+            return [self[i] for i in range(*s.indices(len(self)))]
+        if s < 0:
+            s += len(self)
+        if not 0 <= s < len(self):
+            raise IndexError(s)
+        shard = self._cache.get(s)  # (the collector asks for a pending shard once per row)
+        if shard is None:
+            if len(self._cache) >= 64:
+                self._cache.pop(next(iter(self._cache)))
+            shard = self._cache[s] = [self.ids[i] for i in self.indices(s).tolist()]
+        return shard
+
+    def indices(self, s: int) -> np.ndarray:
+        """Positions (in the source's sorted ids) of shard ``s``'s utterances, in plan order."""
+        return self.order[s * self.shard_size: (s + 1) * self.shard_size]
+
+
+def plan_batches(shard: list[str], seconds: Mapping[str, float], max_utts: int, max_frames: int) -> list[list[str]]:
     """Cut one shard (duration-sorted) into teacher batches of consecutive utterances: at most
     ``max_utts`` utterances and ``max_frames`` padded 10 ms frames (count x longest) per batch.
 
@@ -173,25 +212,37 @@ def _pack(items: list, frames: list[int], max_frames: int, max_utts: int | None 
     return groups
 
 
-def _batch_rows(data: LabelSource, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
+def _shard_batches(data: LabelSource, shards: "Sequence[list[str]]", s: int, seconds: Mapping[str, float],
+                   max_utts: int, max_frames: int) -> list[list[list]]:
+    """Shard ``s``'s planned teacher batches (``plan_batches``) as lists of items (``asr_kd.data.sources``:
+    where the audio is, never the audio). Over a ``ShardPlan`` durations and items are looked up by
+    index (no search by id)."""
+    local = _shard_seconds(shards, s, seconds)
+    if isinstance(shards, ShardPlan) and hasattr(data, "item_at"):
+        index = dict(zip(shards[s], shards.indices(s).tolist()))
+        return [[data.item_at(index[u], u) for u in utts] for utts in plan_batches(shards[s], local, max_utts, max_frames)]
+    return [[data.item(u) for u in utts] for utts in plan_batches(shards[s], local, max_utts, max_frames)]
+
+
+def _shard_seconds(shards: "Sequence[list[str]]", s: int, seconds: Mapping[str, float]) -> Mapping[str, float]:
+    """Durations of shard ``s``'s utterances: looked up by index over a ``ShardPlan``, else ``seconds`` itself."""
+    if isinstance(shards, ShardPlan):
+        return dict(zip(shards[s], np.asarray(seconds.values())[shards.indices(s)].tolist()))
+    return seconds
+
+
+def _batch_rows(data: LabelSource, shards: "Sequence[list[str]]", todo: Iterable[int], seconds: Mapping[str, float],
                 max_utts: int, max_frames: int) -> list[dict[str, Any]]:
-    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances' items
-    (JSON, ``asr_kd.data.sources``: where the audio is, never the audio)."""
-    rows = []
-    for s in todo:
-        for utts in plan_batches(shards[s], seconds, max_utts, max_frames):
-            items = [data.item(utt) for utt in utts]
-            rows.append({"shard": s, "utts": json.dumps(items)})
-    return rows
+    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances' items (JSON)."""
+    return [{"shard": s, "utts": json.dumps(items)} for s in todo
+            for items in _shard_batches(data, shards, s, seconds, max_utts, max_frames)]
 
 
-def _shard_rows(data: LabelSource, shards: list[list[str]], todo: Iterable[int], seconds: dict[str, float],
+def _shard_rows(data: LabelSource, shards: "Sequence[list[str]]", todo: Iterable[int], seconds: Mapping[str, float],
                 max_utts: int, max_frames: int) -> list[dict[str, Any]]:
     """One row per shard of ``todo`` (layout "actors"): ``batches`` is the JSON list of its planned teacher
     batches, each a list of items — the batches ``_batch_rows`` plans, in the same order."""
-    return [{"shard": s, "batches": json.dumps([[data.item(utt) for utt in utts]
-                                                for utts in plan_batches(shards[s], seconds, max_utts, max_frames)])}
-            for s in todo]
+    return [{"shard": s, "batches": json.dumps(_shard_batches(data, shards, s, seconds, max_utts, max_frames))} for s in todo]
 
 
 # --------------------------------------------------------------------------------------- workers
@@ -591,6 +642,7 @@ def _resolve_spec(spec: str) -> str:
 
 
 READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task
+ACTOR_START_TIMEOUT_S = 600  # the actor pool must be up within this (model loading included)
 
 
 def cpu_actors(cluster_cpus: float) -> int:
@@ -686,6 +738,79 @@ def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None, r
     return requested
 
 
+@dataclasses.dataclass
+class PlanSummary:
+    """What ``asr-kd label --dry-run`` reports: the plan a run would execute, and what planning cost the driver."""
+
+    utterances: int
+    hours: float  # audio hours of the planned utterances (from the input's durations)
+    shards: int
+    shards_done: int  # complete in the store already (a rerun skips them)
+    batches: int  # teacher batches of the shards to do
+    padding: float  # fraction of padded 10 ms frames in those batches
+    rows: int  # Ray Data input rows (one per shard with actors reading, one per batch with read tasks)
+    driver_bytes: int  # growth of the driver's peak resident memory while planning
+    wall_s: float
+
+    @property
+    def bytes_per_utterance(self) -> float:
+        return self.driver_bytes / max(self.utterances, 1)
+
+    def line(self) -> str:
+        return (f"dry run: {self.utterances} utterances ({self.hours:.3f} h) in {self.shards} shards ({self.shards_done} done, "
+                f"{self.shards - self.shards_done} to do), {self.batches} teacher batches ({100 * self.padding:.1f} % padding), "
+                f"{self.rows} Ray input rows; planning took {self.wall_s:.1f} s and {self.driver_bytes / 2**20:.1f} MiB of driver "
+                f"memory ({self.bytes_per_utterance:.0f} bytes per utterance); nothing was labeled or written")
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def plan_only(data_dir: str, out_dir: str, options: LabelOptions | None = None, gpus_per_actor: float = 0.0) -> PlanSummary:
+    """``asr-kd label --dry-run``: open the input, plan shards and batches and build the Ray input rows
+    exactly as ``label`` would (the shards complete in ``out_dir``, if it exists, are left out), then
+    report. No teacher is loaded, no Ray is started, nothing is written."""
+    from asr_kd.targets.store import completed_shards
+
+    o = options or LabelOptions()
+    check_options(o)
+    t0 = time.time()
+    rss0 = _rss_bytes()
+    data = open_source(data_dir, allow_pipes=o.allow_pipes)
+    seconds = data.seconds()
+    shards = plan_shards(data, o.shard_size, seconds)
+    done = completed_shards(out_dir) if Path(out_dir).exists() else set()
+    todo = [s for s in range(len(shards)) if s not in done]
+    fused = reads_in_actors(o, gpus_per_actor)
+    make_rows = _shard_rows if fused else _batch_rows
+    rows = make_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+    batches = frames = padded = 0
+    for s in todo:
+        local = _shard_seconds(shards, s, seconds)
+        for utts in plan_batches(shards[s], local, o.read_batch_size, o.batch_max_frames):
+            n = [max(int(local[u] * 100), 1) for u in utts]
+            batches += 1
+            frames += sum(n)
+            padded += max(n) * len(n)
+    grown = max(_peak_rss_bytes() - rss0, 0)
+    summary = PlanSummary(len(data), sum(seconds.values()) / 3600, len(shards), len(done), batches,
+                          1 - frames / padded if padded else 0.0, len(rows), grown, time.time() - t0)
+    del rows
+    return summary
+
+
 def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
     """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable).
 
@@ -721,6 +846,9 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        # start labeling once every actor is up: with one row per shard, an actor ready first would otherwise
+        # take the first shards of a small run alone (and Ray Data names a pool that cannot start after this)
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
         fused = reads_in_actors(o, gpus)

@@ -85,7 +85,12 @@ def check_against_data(reader, data_dir: str) -> tuple[list[str], list[str]]:
     from asr_kd.targets.stats import expected_frames_for_meta
 
     source = open_source(data_dir)
-    duration = source.data.duration if isinstance(source, DataDirSource) else source.seconds().get
+    if isinstance(source, DataDirSource):  # durations known without opening audio (utt2dur, segments) only
+        from asr_kd.data.datadir import read_data_dir
+
+        duration = read_data_dir(data_dir).duration
+    else:
+        duration = source.seconds().get
     problems: list[str] = []
     notes: list[str] = []
     data_ids = set(source.utt_ids)

@@ -10,7 +10,7 @@ On-disk layout (format versions 1 and 2; readers read both)::
       index.tsv                  utt <TAB> shard <TAB> offset <TAB> frames   (sorted by utt; finalize)
       index/                     the same, compact and memory-mapped (asr_kd.targets.index; finalize, or
                                  built from index.tsv when an older store is first opened)
-      rejects.tsv                utt <TAB> reason   (utterances the labeler refused; merged on resume)
+      rejects.tsv                utt <TAB> reason   (utterances the labeler refused; appended per shard, sorted by finalize)
 
 Format version 2 (the default of ``asr-kd label``, see ``asr_kd.targets.codec``): variable k per frame
 (the fewest units whose mass reaches ``meta.top_p``, at most ``meta.k`` = k_max) and the shard
@@ -365,6 +365,24 @@ def _check_utt_id(utt: str, where: str) -> None:
         raise StoreError(f"{where}: utterance id {utt!r} must be a non-empty string without whitespace")
 
 
+def completed_shards(store_dir: str | os.PathLike) -> set[int]:
+    """Shard ids of the store at ``store_dir`` whose marker exists and whose ``.bin`` has the size the
+    marker records (read-only: what a labeling rerun skips)."""
+    done = set()
+    for marker_path in (Path(store_dir) / SHARDS).glob("shard-*.json"):
+        try:
+            marker = _read_marker(marker_path)
+        except StoreError as exc:
+            log.warning("%s; the shard will be redone", exc)
+            continue
+        bin_path = marker_path.with_suffix(".bin")
+        if not bin_path.is_file() or bin_path.stat().st_size != marker["bytes"]:
+            log.warning("%s: size differs from its index (truncated?); the shard will be redone", bin_path)
+            continue
+        done.add(int(marker["shard"]))
+    return done
+
+
 class StoreWriter:
     """Writes a store shard by shard. Reopening an existing store resumes it (same settings required).
 
@@ -421,19 +439,7 @@ class StoreWriter:
     # ---------------------------------------------------------------- shards
     def completed_shards(self) -> set[int]:
         """Shard ids whose marker exists and whose ``.bin`` has the size the marker records."""
-        done = set()
-        for marker_path in self.shard_dir.glob("shard-*.json"):
-            try:
-                marker = _read_marker(marker_path)
-            except StoreError as exc:
-                log.warning("%s; the shard will be redone", exc)
-                continue
-            bin_path = marker_path.with_suffix(".bin")
-            if not bin_path.is_file() or bin_path.stat().st_size != marker["bytes"]:
-                log.warning("%s: size differs from its index (truncated?); the shard will be redone", bin_path)
-                continue
-            done.add(int(marker["shard"]))
-        return done
+        return completed_shards(self.out_dir)
 
     def check_plan(self, shards: Sequence[Sequence[str]], data: str) -> None:
         """Refuse to label ``data`` into this store when its shard plan ``shards`` (utterance ids per
@@ -648,13 +654,30 @@ class StoreWriter:
 
     # ---------------------------------------------------------------- rejects, finalize
     def write_rejects(self, rejects: Iterable[tuple[str, str]]) -> Path:
-        """Merge ``(utt, reason)`` pairs into ``rejects.tsv`` (one line per utterance, latest reason wins)."""
+        """Append ``(utt, reason)`` lines to ``rejects.tsv`` and fsync (a later line for the same utterance
+        wins; ``finalize`` rewrites the file sorted, one line per utterance).
+
+        Appending costs the new lines only, where rewriting the merged file after every shard grew with
+        the corpus (quadratic over a run). A line torn by a crash belongs to a shard without a marker,
+        which the rerun redoes: the torn tail is cut off before the next append."""
         path = self.out_dir / REJECTS
-        merged = read_rejects(path)
+        lines = []
         for utt, reason in rejects:
             _check_utt_id(utt, str(path))
-            merged[utt] = " ".join(str(reason).split()) or "rejected"
-        _atomic_write_bytes(path, "".join(f"{u}\t{r}\n" for u, r in sorted(merged.items())).encode("utf-8"))
+            lines.append(f"{utt}\t{' '.join(str(reason).split()) or 'rejected'}\n")
+        if not lines:
+            return path
+        with open(path, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end:
+                fh.seek(end - 1)
+                if fh.read(1) != b"\n":  # torn tail of an interrupted append: keep whole lines only
+                    fh.seek(0)
+                    fh.truncate(fh.read().rfind(b"\n") + 1)
+            fh.seek(0, os.SEEK_END)
+            fh.write("".join(lines).encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
         return path
 
     def finalize(self, expected_shards: int | None = None) -> StoreMeta:
@@ -694,10 +717,11 @@ class StoreWriter:
                                                [entries[u][2] for u in utts], shard_bytes, source=str(self.out_dir / INDEX))
         ci.write(self.out_dir, compact.tsv_signature(self.out_dir / INDEX), len(done))
         rej_path = self.out_dir / REJECTS
-        rejects = read_rejects(rej_path)
-        relabeled = [u for u in rejects if u in entries]
-        if relabeled:
-            log.info("%d earlier reject(s) are now labeled; removing them from %s", len(relabeled), rej_path)
+        if rej_path.exists():  # appended during labeling: sorted, one line per utterance, once
+            rejects = read_rejects(rej_path)
+            relabeled = [u for u in rejects if u in entries]
+            if relabeled:
+                log.info("%d earlier reject(s) are now labeled; removing them from %s", len(relabeled), rej_path)
             kept = {u: r for u, r in rejects.items() if u not in entries}
             _atomic_write_bytes(rej_path, "".join(f"{u}\t{r}\n" for u, r in sorted(kept.items())).encode("utf-8"))
         self.meta = self.meta.model_copy(update={"num_shards": len(done)})
@@ -718,7 +742,11 @@ def read_rejects(path: str | os.PathLike) -> dict[str, str]:
     if not p.is_file():
         return {}
     out: dict[str, str] = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    text = p.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1]:  # a torn last line (labeling was killed mid-append): its shard is redone
+        log.warning("%s: ignoring an incomplete last line %r (an interrupted run; its shard will be redone)", p, lines[-1][:80])
+    for lineno, line in enumerate(lines[:-1], 1):
         if not line.strip():
             continue
         utt, _, reason = line.partition("\t")

@@ -534,3 +534,25 @@ def test_default_store_is_v2_top_p_and_bad_settings_are_refused(setup, tmp_path,
                    "--no-progress", *flags])
         assert rc == 2 and re.search(message, capsys.readouterr().err), flags
         assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_actor_reading_its_shard_logs_its_forward_time_for_the_benchmark(setup, monkeypatch, tmp_path):
+    """``ASR_KD_FORWARD_LOG`` (label_throughput's drift-free efficiency): the actor appends its pid, the time
+    and its cumulative seconds in the teacher forward after each call; a shard row is decoded and labeled."""
+    from asr_kd.data.sources import open_source
+    from asr_kd.label.pipeline import TeacherActor, _shard_rows
+
+    root, teacher, data = setup
+    log = tmp_path / "forward.log"
+    monkeypatch.setenv("ASR_KD_FORWARD_LOG", str(log))
+    o = options()
+    actor = TeacherActor([str(teacher)], o.ensemble_kwargs(), o.batch_max_frames, device="cpu",
+                         read_options=dict(sample_rate=16000, max_seconds=60.0, allow_pipes=False))
+    src = open_source(data)
+    shards = plan_shards(src, 7, src.seconds())
+    row = _shard_rows(src, shards, [0], src.seconds(), 4, o.batch_max_frames)[0]
+    out = actor({"shard": np.asarray([0]), "batches": np.asarray([row["batches"]], dtype=object)})
+    assert sorted(out["utt_id"]) == sorted(shards[0]) and len(out["utt_id"]) == 7  # the whole shard, each once
+    assert all(e == "" for e in out["error"]) and all(len(p) > 0 for p in out["probs"])
+    pid, when, seconds = log.read_text().split()
+    assert int(pid) > 0 and float(when) > 0 and 0 < float(seconds) == pytest.approx(actor.ensemble.forward_seconds, abs=1e-3)

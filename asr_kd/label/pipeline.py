@@ -65,6 +65,7 @@ KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the d
 STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
 TARGET_COLUMNS = ("counts", "ids", "probs", "codes")  # per-utterance arrays of label_rows' output (lists, not stacked)
 NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
+FORWARD_LOG_ENV = "ASR_KD_FORWARD_LOG"  # profiling: each actor appends "<pid> <unix time> <forward seconds so far>" per call
 BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
 
@@ -341,6 +342,7 @@ class TeacherActor:
         self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
         self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
         self.node = _node_ip()
+        self.forward_log = os.environ.get(FORWARD_LOG_ENV)
 
     def _count_batch(self) -> None:
         """Count one planned batch; the test hook ``KILL_ACTOR_ENV`` kills this actor once at its N-th."""
@@ -363,6 +365,9 @@ class TeacherActor:
                     outs.append(label_batch(self.ensemble, int(shard), wave, meta, self.batch_max_frames, self.encoder))
             out = _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
         out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
+        if self.forward_log:  # one short O_APPEND write: lines of concurrent actors do not interleave
+            with open(self.forward_log, "a", encoding="utf-8") as fh:
+                fh.write(f"{os.getpid()} {time.time():.3f} {self.ensemble.forward_seconds:.4f}\n")
         return out
 
 
@@ -877,8 +882,8 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
             ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
-        # test hooks (ASR_KD_TEST_*) set in the driver reach the actors through their runtime env
-        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_")}
+        # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
+        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
         # a shard is seconds of work: two in flight per actor (the next one waits while one runs; one alone
         # leaves the actor idle between shards) so that a few shards still spread over all actors
         pool = ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2) if fused else ActorPoolStrategy(size=actors)

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,8 @@ class TeacherEnsemble:
         self.device = torch.device(device)
         self.sample_rate = self.fbank_config.sample_rate
         self.precision = precision
+        self.forward_seconds = 0.0  # wall seconds in the teachers' forward passes (profiling: label_throughput; on CUDA
+        #                             kernels run asynchronously, so this counts launch time only)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """The teachers' forward passes at ``self.precision`` (a no-op for fp32)."""
@@ -304,13 +307,17 @@ class TeacherEnsemble:
                     for i, w in enumerate(waveforms):
                         padded[i, : w.numel()] = w
                     feats, feat_lens = self.fbank(self._to_device(padded), lengths.to(self.device))
+                t0 = time.perf_counter()
                 with self._autocast():
                     log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)
+                self.forward_seconds += time.perf_counter() - t0
                 p = torch.softmax(log_probs.float() / self.temperature, dim=-1).cpu()
                 probs[:, : p.shape[1]] += weight * p[:, :T]
                 continue
+            t0 = time.perf_counter()
             with self._autocast():
                 log_probs, lens = teacher.log_probs(waveforms, self.sample_rate)
+            self.forward_seconds += time.perf_counter() - t0
             p = torch.softmax(log_probs.float() / self.temperature, dim=-1)
             p, lost = um.apply(p)
             valid = torch.arange(p.shape[1])[None, :] < lens[:, None]

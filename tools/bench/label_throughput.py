@@ -244,7 +244,9 @@ def main() -> int:
             rate = s.audio_hours_per_wall_hour
             steady = steady_rate(work / f"store_pipe{n}_{layout}")
             startup[n, layout] = s.wall_s - s.hours / steady * 3600 if steady == steady else float("nan")
-            in_run[n, layout] = forward_share(work / f"forward_{n}_{layout}.log", *marker_window(work / f"store_pipe{n}_{layout}"), n)
+            # (on a GPU the forward's CUDA kernels run asynchronously: the actors' timer sees launches only)
+            in_run[n, layout] = (float("nan") if args.gpu else
+                                 forward_share(work / f"forward_{n}_{layout}.log", *marker_window(work / f"store_pipe{n}_{layout}"), n))
             rows.append([f"Ray pipeline, {n} actor(s), {reading[layout]}", f"{n} x 1 thread" if not args.gpu else f"{n} GPU(s)",
                          f"{s.wall_s:.1f}", f"{startup[n, layout]:.1f}", f"{rate:.0f}", f"{steady:.0f}",
                          f"{rate / (ceil_1 * n):.2f} ({steady / (ceil_1 * n):.2f})",

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from asr_kd.atomic import atomic_write_bytes
 from asr_kd.data.audio import check_file, read_samples, utterance_seconds
 from asr_kd.data.datadir import AudioSource, DataDir, read_data_dir
 from asr_kd.data.sources import ItemTableSource
@@ -174,15 +175,6 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write_shard(data: DataDir, index: int, utts: list[str], seconds: dict[str, float], out: Path,
                  allow_pipes: bool, on_utt=None) -> dict[str, Any]:
     """Pack one shard (tar, then its index: both via ``.tmp`` + rename); returns the index dict."""
@@ -217,7 +209,7 @@ def _write_shard(data: DataDir, index: int, utts: list[str], seconds: dict[str, 
            "tar_bytes": tar_path.stat().st_size, "utts": len(members),
            "seconds": float(sum(m["num_samples"] / m["sample_rate"] for m in members)),
            "members": members, "rejects": rejects}
-    _atomic_write(out / f"{name}.index.json", (json.dumps(idx, separators=(",", ":")) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / f"{name}.index.json", (json.dumps(idx, separators=(",", ":")) + "\n").encode("utf-8"))
     return idx
 
 
@@ -296,13 +288,13 @@ def write_shards(data_dir: str | os.PathLike, out_dir: str | os.PathLike, shard_
         shards.append({"tar": idx["tar"], "index": f"{shard_name(i)}.index.json", "utts": idx["utts"],
                        "rejects": len(idx["rejects"]), "seconds": idx["seconds"], "bytes": idx["tar_bytes"]})
         rejects.extend((r["utt"], r["reason"]) for r in idx["rejects"])
-    _atomic_write(out / REJECTS, "".join(f"{u}\t{' '.join(r.split())}\n" for u, r in sorted(rejects)).encode("utf-8"))
+    atomic_write_bytes(out / REJECTS, "".join(f"{u}\t{' '.join(r.split())}\n" for u, r in sorted(rejects)).encode("utf-8"))
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": str(Path(data_dir).resolve()),
                 "shard_size": shard_size, "shard_seconds": shard_seconds,
                 "utts": sum(s["utts"] for s in shards), "rejects": len(rejects),
                 "seconds": float(sum(s["seconds"] for s in shards)), "bytes": sum(s["bytes"] for s in shards),
                 "shards": shards}
-    _atomic_write(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     return ShardSummary(len(todo), len(done), manifest["utts"], len(rejects), manifest["seconds"], manifest["bytes"],
                         time.time() - t0, str(out))
 

@@ -69,6 +69,7 @@ import numpy as np
 import pydantic
 from pydantic import Field, model_validator
 
+from asr_kd.atomic import atomic_write_bytes
 from asr_kd.config import StrictModel
 from asr_kd.errors import StoreError
 from asr_kd.targets import codec as v2codec
@@ -319,30 +320,6 @@ def _compressor(name: str | None, level: int):
     return ctx.compress
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary name + fsync + rename (never a half file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}"
 
@@ -419,7 +396,7 @@ class StoreWriter:
 
     # ---------------------------------------------------------------- helpers
     def _write_meta(self) -> None:
-        _atomic_write_bytes(self.out_dir / META, self.meta.to_json().encode("utf-8"))
+        atomic_write_bytes(self.out_dir / META, self.meta.to_json().encode("utf-8"))
 
     def _invalidate(self) -> None:
         """The store changes: it is unfinalized until finalize() runs again."""
@@ -638,7 +615,7 @@ class StoreWriter:
         base = self.shard_dir / shard_name(shard_id)
         marker_path = base.with_suffix(".json")
         marker_path.unlink(missing_ok=True)  # from here until the new marker lands, the shard is incomplete
-        _atomic_write_bytes(base.with_suffix(".bin"), payload)
+        atomic_write_bytes(base.with_suffix(".bin"), payload)
         marker = {
             "format_version": self.meta.format_version,
             "shard": int(shard_id),
@@ -649,7 +626,7 @@ class StoreWriter:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "utts": index,
         }
-        _atomic_write_bytes(marker_path, (json.dumps(marker, separators=(",", ":")) + "\n").encode("utf-8"))
+        atomic_write_bytes(marker_path, (json.dumps(marker, separators=(",", ":")) + "\n").encode("utf-8"))
         return marker_path
 
     # ---------------------------------------------------------------- rejects, finalize
@@ -711,7 +688,7 @@ class StoreWriter:
                 entries[utt] = (s, int(offset), int(frames))
         rows = "".join(f"{u}\t{s}\t{o}\t{f}\n" for u, (s, o, f) in sorted(entries.items()))
         compact.remove(self.out_dir)  # a reader never pairs a new index.tsv with an old compact index
-        _atomic_write_bytes(self.out_dir / INDEX, rows.encode("utf-8"))
+        atomic_write_bytes(self.out_dir / INDEX, rows.encode("utf-8"))
         utts = sorted(entries)
         ci = compact.CompactIndex.from_entries(utts, [entries[u][0] for u in utts], [entries[u][1] for u in utts],
                                                [entries[u][2] for u in utts], shard_bytes, source=str(self.out_dir / INDEX))
@@ -723,7 +700,7 @@ class StoreWriter:
             if relabeled:
                 log.info("%d earlier reject(s) are now labeled; removing them from %s", len(relabeled), rej_path)
             kept = {u: r for u, r in rejects.items() if u not in entries}
-            _atomic_write_bytes(rej_path, "".join(f"{u}\t{r}\n" for u, r in sorted(kept.items())).encode("utf-8"))
+            atomic_write_bytes(rej_path, "".join(f"{u}\t{r}\n" for u, r in sorted(kept.items())).encode("utf-8"))
         self.meta = self.meta.model_copy(update={"num_shards": len(done)})
         self._write_meta()
         self._dirty = False

@@ -86,7 +86,8 @@ print(json.dumps(out))
 def make_index_store(store: Path, n: int, per_shard: int) -> dict:
     """Write the synthetic store index of ``n`` utterances; returns sizes and the write time."""
     from asr_kd.targets import index as compact
-    from asr_kd.targets.store import INDEX, SHARDS, StoreMeta, _atomic_write_bytes, shard_name
+    from asr_kd.atomic import atomic_write_bytes
+    from asr_kd.targets.store import INDEX, SHARDS, StoreMeta, shard_name
 
     store.mkdir(parents=True)
     shards = (n + per_shard - 1) // per_shard
@@ -111,7 +112,7 @@ def make_index_store(store: Path, n: int, per_shard: int) -> dict:
     t = time.perf_counter()
     rows = "".join(f"{u}\t{s}\t{o}\t{f}\n" for u, s, o, f in zip(utts, shard_of.tolist(), offsets.tolist(),
                                                                    frames.tolist()))
-    _atomic_write_bytes(store / INDEX, rows.encode("utf-8"))
+    atomic_write_bytes(store / INDEX, rows.encode("utf-8"))
     tsv_s = time.perf_counter() - t
     t = time.perf_counter()
     ci = compact.CompactIndex.from_entries(utts, shard_of, offsets, frames, [0] * shards, source=str(store))

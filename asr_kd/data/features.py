@@ -32,6 +32,9 @@ from asr_kd.config import StrictModel
 WAVEFORM_SCALE = 32768.0
 """Float samples in [-1, 1] are multiplied by this before framing (Kaldi's int16 convention)."""
 
+CPU_CHUNK_FRAMES = 1024
+"""On CPU, fbank runs on at most this many 10 ms frames at a time (a 2 MiB FFT buffer at 512 points)."""
+
 
 class FbankConfig(StrictModel):
     """Options of the log-mel front end, with Kaldi's names and semantics (``compute-fbank-feats``)."""
@@ -105,8 +108,10 @@ class Fbank(torch.nn.Module):
     """Batched Kaldi log-mel fbank: ``(B, S)`` padded float waveforms in [-1, 1] -> ``(B, T, F)``.
 
     Hand-written framing: ``torchaudio.compliance.kaldi.fbank`` takes one utterance at a time (it
-    asserts a ``(channels, samples)`` input and frames one signal), so a batch would be a Python loop
-    of small FFTs; here the frames of the whole batch go through one ``unfold`` + ``rfft`` + matmul.
+    asserts a ``(channels, samples)`` input and frames one signal) and pads every frame's FFT input on
+    its own; here frames are strided views (``unfold``) written once into FFT-sized buffers, then one
+    ``rfft`` + one matmul per chunk: the whole batch on an accelerator, each utterance's valid frames
+    (at most ``CPU_CHUNK_FRAMES`` at a time) on CPU.
     The mel filterbank itself comes from ``torchaudio.compliance.kaldi.get_mel_banks``.
 
     Window and mel matrix are non-persistent buffers (they follow ``.to(device)`` but are not part of
@@ -124,7 +129,10 @@ class Fbank(torch.nn.Module):
         # the window in float64 and the mel matrix in float32 (as torchaudio builds them); both are cast to
         # the compute dtype in forward
         self.register_buffer("window", _window(c.window, c.window_size), persistent=False)
-        self.register_buffer("mel_banks_t", banks.T.contiguous(), persistent=False)  # (fft_bins, F)
+        # (2 * fft_bins, F): each bin's row twice (for re^2 and im^2), times WAVEFORM_SCALE ** 2 (= 2^30, exact):
+        # |FFT|^2 of [-1, 1] samples -> Kaldi's int16 scale
+        pairs = banks.T.repeat_interleave(2, dim=0) * WAVEFORM_SCALE ** 2
+        self.register_buffer("mel_banks_pairs", pairs.contiguous(), persistent=False)
 
     @property
     def num_mel_bins(self) -> int:
@@ -160,14 +168,36 @@ class Fbank(torch.nn.Module):
         if num == 0:
             return waveforms.new_zeros(batch, 0, c.num_mel_bins, dtype=torch.float32), feat_lengths
         dtype = torch.float64 if waveforms.dtype == torch.float64 else torch.float32
-        x = waveforms.to(dtype) * WAVEFORM_SCALE
+        # Kaldi frames int16-scaled samples; the scale (2^15) is applied to the mel matrix instead (as 2^30 on
+        # the power spectrum): scaling by a power of two is exact in floating point, so the result is the
+        # same bit for bit, without a pass over the waveform
+        x = waveforms.to(dtype)
+        if x.device.type == "cpu":
+            # On CPU, utterance by utterance in chunks of at most CPU_CHUNK_FRAMES valid frames: the FFT buffers
+            # of a whole batch (tens of MB, fresh pages on every call) made it 1.5-2x slower, and padded frames
+            # are not computed at all
+            feats = torch.zeros(batch, num, c.num_mel_bins)
+            for b in range(batch):
+                n = int(feat_lengths[b])
+                if n == 0:
+                    continue
+                if c.snip_edges:
+                    frames = x[b].unfold(0, c.window_size, c.window_shift)[:n]  # (n, W), a view
+                else:
+                    frames = self._reflected_frames(x[b, : int(lengths[b])], n)
+                for start in range(0, n, CPU_CHUNK_FRAMES):
+                    end = min(n, start + CPU_CHUNK_FRAMES)
+                    feats[b, start:end] = self._frames_to_fbank(frames[start:end])
+            return feats, feat_lengths
         if c.snip_edges:
             frames = x.unfold(1, c.window_size, c.window_shift)[:, :num]  # (B, T, W), a view
         else:
             frames = torch.stack([self._reflected_frames(x[b, : int(lengths[b])], num) for b in range(batch)])
         feats = self._frames_to_fbank(frames).float()
-        valid = torch.arange(num, device=feats.device)[None, :] < feat_lengths[:, None]
-        return feats.masked_fill(~valid[:, :, None], 0.0), feat_lengths
+        if bool((feat_lengths < num).any()):  # frames past an utterance's end: 0
+            valid = torch.arange(num, device=feats.device)[None, :] < feat_lengths[:, None]
+            feats.masked_fill_(~valid[:, :, None], 0.0)
+        return feats, feat_lengths
 
     def _reflected_frames(self, x: torch.Tensor, num: int) -> torch.Tensor:
         """``snip_edges=False`` framing of one utterance (Kaldi reflects samples at both ends); padded to
@@ -194,8 +224,8 @@ class Fbank(torch.nn.Module):
         """Kaldi's per-frame pipeline on ``(B, T, W)`` frames -> ``(B, T, F)`` log-mel (same order of
         operations as ``torchaudio.compliance.kaldi._get_window`` + ``fbank``)."""
         c = self.config
-        if c.dither != 0.0:
-            frames = frames + c.dither * torch.randn_like(frames)
+        if c.dither != 0.0:  # in int16 steps; the frames hold samples in [-1, 1]
+            frames = frames + (c.dither / WAVEFORM_SCALE) * torch.randn_like(frames)
         if c.remove_dc_offset:
             frames = frames - frames.mean(dim=-1, keepdim=True)
         # The windowed frames are written into an FFT-sized buffer whose tail is zero (what rfft's own
@@ -212,9 +242,11 @@ class Fbank(torch.nn.Module):
             windowed.copy_(frames)
         windowed.mul_(self.window.to(frames.dtype))
         spectrum = torch.fft.rfft(buffer, dim=-1)
-        # |X|^2 = re^2 + im^2: abs() would take a square root (slow for complex) only for pow(2) to undo it
-        power = torch.addcmul(spectrum.real * spectrum.real, spectrum.imag, spectrum.imag)
-        mel = torch.matmul(power, self.mel_banks_t.to(power.dtype))
+        # mel = sum_k bank_k (re_k^2 + im_k^2), as one matmul of the squared (re, im) pairs (a contiguous view
+        # of the spectrum) with every bank row repeated twice: the strided re/im views of a complex tensor are
+        # slow to read, and abs() would take a square root only for pow(2) to undo it
+        squares = torch.view_as_real(spectrum).flatten(-2).square_()  # (..., 2 * fft_bins)
+        mel = torch.matmul(squares, self.mel_banks_pairs.to(squares.dtype))  # the banks carry WAVEFORM_SCALE ** 2
         eps = torch.finfo(torch.float32).eps  # Kaldi's floor: std::numeric_limits<float>::epsilon()
         return mel.clamp_min(eps).log()
 

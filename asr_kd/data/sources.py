@@ -328,4 +328,4 @@ def read_item(item: list, sample_rate: int, max_seconds: float | None, allow_pip
     note = ""
     if rate != sample_rate and not is_pipe(where):
         note = f"file {where} is {rate} Hz: resampled to {sample_rate} Hz for the teachers"
-    return wave.numpy().astype(np.float32), note
+    return np.asarray(wave.numpy(), dtype=np.float32), note  # no copy: float32 already

@@ -297,8 +297,18 @@ class TeacherEnsemble:
         lengths = torch.tensor([w.numel() for w in waveforms], dtype=torch.long)
         out_lens = self.output_frames(lengths)
         B, T = len(waveforms), int(out_lens.max()) if len(waveforms) else 0
-        probs = torch.zeros(B, T, self.tokenizer.vocab_size)
+        probs: torch.Tensor | None = None  # the weighted sum, (B, T, V); a single full-length term is used as it is
         unmapped = torch.zeros(B)
+
+        def add(term: torch.Tensor) -> None:
+            nonlocal probs
+            if probs is None and term.shape[1] == T:
+                probs = term
+                return
+            if probs is None:
+                probs = torch.zeros(B, T, self.tokenizer.vocab_size)
+            probs[:, : term.shape[1]] += term
+
         feats = feat_lens = None
         for weight, teacher, um, ratio in zip(self.weights, self.teachers, self.unit_maps, self.ratios):
             if teacher.kind == "asr-kd":
@@ -312,7 +322,7 @@ class TeacherEnsemble:
                     log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)
                 self.forward_seconds += time.perf_counter() - t0
                 p = torch.softmax(log_probs.float() / self.temperature, dim=-1).cpu()
-                probs[:, : p.shape[1]] += weight * p[:, :T]
+                add(p[:, :T] if weight == 1.0 else weight * p[:, :T])
                 continue
             t0 = time.perf_counter()
             with self._autocast():
@@ -322,23 +332,25 @@ class TeacherEnsemble:
             p, lost = um.apply(p)
             valid = torch.arange(p.shape[1])[None, :] < lens[:, None]
             unmapped += weight * torch.where(valid, lost, torch.zeros_like(lost)).sum(1) / lens.clamp_min(1)
-            probs += weight * convert_frames(p, lens, out_lens, ratio, self.frame_conversion)[:, :T]
+            add(weight * convert_frames(p, lens, out_lens, ratio, self.frame_conversion)[:, :T])
+        if probs is None:  # no utterances
+            probs = torch.zeros(B, T, self.tokenizer.vocab_size)
         return probs, out_lens, unmapped
 
     @torch.no_grad()
     def __call__(self, utt_ids: list[str], waveforms: list[torch.Tensor]) -> list[SoftTargets]:
         """Label one batch (waveforms: 1-D float tensors at the store's sample rate)."""
         probs, out_lens, unmapped = self.dense(waveforms)
-        hyps = greedy_ctc(probs.clamp_min(1e-30).log(), out_lens)
+        hyps = greedy_ctc(probs, out_lens)  # the argmax of the probabilities is that of their logs
+        # whole-batch passes (per frame, so padded frames change nothing), sliced per utterance below
+        top_p, top_i = torch.topk(probs, self.top_k, dim=-1)  # (B, T, k)
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # (B, T) nats
         out = []
         for b, utt in enumerate(utt_ids):
             n = int(out_lens[b])
-            p = probs[b, :n]
-            top_p, top_i = torch.topk(p, self.top_k, dim=-1)
-            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
             out.append(SoftTargets(
-                utt, top_i, top_p.float(), self.tokenizer.decode(hyps[b]),
-                float(top_p[:, 0].mean()) if n else math.nan, float(entropy.mean()) if n else math.nan,
+                utt, top_i[b, :n], top_p[b, :n].float(), self.tokenizer.decode(hyps[b]),
+                float(top_p[b, :n, 0].mean()) if n else math.nan, float(entropy[b, :n].mean()) if n else math.nan,
                 float(unmapped[b]),
             ))
         return out

@@ -176,9 +176,10 @@ class Fbank(torch.nn.Module):
             # On CPU, utterance by utterance in chunks of at most CPU_CHUNK_FRAMES valid frames: the FFT buffers
             # of a whole batch (tens of MB, fresh pages on every call) made it 1.5-2x slower, and padded frames
             # are not computed at all
-            feats = torch.zeros(batch, num, c.num_mel_bins)
+            feats = torch.empty(batch, num, c.num_mel_bins)
             for b in range(batch):
                 n = int(feat_lengths[b])
+                feats[b, n:] = 0.0  # frames past the utterance's end
                 if n == 0:
                     continue
                 if c.snip_edges:

@@ -313,9 +313,7 @@ class TeacherEnsemble:
         for weight, teacher, um, ratio in zip(self.weights, self.teachers, self.unit_maps, self.ratios):
             if teacher.kind == "asr-kd":
                 if feats is None:
-                    padded = torch.zeros(B, int(lengths.max()))
-                    for i, w in enumerate(waveforms):
-                        padded[i, : w.numel()] = w
+                    padded = torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True)  # (B, max samples), zeros after each end
                     feats, feat_lens = self.fbank(self._to_device(padded), lengths.to(self.device))
                 t0 = time.perf_counter()
                 with self._autocast():

@@ -11,9 +11,11 @@ Three measurements, one run, the same teacher and data:
                   the same hardware the pipeline gets).
 (c) ``ceiling``   the teacher forward alone (``model(cmvn(fbank))`` under ``no_grad``) on pre-batched
                   in-memory features, one thread, the same batches the pipeline forms (duration-sorted,
-                  ``read_batch_size`` utterances, ``batch_max_frames``). The N-actor ceiling is N x the
-                  one-thread figure (perfect scaling, an upper bound). On CPU it is measured before and
-                  after the pipeline runs and the mean is used.
+                  ``read_batch_size`` utterances, ``batch_max_frames``). The N-actor ceiling on CPU is N
+                  such processes (one thread each, every N-th batch) timed while running at the same
+                  time, the way N actors share the machine (on 2 cores they slow each other down; N x the
+                  one-process figure would be an upper bound it cannot reach); with ``--gpu``, N x one GPU.
+                  On CPU the ceilings are measured before and after the pipeline runs and the means used.
 
 efficiency = pipeline / ceiling (same actor count), speedup = pipeline / naive. A shared host's speed
 drifts over minutes, so the efficiency is also measured inside each pipeline run: the share of the
@@ -90,10 +92,12 @@ def forward_share(log: Path, start: float, end: float, actors: int) -> float:
 
 
 def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int, device: str,
-            bf16: bool = False, repeats: int = 1) -> tuple[float, float]:
-    """Seconds of teacher forward (all teachers) over the whole data, and its audio hours.
+            bf16: bool = False, repeats: int = 1, share: tuple[int, int] = (0, 1), barrier=None) -> tuple[float, float]:
+    """Seconds of teacher forward (all teachers) over the data, and its audio hours.
 
     Audio is decoded and featurized first (not timed); batches follow the pipeline's grouping.
+    ``share=(i, n)``: only batches ``i, i + n, ...`` (worker ``i`` of ``n``); ``barrier``: waited on after
+    the warm-up, so that concurrent workers time the same moment.
     """
     from asr_kd.data.audio import load_audio
     from asr_kd.data.datadir import read_data_dir
@@ -122,7 +126,10 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
                 padded[k, : w.numel()] = w
             with torch.no_grad():
                 feats, feat_lens = ens.fbank(padded.to(ens.device), lens.to(ens.device))  # fbank on the teacher's device
-            batches.append([(t.cmvn(feats), feat_lens) for t in ens.teachers])
+            batches.append(([(t.cmvn(feats), feat_lens) for t in ens.teachers], int(lens.sum())))
+    batches = batches[share[0]::share[1]]
+    samples = sum(n for _, n in batches)
+    batches = [b for b, _ in batches]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def one_pass() -> None:
@@ -135,12 +142,41 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
             torch.cuda.synchronize()
 
     one_pass()  # warm-up (allocator, kernels) not timed
+    if barrier is not None:
+        barrier.wait()
     t0 = time.perf_counter()
     for _ in range(repeats):
         one_pass()
     seconds = (time.perf_counter() - t0) / repeats
-    hours = sum(w.numel() for w in waves.values()) / ens.fbank_config.sample_rate / 3600
-    return seconds, hours
+    return seconds, samples / ens.fbank_config.sample_rate / 3600
+
+
+def _ceiling_worker(args: tuple, share: tuple[int, int], barrier, results) -> None:
+    """One process of ``concurrent_ceiling``: one torch thread, its share of the batches."""
+    torch.set_num_threads(1)
+    results.put(ceiling(*args, share=share, barrier=barrier))
+
+
+def concurrent_ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int,
+                       workers: int) -> float:
+    """Audio-hours per wall-hour of ``workers`` forward-only processes (one thread each) running at the same
+    time, each on every ``workers``-th batch: the ceiling of N workers on this machine as it is (cores that
+    share caches, memory bandwidth or a physical core slow each other down, which N x one thread ignores)."""
+    import multiprocessing as mp
+
+    if workers == 1:
+        seconds, hours = ceiling(model_dirs, data_dir, read_batch_size, batch_max_frames, "cpu")
+        return hours / (seconds / 3600)
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    args = (model_dirs, data_dir, read_batch_size, batch_max_frames, "cpu")
+    procs = [ctx.Process(target=_ceiling_worker, args=(args, (i, workers), barrier, results)) for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    parts = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(h for _, h in parts) / (max(sec for sec, _ in parts) / 3600)
 
 
 def main() -> int:
@@ -184,6 +220,10 @@ def main() -> int:
             s, _ = ceiling(model_dirs, data_dir, args.read_batch_size, args.batch_max_frames, device, bf16=True)
             ceil_bf16 = hours / (s / 3600)
         print(f"ceiling: {hours:.3f} h of audio in {ceil_s:.2f} s of forward -> {ceil_1:.0f} audio-h per wall-h per worker")
+        many = [n for n in actor_counts if n > 1] if not args.gpu else []
+        ceil_many = {n: concurrent_ceiling(model_dirs, data_dir, args.read_batch_size, args.batch_max_frames, n) for n in many}
+        for n, r in ceil_many.items():
+            print(f"ceiling, {n} processes at once: {r:.0f} audio-h per wall-h ({r / (n * ceil_1):.2f} of {n} x one)")
 
         # (b) naive loop
         from asr_kd.label.pipeline import LabelOptions, init_ray, label, label_local
@@ -224,13 +264,19 @@ def main() -> int:
         if not args.gpu:  # the forward rate again: a shared host's speed drifts over minutes
             torch.set_num_threads(1)
             ceil_s_after, _ = ceiling(model_dirs, data_dir, args.read_batch_size, args.batch_max_frames, device)
+            after = {n: concurrent_ceiling(model_dirs, data_dir, args.read_batch_size, args.batch_max_frames, n) for n in many}
             ceil_before = ceil_1
             ceil_1 = hours / ((ceil_s + ceil_s_after) / 2 / 3600)
             ceil_s = (ceil_s + ceil_s_after) / 2
-            drift = (f" The forward-only rate was measured before and after the pipeline runs ({ceil_before:.0f} and "
-                     f"{hours / (ceil_s_after / 3600):.0f} audio-h per wall-h per thread); the ceiling rows use their mean.")
+            drift = (f" The forward-only rates were measured before and after the pipeline runs (one process: {ceil_before:.0f} "
+                     f"and {hours / (ceil_s_after / 3600):.0f} audio-h per wall-h"
+                     + "".join(f"; {n} at once: {ceil_many[n]:.0f} and {after[n]:.0f}" for n in many)
+                     + "); the ceiling rows use their means.")
+            ceil_many = {n: (ceil_many[n] + after[n]) / 2 for n in many}
         else:
             drift = ""
+        # the N-worker ceiling: N forward-only processes measured at once on CPU; N GPUs: N x one
+        ceil_rate = {n: ceil_many.get(n, n * ceil_1) for n in actor_counts}
 
         # table
         rows = []
@@ -249,18 +295,23 @@ def main() -> int:
                                  forward_share(work / f"forward_{n}_{layout}.log", *marker_window(work / f"store_pipe{n}_{layout}"), n))
             rows.append([f"Ray pipeline, {n} actor(s), {reading[layout]}", f"{n} x 1 thread" if not args.gpu else f"{n} GPU(s)",
                          f"{s.wall_s:.1f}", f"{startup[n, layout]:.1f}", f"{rate:.0f}", f"{steady:.0f}",
-                         f"{rate / (ceil_1 * n):.2f} ({steady / (ceil_1 * n):.2f})",
+                         f"{rate / ceil_rate[n]:.2f} ({steady / ceil_rate[n]:.2f})",
                          f"{rate / naive_rate:.2f}x ({steady / naive_steady:.2f}x)"])
         for n in actor_counts:
-            rows.append([f"ceiling: teacher forward only, x{n}", f"{n} x 1 thread" if not args.gpu else f"{n} GPU(s)",
-                         f"{ceil_s / n:.1f}", "-", f"{ceil_1 * n:.0f}", "-", "1.00", f"{ceil_1 * n / naive_rate:.2f}x"])
+            what = (f"{n} GPU(s) (N x one)" if args.gpu else "1 process" if n == 1 else f"{n} processes at once")
+            rows.append([f"ceiling: teacher forward only, {what}", f"{n} x 1 thread" if not args.gpu else f"{n} GPU(s)",
+                         f"{hours / ceil_rate[n] * 3600:.1f}", "-", f"{ceil_rate[n]:.0f}", "-", "1.00", f"{ceil_rate[n] / naive_rate:.2f}x"])
         if ceil_bf16:
             rows.append(["ceiling, bf16 autocast, x1", "1 GPU", "-", "-", f"{ceil_bf16:.0f}", "-", "-", f"{ceil_bf16 / naive_rate:.2f}x"])
         body = [
             f"Teacher: {teacher_desc}. Data: {data_dir if args.data else f'{n_utts} synthetic utterances of 2-6 s'} "
             f"({hours:.3f} h). Device: {device}; teacher precision {args.precision} (ceiling rows: fp32 unless marked). Everything runs at nice {os.nice(0)} (Ray's worker niceness). Ray start-up ({ray_start_s:.1f} s) is not timed; actor start-up and "
-            "model loading are. Efficiency = pipeline / ceiling with the same number of workers (the ceiling of N "
-            "workers is N x the measured one-thread forward rate); speedup = pipeline / naive loop.",
+            "model loading are. Efficiency = pipeline / ceiling with the same number of workers; the ceiling of N "
+            + ("GPUs is N x the one-GPU forward rate" if args.gpu else
+               "workers is N forward-only processes (one thread each) measured running at the same time, each on every "
+               "N-th batch: on 2 cores they slow each other down, which N x the one-process rate would ignore"
+               + "".join(f" ({n} at once: {ceil_rate[n] / (n * ceil_1):.2f} of {n} x one process)" for n in many))
+            + "; speedup = pipeline / naive loop.",
             "",
             "Steady state = audio of shards 2..N over the time between the first and the last shard landing "
             "(start-up excluded); figures in brackets use it. Start-up = wall - audio / steady rate (planning, actor "
@@ -279,9 +330,8 @@ def main() -> int:
         best_steady = steady_rate(work / f"store_pipe{best_n}_{best_key[1]}")
         load = os.getloadavg()[0]
         body += ["", f"Targets: steady-state efficiency >= 0.8 (measured inside the run: {in_run[best_key]:.2f}; against "
-                 f"the ceiling run: {best / (ceil_1 * best_n):.2f} end to end, {best_steady / (ceil_1 * best_n):.2f} steady "
-                 f"state, {best_n} actors, {reading[best_key[1]]}; above 1 means the host was slower during the ceiling "
-                 "runs than during the pipeline's), wall time "
+                 f"the ceiling run: {best / ceil_rate[best_n]:.2f} end to end, {best_steady / ceil_rate[best_n]:.2f} steady "
+                 f"state, {best_n} actors, {reading[best_key[1]]}), wall time "
                  f"<= 0.5 of the naive loop (measured {pipe[best_key].wall_s / naive.wall_s:.2f}), speedup aimed at 3x "
                  f"(measured {best / naive_rate:.2f}x end to end, {best_steady / naive_steady:.2f}x steady state). "
                  f"1-minute load average when done: {load:.1f} on {os.cpu_count()} cores."]

@@ -331,8 +331,10 @@ class TeacherActor:
     def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
                  device: str = "auto", read_options: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None):
         from asr_kd.devices import resolve_device
+        from asr_kd.label.malloc import keep_freed_memory
 
         torch.set_num_threads(threads)
+        keep_freed_memory()  # batch after batch of the same shapes: reuse freed memory (asr_kd.label.malloc)
         device = str(resolve_device(device))  # an actor given a GPU it cannot use fails instead of using its CPU
         self.ensemble = TeacherEnsemble(model_dirs, device=device, **ensemble_kwargs)
         self.batch_max_frames = batch_max_frames

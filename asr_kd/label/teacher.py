@@ -254,8 +254,10 @@ class TeacherEnsemble:
         self.device = torch.device(device)
         self.sample_rate = self.fbank_config.sample_rate
         self.precision = precision
-        self.forward_seconds = 0.0  # wall seconds in the teachers' forward passes (profiling: label_throughput; on CUDA
-        #                             kernels run asynchronously, so this counts launch time only)
+        # CPU seconds of the calling thread in the teachers' forward passes (profiling: label_throughput). With torch
+        # on one thread (the actors) that is all of the forward's work, and time the process was preempted by
+        # others is not counted; on CUDA kernels run asynchronously, so this counts launch time only
+        self.forward_seconds = 0.0
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """The teachers' forward passes at ``self.precision`` (a no-op for fp32)."""
@@ -315,17 +317,17 @@ class TeacherEnsemble:
                 if feats is None:
                     padded = torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True)  # (B, max samples), zeros after each end
                     feats, feat_lens = self.fbank(self._to_device(padded), lengths.to(self.device))
-                t0 = time.perf_counter()
+                t0 = time.thread_time()
                 with self._autocast():
                     log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)
-                self.forward_seconds += time.perf_counter() - t0
+                self.forward_seconds += time.thread_time() - t0
                 p = torch.softmax(log_probs.float() / self.temperature, dim=-1).cpu()
                 add(p[:, :T] if weight == 1.0 else weight * p[:, :T])
                 continue
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             with self._autocast():
                 log_probs, lens = teacher.log_probs(waveforms, self.sample_rate)
-            self.forward_seconds += time.perf_counter() - t0
+            self.forward_seconds += time.thread_time() - t0
             p = torch.softmax(log_probs.float() / self.temperature, dim=-1)
             p, lost = um.apply(p)
             valid = torch.arange(p.shape[1])[None, :] < lens[:, None]

@@ -323,9 +323,9 @@ def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
 
 
 class TeacherActor:
-    """Teacher actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``; a
-    Ray Data actor), or, given ``read_options`` (layout "actors"; a plain Ray actor of ``_ShardActorPool``),
-    on whole shards (rows of ``_shard_rows``) whose planned batches it decodes itself, one after the other."""
+    """Ray Data actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``),
+    or, given ``read_options`` (layout "actors"), on whole shards (rows of ``_shard_rows``) whose planned
+    batches it decodes itself, one after the other."""
 
     def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
                  device: str = "auto", read_options: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None):
@@ -479,7 +479,7 @@ class _ShardActorPool:
             cluster = ray.cluster_resources()
             raise AsrKdError(
                 f"label: {len(self.actors)} teacher actor(s) of {self.num_cpus:g} CPU and {self.num_gpus:g} GPU each did not "
-                f"start within {timeout_s:g} s (the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} "
+                f"start within {timeout_s:.0f} s (the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} "
                 "GPUs); lower --actors or --actor-num-cpus, or add nodes") from None
 
     def results(self, rows: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -760,8 +760,9 @@ def _cuda_probe() -> str:
 
 def check_actor_gpus(actors: int, gpus: float) -> None:
     """Before the actor pool starts: ``actors`` Ray tasks holding ``gpus`` GPU(s) each check that CUDA works
-    where the teacher actors will run. A Ray Data pool restarts a teacher actor whose constructor fails
-    again and again, so the clear error (``asr_kd.devices``) is raised here instead of the stage hanging."""
+    where the teacher actors will run. A teacher actor whose constructor fails is restarted by the pool
+    again and again (Ray Data's actors retry forever), so the clear error (``asr_kd.devices``) is raised
+    here instead of the stage hanging."""
     import ray
 
     probe = ray.remote(_cuda_probe)
@@ -829,7 +830,7 @@ class PlanSummary:
     shards_done: int  # complete in the store already (a rerun skips them)
     batches: int  # teacher batches of the shards to do
     padding: float  # fraction of padded 10 ms frames in those batches
-    rows: int  # Ray input rows (one per shard with actors reading, one per batch with read tasks)
+    rows: int  # Ray Data input rows (one per shard with actors reading, one per batch with read tasks)
     driver_bytes: int  # growth of the driver's peak resident memory while planning
     wall_s: float
 
@@ -927,8 +928,8 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        # (layout "tasks") the Ray Data pool names a pool that cannot start after this; layout "actors" checks the
-        # same with _ShardActorPool.wait_ready
+        # start labeling once every actor is up: with one row per shard, an actor ready first would otherwise
+        # take the first shards of a small run alone (and Ray Data names a pool that cannot start after this)
         ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
@@ -962,12 +963,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         try:
             if fused:  # one row per shard (a retry redoes one shard); the actors decode; plain Ray actors
                 pool = _ShardActorPool(actors, actor_cpus, gpus, runtime_env, actor_kwargs)
-                try:
-                    pool.wait_ready(ACTOR_START_TIMEOUT_S)
-                except AsrKdError:
-                    if created_store and not done:  # nothing labeled: no empty store left behind
-                        shutil.rmtree(out_dir, ignore_errors=True)
-                    raise
+                pool.wait_ready(ACTOR_START_TIMEOUT_S)
                 results: Iterable[dict[str, Any]] = pool.results(
                     _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames))
             else:  # one row per planned teacher batch; Ray Data streams CPU read tasks into the actor pool

@@ -1,4 +1,4 @@
-"""Label audio with teacher soft targets: a pool of Ray actors (fed by Ray Data read tasks on GPUs) writing a sharded store.
+"""Label audio with teacher soft targets: a Ray Data pipeline writing a sharded store.
 
 Input: a data dir, an audio shard dir (``asr-kd data shard``) or a lhotse CutSet manifest, each a row
 source of ``asr_kd.data.sources`` (ids, durations in seconds, and per utterance a small item saying
@@ -11,10 +11,11 @@ a rerun plans the same shards and the same batches. A batch never crosses a shar
 already done cannot change how the others are batched, and since the teacher's float results depend
 on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes a clean run writes.
 Shards already complete in the store (their completion marker exists) are skipped: that is the
-resume. The rest flow through Ray in one of two layouts (``--audio-read``, ``reads_in_actors``)::
+resume. The rest flow through Ray Data in one of two layouts (``--audio-read``, ``reads_in_actors``)::
 
-  actors (default on CPUs): one row per shard, plain Ray actors (``_ShardActorPool``, 2 shards in flight
-    per actor): each actor decodes its shard batch by batch, fbank + teachers, encodes
+  actors (default on CPUs): one row per shard
+    from_items(shards) ─▶ map_batches(TeacherActor, ActorPoolStrategy(size=actors, 2 in flight))
+                              each actor decodes its shard batch by batch, fbank + teachers, encodes
   tasks (default for GPU actors): one row per planned batch
     from_items(batches) ─▶ map_batches(read_audio_group)   CPU tasks: decode + resample, catch bad files
                         ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
@@ -43,7 +44,7 @@ import shutil
 import time
 from pathlib import Path
 from collections.abc import Mapping, Sequence
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -352,14 +353,6 @@ class TeacherActor:
             Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
             os._exit(1)  # simulate a crash mid-run (test hook)
 
-    def ready(self) -> str:
-        """Answers once the constructor has run (the teachers are loaded): the pool's start-up check."""
-        return self.node
-
-    def label(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """``__call__`` under a name a Ray actor handle can call (``_ShardActorPool``)."""
-        return self(batch)
-
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.read_options is None:
             for _ in batch["shard"]:
@@ -443,74 +436,6 @@ def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: li
 
 
 # --------------------------------------------------------------------------------------- driver
-
-
-class _ShardActorPool:
-    """Layout "actors": ``TeacherActor``s as plain Ray actors, fed one shard row at a time, ``IN_FLIGHT``
-    per actor (the next shard waits in the actor's queue while one runs, so an actor never idles between
-    shards); results come back as each shard finishes, in any order.
-
-    Ray Data adds nothing to this layout (no read stage to stream, one row per shard) but costs CPU on
-    a small machine: its executor and iterator threads in the driver and three helper actors took ~8 %
-    of a core on 2 cores (measured with /proc), time the teachers' forward did not get. Ray core does
-    what it did here: an actor that dies is restarted (its constructor reloads the teachers) and its
-    unfinished tasks are retried; an error raised inside a task (a bad shard, a GPU it cannot use)
-    reaches the driver."""
-
-    IN_FLIGHT = 2
-
-    def __init__(self, actors: int, num_cpus: float, num_gpus: float, runtime_env: dict[str, Any] | None,
-                 actor_kwargs: dict[str, Any]):
-        import ray
-
-        remote = ray.remote(TeacherActor).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
-                                                  max_task_retries=-1, runtime_env=runtime_env)
-        self.actors = [remote.remote(**actor_kwargs) for _ in range(actors)]
-        self.num_cpus, self.num_gpus = num_cpus, num_gpus
-
-    def wait_ready(self, timeout_s: float) -> None:
-        """Every actor up (teachers loaded) within ``timeout_s``, else a clear error: a pool that asks for
-        more than the cluster has would otherwise wait forever."""
-        import ray
-
-        try:
-            ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            cluster = ray.cluster_resources()
-            raise AsrKdError(
-                f"label: {len(self.actors)} teacher actor(s) of {self.num_cpus:g} CPU and {self.num_gpus:g} GPU each did not "
-                f"start within {timeout_s:.0f} s (the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} "
-                "GPUs); lower --actors or --actor-num-cpus, or add nodes") from None
-
-    def results(self, rows: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Label ``rows`` (``_shard_rows``); yields each shard's output columns as it completes."""
-        import ray
-
-        todo = iter(rows)
-        pending: dict[Any, int] = {}  # result ref -> index of the actor running it
-
-        def submit(i: int) -> None:
-            row = next(todo, None)
-            if row is not None:
-                batch = {"shard": np.asarray([row["shard"]]), "batches": np.asarray([row["batches"]], dtype=object)}
-                pending[self.actors[i].label.remote(batch)] = i
-
-        for _ in range(self.IN_FLIGHT):
-            for i in range(len(self.actors)):
-                submit(i)
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ref)
-            out = ray.get(ref)
-            submit(i)
-            yield out
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
 
 
 class _Result(NamedTuple):
@@ -952,29 +877,30 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
                 raise
         read_options = dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
         n_utts = sum(len(shards[s]) for s in todo)
+        if fused:  # one row (and one block: a retry redoes one shard) per shard; the actors decode
+            rows = _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
+            rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+            ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
         # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
-        runtime_env = {"env_vars": hooks} if hooks else None
-        actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
-                            batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
-                            read_options=read_options if fused else None, encoder=_encoder_of(writer))
-        pool = None
+        # a shard is seconds of work: two in flight per actor (the next one waits while one runs; one alone
+        # leaves the actor idle between shards) so that a few shards still spread over all actors
+        pool = ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2) if fused else ActorPoolStrategy(size=actors)
+        ds = ds.map_batches(TeacherActor, batch_size=1, compute=pool,
+                            num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
+                            runtime_env={"env_vars": hooks} if hooks else None,
+                            fn_constructor_kwargs=dict(model_dirs=[_resolve_spec(m) for m in model_dirs],
+                                                       ensemble_kwargs=o.ensemble_kwargs(),
+                                                       batch_max_frames=o.batch_max_frames,
+                                                       device="cuda" if gpus > 0 else "cpu",
+                                                       read_options=read_options if fused else None,
+                                                       encoder=_encoder_of(writer)))
         bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
         try:
-            if fused:  # one row per shard (a retry redoes one shard); the actors decode; plain Ray actors
-                pool = _ShardActorPool(actors, actor_cpus, gpus, runtime_env, actor_kwargs)
-                pool.wait_ready(ACTOR_START_TIMEOUT_S)
-                results: Iterable[dict[str, Any]] = pool.results(
-                    _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames))
-            else:  # one row per planned teacher batch; Ray Data streams CPU read tasks into the actor pool
-                rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-                ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-                ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
-                ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
-                                    num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
-                                    runtime_env=runtime_env, fn_constructor_kwargs=actor_kwargs)
-                results = ds.iter_batches(batch_size=None, batch_format="numpy")
-            for batch in results:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(collector.add(batch))
                 bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}", shards=f"{len(done) + len(collector.written)}/{len(shards)}")
         except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
@@ -984,8 +910,6 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             raise AsrKdError(f"label: {ours}") from None
         finally:
             bar.close()
-            if pool is not None:
-                pool.close()
             if started_ray:
                 ray.shutdown()
         if collector.pending:

@@ -198,8 +198,6 @@ def main() -> int:
     p.add_argument("--gpu", action="store_true", help="CUDA teacher, fbank on GPU, bf16 ceiling, GPU-hour projection")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="teacher forward precision of the pipeline and naive runs (asr-kd label --precision)")
-    p.add_argument("--section", help="BENCHMARKS.md section to write (default: label_throughput, label_throughput_gpu "
-                   "with --gpu), e.g. to keep a second teacher's figures beside the demo teacher's")
     add_output_args(p)
     args = p.parse_args()
     # Ray runs its workers at nice 15 (RAY_worker_niceness); the naive loop and the ceiling run in this
@@ -363,8 +361,6 @@ def main() -> int:
                             "for 1,000,000 h if the pipeline kept up.")
         name, title = (("label_throughput_gpu", "Labeling throughput on a GPU (asr-kd label)") if args.gpu
                        else ("label_throughput", "Labeling throughput (asr-kd label)"))
-        if args.section:
-            name, title = args.section, f"{title}: {args.section}"
         publish(name, title, body, write=not args.no_write)
     return 0
 

@@ -176,7 +176,7 @@ class Fbank(torch.nn.Module):
             # On CPU, utterance by utterance in chunks of at most CPU_CHUNK_FRAMES valid frames: the FFT buffers
             # of a whole batch (tens of MB, fresh pages on every call) made it 1.5-2x slower, and padded frames
             # are not computed at all
-            feats = torch.empty(batch, num, c.num_mel_bins)
+            feats = torch.empty(batch, num, c.num_mel_bins, dtype=torch.float32)
             for b in range(batch):
                 n = int(feat_lengths[b])
                 feats[b, n:] = 0.0  # frames past the utterance's end
@@ -222,8 +222,8 @@ class Fbank(torch.nn.Module):
         return out
 
     def _frames_to_fbank(self, frames: torch.Tensor) -> torch.Tensor:
-        """Kaldi's per-frame pipeline on ``(B, T, W)`` frames -> ``(B, T, F)`` log-mel (same order of
-        operations as ``torchaudio.compliance.kaldi._get_window`` + ``fbank``)."""
+        """Kaldi's per-frame pipeline on ``(..., W)`` frames (``(B, T, W)`` or one utterance's ``(T, W)``) ->
+        ``(..., F)`` log-mel (same order of operations as ``torchaudio.compliance.kaldi._get_window`` + ``fbank``)."""
         c = self.config
         if c.dither != 0.0:  # in int16 steps; the frames hold samples in [-1, 1]
             frames = frames + (c.dither / WAVEFORM_SCALE) * torch.randn_like(frames)

@@ -13,8 +13,9 @@ Three measurements, one run, the same teacher and data:
                   in-memory features, one thread, the same batches the pipeline forms (duration-sorted,
                   ``read_batch_size`` utterances, ``batch_max_frames``). The N-actor ceiling on CPU is N
                   such processes (one thread each, every N-th batch) timed while running at the same
-                  time, the way N actors share the machine (on 2 cores they slow each other down; N x the
-                  one-process figure would be an upper bound it cannot reach); with ``--gpu``, N x one GPU.
+                  time, the way N actors share the machine (measured, not assumed to be N x one process:
+                  shared caches, memory bandwidth and clock boost make them differ); with ``--gpu``, N x
+                  one GPU.
                   On CPU the ceilings are measured before and after the pipeline runs and the means used.
 
 efficiency = pipeline / ceiling (same actor count), speedup = pipeline / naive. A shared host's speed
@@ -166,8 +167,8 @@ def concurrent_ceiling(model_dirs: list[str], data_dir: str, read_batch_size: in
                        workers: int) -> tuple[float, float]:
     """``(audio-hours per wall-hour, audio hours)`` of ``workers`` forward-only processes (one thread each)
     running at the same time, each on every ``workers``-th batch: the ceiling of N workers on this machine
-    as it is (cores that share caches, memory bandwidth or a physical core slow each other down, which N x
-    one process ignores). Processes of their own also keep the bench's process (the naive loop) as it was."""
+    as it is, not assumed to be N x one process (shared caches, memory bandwidth and clock boost make them
+    differ). Processes of their own also keep the bench's process (the naive loop) as it was."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -315,7 +316,7 @@ def main() -> int:
             "model loading are. Efficiency = pipeline / ceiling with the same number of workers; the ceiling of N "
             + ("GPUs is N x the one-GPU forward rate" if args.gpu else
                "workers is N forward-only processes (one thread each) measured running at the same time, each on every "
-               "N-th batch: on 2 cores they slow each other down, which N x the one-process rate would ignore"
+               "N-th batch, measured rather than assumed to be N x the one-process rate"
                + "".join(f" ({n} at once: {ceil_rate[n] / (n * ceil_1):.2f} of {n} x one process)" for n in many))
             + "; speedup = pipeline / naive loop.",
             "",

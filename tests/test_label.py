@@ -537,8 +537,8 @@ def test_default_store_is_v2_top_p_and_bad_settings_are_refused(setup, tmp_path,
 
 
 def test_actor_reading_its_shard_logs_its_forward_time_for_the_benchmark(setup, monkeypatch, tmp_path):
-    """``ASR_KD_FORWARD_LOG`` (label_throughput's drift-free efficiency): the actor appends its pid, the time
-    and its cumulative seconds in the teacher forward after each call; a shard row is decoded and labeled."""
+    """``ASR_KD_FORWARD_LOG`` (label_throughput's in-run forward share): the actor appends its pid, the time
+    and its cumulative CPU seconds in the teacher forward after each call; a shard row is decoded and labeled."""
     from asr_kd.data.sources import open_source
     from asr_kd.label.pipeline import TeacherActor, _shard_rows
 

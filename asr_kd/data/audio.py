@@ -118,11 +118,18 @@ def _open(source: AudioSource, allow_pipes: bool) -> tuple[Any, str | None]:
     return str(path), source.path
 
 
+_HEADER_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError)  # what soundfile raises for a file it cannot parse
+
+
+def _unreadable(exc: Exception, utt_id: str | None, path: str | None) -> AudioUnreadableError:
+    return AudioUnreadableError(f"not a readable audio file ({exc}); check the file or re-encode it as wav/flac", utt_id, path)
+
+
 def _info(handle: Any, utt_id: str | None, path: str | None) -> Any:
     try:
         info = sf.info(handle)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioUnreadableError(f"not a readable audio file ({exc}); check the file or re-encode it as wav/flac", utt_id, path) from None
+    except _HEADER_ERRORS as exc:
+        raise _unreadable(exc, utt_id, path) from None
     if isinstance(handle, io.BytesIO):
         handle.seek(0)
     return info
@@ -166,20 +173,20 @@ def read_samples(
     # a third of the read time of a short wav file)
     try:
         sound = sf.SoundFile(handle)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioUnreadableError(f"not a readable audio file ({exc}); check the file or re-encode it as wav/flac", utt, where) from None
+    except _HEADER_ERRORS as exc:
+        raise _unreadable(exc, utt, where) from None
     with sound:
         return _read_open(sound, source, sample_rate, max_seconds, dtype)
 
 
-def _read_open(info: Any, source: AudioSource, sample_rate: int | None, max_seconds: float | None, dtype: str
+def _read_open(sound: Any, source: AudioSource, sample_rate: int | None, max_seconds: float | None, dtype: str
                ) -> tuple[np.ndarray, int, Any]:
-    """``read_samples`` on an open ``soundfile.SoundFile`` (``info``: its header, then its decoder)."""
+    """``read_samples`` on an open ``soundfile.SoundFile``: its header checked, then its span decoded."""
     utt, where = source.utt_id, source.path
-    rate, total = int(info.samplerate), int(info.frames)
-    if info.channels != 1:
+    rate, total = int(sound.samplerate), int(sound.frames)
+    if sound.channels != 1:
         raise AudioChannelError(
-            f"audio has {info.channels} channels; asr-kd reads mono only. Downmix it, e.g. "
+            f"audio has {sound.channels} channels; asr-kd reads mono only. Downmix it, e.g. "
             f"'sox in.wav -c 1 out.wav' (or pick one channel: 'sox in.wav out.wav remix 1')", utt, where)
     if sample_rate is not None and rate != sample_rate:
         raise AudioRateError(f"sample rate is {rate} Hz, expected {sample_rate} Hz (resampling is off); "
@@ -209,8 +216,8 @@ def _read_open(info: Any, source: AudioSource, sample_rate: int | None, max_seco
 
     try:
         if start:
-            info.seek(start)
-        samples = info.read(stop - start, dtype=dtype, always_2d=True)
+            sound.seek(start)
+        samples = sound.read(stop - start, dtype=dtype, always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioUnreadableError(f"decoding failed ({exc}); the file is truncated or corrupt", utt, where) from None
     if samples.shape[0] == 0:
@@ -223,7 +230,7 @@ def _read_open(info: Any, source: AudioSource, sample_rate: int | None, max_seco
     if samples.dtype.kind == "f" and not bool(np.isfinite(samples).all()):
         bad = int((~np.isfinite(samples)).sum())
         raise AudioNonFiniteError(f"{bad} of {samples.size} samples are NaN or inf", utt, where)
-    return samples, rate, info
+    return samples, rate, sound
 
 
 def check_file(source: AudioSource, block_seconds: float = 60.0) -> Any:

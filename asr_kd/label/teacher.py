@@ -299,18 +299,8 @@ class TeacherEnsemble:
         lengths = torch.tensor([w.numel() for w in waveforms], dtype=torch.long)
         out_lens = self.output_frames(lengths)
         B, T = len(waveforms), int(out_lens.max()) if len(waveforms) else 0
-        probs: torch.Tensor | None = None  # the weighted sum, (B, T, V); a single full-length term is used as it is
+        probs = torch.zeros(B, T, self.tokenizer.vocab_size)
         unmapped = torch.zeros(B)
-
-        def add(term: torch.Tensor) -> None:
-            nonlocal probs
-            if probs is None and term.shape[1] == T:
-                probs = term
-                return
-            if probs is None:
-                probs = torch.zeros(B, T, self.tokenizer.vocab_size)
-            probs[:, : term.shape[1]] += term
-
         feats = feat_lens = None
         for weight, teacher, um, ratio in zip(self.weights, self.teachers, self.unit_maps, self.ratios):
             if teacher.kind == "asr-kd":
@@ -322,7 +312,7 @@ class TeacherEnsemble:
                     log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)
                 self.forward_seconds += time.thread_time() - t0
                 p = torch.softmax(log_probs.float() / self.temperature, dim=-1).cpu()
-                add(p[:, :T] if weight == 1.0 else weight * p[:, :T])
+                probs[:, : p.shape[1]] += weight * p[:, :T]
                 continue
             t0 = time.thread_time()
             with self._autocast():
@@ -332,9 +322,7 @@ class TeacherEnsemble:
             p, lost = um.apply(p)
             valid = torch.arange(p.shape[1])[None, :] < lens[:, None]
             unmapped += weight * torch.where(valid, lost, torch.zeros_like(lost)).sum(1) / lens.clamp_min(1)
-            add(weight * convert_frames(p, lens, out_lens, ratio, self.frame_conversion)[:, :T])
-        if probs is None:  # no utterances
-            probs = torch.zeros(B, T, self.tokenizer.vocab_size)
+            probs += weight * convert_frames(p, lens, out_lens, ratio, self.frame_conversion)[:, :T]
         return probs, out_lens, unmapped
 
     @torch.no_grad()

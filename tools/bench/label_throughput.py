@@ -117,21 +117,19 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
         except AudioError:
             continue
     order = [u for u in order if u in waves]
-    batches = []
+    groups = []  # the pipeline's teacher batches, as lists of waveforms
     for i in range(0, len(order), read_batch_size):
-        chunk = order[i: i + read_batch_size]
-        for group in _sub_batches([waves[u].numel() for u in chunk], batch_max_frames):
-            ws = [waves[chunk[j]] for j in group]
-            lens = torch.tensor([w.numel() for w in ws])
-            padded = torch.zeros(len(ws), int(lens.max()))
-            for k, w in enumerate(ws):
-                padded[k, : w.numel()] = w
-            with torch.no_grad():
-                feats, feat_lens = ens.fbank(padded.to(ens.device), lens.to(ens.device))  # fbank on the teacher's device
-            batches.append(([(t.cmvn(feats), feat_lens) for t in ens.teachers], int(lens.sum())))
-    batches = batches[share[0]::share[1]]
-    samples = sum(n for _, n in batches)
-    batches = [b for b, _ in batches]
+        chunk = [waves[u] for u in order[i: i + read_batch_size]]
+        groups += [[chunk[j] for j in group] for group in _sub_batches([w.numel() for w in chunk], batch_max_frames)]
+    groups = groups[share[0]::share[1]]  # this worker's batches: only those are featurized
+    batches, samples = [], 0
+    for ws in groups:
+        lens = torch.tensor([w.numel() for w in ws])
+        padded = torch.nn.utils.rnn.pad_sequence(ws, batch_first=True)
+        with torch.no_grad():
+            feats, feat_lens = ens.fbank(padded.to(ens.device), lens.to(ens.device))  # fbank on the teacher's device
+        batches.append([(t.cmvn(feats), feat_lens) for t in ens.teachers])
+        samples += int(lens.sum())
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def one_pass() -> None:

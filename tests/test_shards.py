@@ -155,6 +155,55 @@ def test_index_agrees_with_the_tar_and_members_hold_the_audio(corpus, tmp_path):
     assert src.seconds()["recB-1"] == 0.625
 
 
+def test_shard_source_is_compact_and_its_items_are_the_index_entries(corpus, tmp_path):
+    """The driver holds arrays, not a dict per utterance: ids and member names as blobs plus ~76 bytes; each
+    item, built when asked, is the index's entry (or the packing's reject reason)."""
+    _, _, data, _ = corpus
+    out = tmp_path / "sh"
+    write_shards(data, out, shard_size=4, progress=False)
+    src = ShardSource(out)
+    entries = {}
+    for p in sorted(out.glob("*.index.json")):
+        idx = json.loads(p.read_text())
+        for m in idx["members"]:
+            entries[m["utt"]] = ("member", str(out / idx["tar"]), m)
+        for r in idx["rejects"]:
+            entries[r["utt"]] = ("reject", None, r)
+    assert list(src.utt_ids) == sorted(entries) and len(src) == 16
+    for utt, (kind, tar, e) in entries.items():
+        item = src.item(utt)
+        assert src.seconds()[utt] == e["seconds"]
+        if kind == "reject":
+            assert item == [utt, None, None, None, {"error": e["reason"]}]
+        else:
+            assert item == [utt, f"{tar}:{e['member']}", None, None, {"tar": tar, "member": e["member"], "offset": e["offset"],
+                                                                      "size": e["size"], "sha256": e["sha256"]}]
+    longest = max(len(u) for u in entries) + max(len(e["member"]) for _, _, e in entries.values() if "member" in e)
+    assert src.nbytes <= len(src) * (longest + 76) + 16
+
+
+def test_shard_source_sorts_shards_listed_out_of_order_and_refuses_an_utterance_in_two(corpus, tmp_path):
+    _, _, data, _ = corpus
+    out = tmp_path / "sh"
+    write_shards(data, out, shard_size=4, progress=False)
+    in_order = ShardSource(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"].reverse()  # (a hand-made dir, or shards from another tool)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    reordered = ShardSource(out)
+    assert list(reordered.utt_ids) == list(in_order.utt_ids)
+    assert [reordered.item(u) for u in in_order.utt_ids] == [in_order.item(u) for u in in_order.utt_ids]
+    assert list(reordered.seconds().values()) == list(in_order.seconds().values())
+    first, last = (json.loads((out / manifest["shards"][i]["index"]).read_text()) for i in (-1, 0))
+    dup = dict(first["members"][0])  # the first shard's first utterance, also listed by the last shard
+    last["members"].append(dup)
+    (out / manifest["shards"][0]["index"]).write_text(json.dumps(last))
+    manifest["utts"] += 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardIntegrityError, match=rf"utterance '{dup['utt']}' is in two shards of .*shard-00000.*shard-0000"):
+        ShardSource(out)
+
+
 def test_recordings_stay_in_one_shard(corpus, tmp_path):
     _, _, _, seg = corpus
     write_shards(seg, tmp_path / "a", shard_size=2, progress=False)  # a recording (3-4 segments) exceeds 2: one shard each

@@ -49,6 +49,7 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,6 @@ import soundfile as sf
 from asr_kd.atomic import atomic_write_bytes
 from asr_kd.data.audio import check_file, read_samples, utterance_seconds
 from asr_kd.data.datadir import AudioSource, DataDir, read_data_dir
-from asr_kd.data.sources import ItemTableSource
 from asr_kd.errors import AsrKdError, AudioError, AudioUnreadableError
 
 FORMAT = "asr-kd-audio-shards"
@@ -351,22 +351,36 @@ def read_member(loc: dict[str, Any]) -> bytes:
     return data
 
 
-class ShardSource(ItemTableSource):
+class ShardSource:
     """Labeling rows from an audio shard dir (``asr_kd.data.sources``): one item per utterance of the
     source data dir, in the same order with the same durations, so the store equals the data dir's.
 
-    The driver reads only the manifest and the per-shard indexes (JSON) and checks that every tar is
-    as long as its index says (a truncated copy is refused before any work); audio is read by the Ray
-    read tasks, one member at a time. The dir may be local or on a file system every node mounts."""
+    The driver reads only the manifest and the per-shard indexes (JSON, one at a time) and checks that
+    every tar is as long as its index says (a truncated copy is refused before any work); audio is read
+    by the labeling workers, one member at a time. The dir may be local or on a file system every node
+    mounts. Held compactly for corpora of 10^8 utterances: per utterance its id and member name (UTF-8
+    blobs, ``IdTable``), shard number, offset, size, duration and raw sha256 in arrays -- about
+    ``len(id) + len(member) + 76`` bytes, where a dict per item cost ~1 KB; an item is built when asked."""
 
     kind = "audio shards"
 
     def __init__(self, path: str | os.PathLike):
+        from array import array
+
+        from asr_kd.data.sources import Durations, IdTable
+
         root = Path(path).resolve()
         self.path = str(root)
         self.manifest = read_manifest(root)
-        self._items: dict[str, list] = {}
-        self._seconds: dict[str, float] = {}
+        self._tars: list[str] = []  # per shard of the dir
+        ids: list[str] = []  # the ids of the current shard only are strings; the rest are blobs
+        id_blob, member_blob = bytearray(), bytearray()
+        id_ends, member_ends = array("q", [0]), array("q", [0])
+        shard_of, offsets, sizes = array("i"), array("q"), array("q")
+        seconds, digests = array("d"), bytearray()
+        self._rejects: dict[int, str] = {}  # position -> reason (utterances rejected while packing: few)
+        previous, previous_index = "", None
+        unsorted = False
         for entry in self.manifest["shards"]:
             ipath = root / entry["index"]
             if not ipath.is_file():
@@ -378,22 +392,92 @@ class ShardSource(ItemTableSource):
                 got = "missing" if size is None else f"{size} bytes"
                 raise ShardIntegrityError(f"{tar}: {got}, its index {ipath.name} says {idx['tar_bytes']} bytes "
                                           "(truncated or replaced copy); rewrite the shard (asr-kd data shard) and rerun")
-            for m in idx["members"]:
-                self._add(m["utt"], m["seconds"], [m["utt"], f"{tar}:{m['member']}", None, None,
-                                                   {"tar": str(tar), "member": m["member"], "offset": m["offset"],
-                                                    "size": m["size"], "sha256": m["sha256"]}], ipath)
-            for r in idx["rejects"]:
-                self._add(r["utt"], r["seconds"], [r["utt"], None, None, None, {"error": r["reason"]}], ipath)
-        if len(self._items) != self.manifest["utts"] + self.manifest["rejects"]:
+            shard_no = len(self._tars)
+            self._tars.append(str(tar))
+            rows = [(m["utt"], m) for m in idx["members"]] + [(r["utt"], r) for r in idx["rejects"]]
+            rows.sort(key=lambda r: r[0])
+            for utt, row in rows:
+                if utt == previous and ids:
+                    raise ShardIntegrityError(f"{ipath}: utterance {utt!r} is also in {previous_index.name if previous_index else ipath.name} "
+                                              f"of {self.path}")
+                unsorted |= bool(ids) and utt < previous
+                previous, previous_index = utt, ipath
+                ids.append(utt)
+                id_blob += utt.encode("utf-8")
+                id_ends.append(len(id_blob))
+                shard_of.append(shard_no)
+                seconds.append(float(row["seconds"]))
+                if "member" in row:
+                    member_blob += row["member"].encode("utf-8")
+                    offsets.append(int(row["offset"]))
+                    sizes.append(int(row["size"]))
+                    digests += bytes.fromhex(row["sha256"])
+                else:  # a reject of the packing: its reason goes to the store's rejects.tsv when labeled
+                    self._rejects[len(shard_of) - 1] = str(row["reason"])
+                    offsets.append(-1)
+                    sizes.append(0)
+                    digests += bytes(32)
+                member_ends.append(len(member_blob))
+            ids = ids[-1:]  # keep the last id for the order and duplicate checks
+        n = len(id_ends) - 1
+        if n != self.manifest["utts"] + self.manifest["rejects"]:
             raise ShardIntegrityError(f"{root / MANIFEST}: lists {self.manifest['utts']} utterances and "
-                                      f"{self.manifest['rejects']} rejects, the indexes {len(self._items)} in all")
-        self._ids = sorted(self._items)
+                                      f"{self.manifest['rejects']} rejects, the indexes {n} in all")
+        self._ids = IdTable(bytes(id_blob), np.frombuffer(id_ends, dtype=np.int64).copy())
+        self._members = IdTable(bytes(member_blob), np.frombuffer(member_ends, dtype=np.int64).copy())
+        self._shard_of = np.frombuffer(shard_of, dtype=np.int32).copy()
+        self._offsets = np.frombuffer(offsets, dtype=np.int64).copy()
+        self._sizes = np.frombuffer(sizes, dtype=np.int64).copy()
+        self._digests = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(n, 32)
+        durations = np.frombuffer(seconds, dtype=np.float64).copy()
+        if unsorted:  # shards written by asr-kd data shard follow the data dir's sorted order; others are sorted here
+            self._sort(durations)
+        else:
+            self._durations = Durations(self._ids, durations)
 
-    def _add(self, utt: str, seconds: float, item: list, where: Path) -> None:
-        if utt in self._items:
-            raise ShardIntegrityError(f"{where}: utterance {utt!r} is in two shards of {self.path}")
-        self._items[utt] = item
-        self._seconds[utt] = float(seconds)
+    def _sort(self, durations: np.ndarray) -> None:
+        """Reorder everything by utterance id (shard dirs whose shards do not follow the id order)."""
+        from asr_kd.data.sources import Durations, IdTable
+
+        order = sorted(range(len(self._ids)), key=self._ids.__getitem__)
+        for a, b in zip(order, order[1:]):
+            if self._ids[a] == self._ids[b]:
+                raise ShardIntegrityError(f"utterance {self._ids[a]!r} is in two shards of {self.path} "
+                                          f"({Path(self._tars[self._shard_of[a]]).name}, {Path(self._tars[self._shard_of[b]]).name})")
+        self._ids = IdTable.build(self._ids[i] for i in order)
+        self._members = IdTable.build(self._members[i] for i in order)
+        self._shard_of, self._offsets, self._sizes, self._digests = (
+            self._shard_of[order], self._offsets[order], self._sizes[order], self._digests[order])
+        position = {old: new for new, old in enumerate(order)}
+        self._rejects = {position[i]: reason for i, reason in self._rejects.items()}
+        self._durations = Durations(self._ids, durations[order])
+
+    @property
+    def utt_ids(self) -> "Sequence[str]":
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seconds(self) -> "Mapping[str, float]":
+        return self._durations
+
+    def item(self, utt: str) -> list:
+        return self.item_at(self._ids.index(utt), utt)
+
+    def item_at(self, i: int, utt: str) -> list:
+        """The item of the ``i``-th utterance (id ``utt``): where its member is, or its packing reject."""
+        if i in self._rejects:
+            return [utt, None, None, None, {"error": self._rejects[i]}]
+        tar, member = self._tars[int(self._shard_of[i])], self._members[i]
+        return [utt, f"{tar}:{member}", None, None, {"tar": tar, "member": member, "offset": int(self._offsets[i]),
+                                                      "size": int(self._sizes[i]), "sha256": self._digests[i].tobytes().hex()}]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the per-utterance arrays (ids, member names, shard numbers, offsets, sizes, sha256, durations)."""
+        return (self._ids.nbytes + self._members.nbytes + self._shard_of.nbytes + self._offsets.nbytes + self._sizes.nbytes
+                + self._digests.nbytes + self._durations.array.nbytes)
 
 
 def member_array(loc: dict[str, Any]) -> tuple[np.ndarray, int]:

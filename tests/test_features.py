@@ -87,6 +87,22 @@ def test_batched_fbank_equals_torchaudio_per_utterance_float64(speech_wave, opti
         assert torch.all(feats[b, feat_lens[b]:] == 0)  # frames past the end are zero
 
 
+@pytest.mark.parametrize("bins", [80, 40, 23])
+def test_cpu_mel_bands_hold_every_non_zero_weight_of_the_dense_filterbank(bins):
+    """The CPU path projects band by band over the rows each band uses: put back in place, the bands are the
+    dense matrix (nothing dropped), and they skip most of its zeros."""
+    fb = Fbank(FbankConfig(num_mel_bins=bins))
+    rebuilt = torch.zeros_like(fb.mel_banks_pairs)
+    col = 0
+    for i, (first, end) in enumerate(fb.mel_bands):
+        band = getattr(fb, f"mel_band_{i}")
+        rebuilt[first:end, col: col + band.shape[1]] = band
+        col += band.shape[1]
+    assert col == bins and torch.equal(rebuilt, fb.mel_banks_pairs)
+    assert sum((end - first) * getattr(fb, f"mel_band_{i}").shape[1] for i, (first, end) in enumerate(fb.mel_bands)) \
+        < 0.5 * fb.mel_banks_pairs.numel()
+
+
 def test_batched_fbank_float32_matches_torchaudio_float32(speech_wave):
     """The production path (float32). Log-mel of very quiet bins carries float32 FFT rounding noise of a
     few 1e-4 in torchaudio itself (it is that far from its own float64 result), so the bound is 1e-3;

@@ -91,3 +91,21 @@ def test_gpu_label_script_refuses_clearly_without_a_gpu(tmp_path):
                          text=True, timeout=60)
     assert bad.returncode == 2 and "unknown argument --gpus" in bad.stderr
 
+
+
+def test_label_throughput_phase_shares_are_cpu_seconds_per_actor_second_of_the_window(tmp_path):
+    """Two actors, each logging cumulative CPU seconds per phase after every call: the shares over a window are
+    the increments inside it (interpolated between calls) over actors x window, phase by phase."""
+    from asr_kd.label.pipeline import TeacherActor
+    from tools.bench.label_throughput import phase_shares
+
+    assert TeacherActor.PHASES == ("forward", "fbank", "read", "call", "process")
+    lines = []
+    for pid, rate in ((11, 1.0), (22, 0.5)):  # actor 22 spends half as much per second in every phase
+        for t in range(0, 11, 2):  # a call ends every 2 s; the process already used 5 s before its first call
+            f, fb, rd, call = 0.6 * rate * t, 0.1 * rate * t, 0.05 * rate * t, 0.8 * rate * t
+            lines.append(f"{pid} {100 + t} {f} {fb} {rd} {call} {5 + 0.9 * rate * t}")
+    (tmp_path / "f.log").write_text("\n".join(lines) + "\n")
+    shares = phase_shares(tmp_path / "f.log", 103.0, 107.0, actors=2)  # a window between calls
+    for phase, per_second in (("forward", 0.6), ("fbank", 0.1), ("read", 0.05), ("call", 0.8), ("process", 0.9)):
+        assert shares[phase] == pytest.approx(per_second * 1.5 / 2)

@@ -35,6 +35,12 @@ WAVEFORM_SCALE = 32768.0
 CPU_CHUNK_FRAMES = 1024
 """On CPU, fbank runs on at most this many 10 ms frames at a time (a 2 MiB FFT buffer at 512 points)."""
 
+MEL_BAND_FILTERS = 16
+"""On CPU, the mel projection runs per band of this many filters, over only the FFT bins they cover (a
+triangular filter is zero outside its neighbours' centres: 1,002 of the 514 x 80 weights are non-zero at
+16 kHz): ~20 % of a dense matmul's work; 16 float32 columns fill the AVX-512 lanes (3x faster than the
+dense matmul, measured; 8 or 10 filters per band ran slower than 16)."""
+
 
 class FbankConfig(StrictModel):
     """Options of the log-mel front end, with Kaldi's names and semantics (``compute-fbank-feats``)."""
@@ -133,6 +139,14 @@ class Fbank(torch.nn.Module):
         # |FFT|^2 of [-1, 1] samples -> Kaldi's int16 scale
         pairs = banks.T.repeat_interleave(2, dim=0) * WAVEFORM_SCALE ** 2
         self.register_buffer("mel_banks_pairs", pairs.contiguous(), persistent=False)
+        # CPU: the same matrix as bands of MEL_BAND_FILTERS filters, each with the rows (FFT bins) it uses
+        self.mel_bands: list[tuple[int, int]] = []  # (first, last + 1) row of each band
+        for i, start in enumerate(range(0, c.num_mel_bins, MEL_BAND_FILTERS)):
+            cols = pairs[:, start: start + MEL_BAND_FILTERS]
+            rows = cols.ne(0).any(dim=1).nonzero().flatten()
+            first, end = (int(rows[0]), int(rows[-1]) + 1) if rows.numel() else (0, 1)
+            self.mel_bands.append((first, end))
+            self.register_buffer(f"mel_band_{i}", cols[first:end].contiguous(), persistent=False)
 
     @property
     def num_mel_bins(self) -> int:
@@ -247,7 +261,12 @@ class Fbank(torch.nn.Module):
         # of the spectrum) with every bank row repeated twice: the strided re/im views of a complex tensor are
         # slow to read, and abs() would take a square root only for pow(2) to undo it
         squares = torch.view_as_real(spectrum).flatten(-2).square_()  # (..., 2 * fft_bins)
-        mel = torch.matmul(squares, self.mel_banks_pairs.to(squares.dtype))  # the banks carry WAVEFORM_SCALE ** 2
+        # the banks carry WAVEFORM_SCALE ** 2
+        if squares.device.type == "cpu":  # band by band, the non-zero rows only (MEL_BAND_FILTERS)
+            mel = torch.cat([torch.matmul(squares[..., first:end], getattr(self, f"mel_band_{i}").to(squares.dtype))
+                             for i, (first, end) in enumerate(self.mel_bands)], dim=-1)
+        else:
+            mel = torch.matmul(squares, self.mel_banks_pairs.to(squares.dtype))
         eps = torch.finfo(torch.float32).eps  # Kaldi's floor: std::numeric_limits<float>::epsilon()
         return mel.clamp_min(eps).log()
 

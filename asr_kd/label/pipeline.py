@@ -65,7 +65,7 @@ KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the d
 STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
 TARGET_COLUMNS = ("counts", "ids", "probs", "codes")  # per-utterance arrays of label_rows' output (lists, not stacked)
 NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
-FORWARD_LOG_ENV = "ASR_KD_FORWARD_LOG"  # profiling: each actor appends "<pid> <unix time> <forward seconds so far>" per call
+FORWARD_LOG_ENV = "ASR_KD_FORWARD_LOG"  # profiling: each actor appends one line of cumulative CPU seconds per call (TeacherActor.PHASES)
 BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
 
@@ -345,6 +345,8 @@ class TeacherActor:
         self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
         self.node = _node_ip()
         self.forward_log = os.environ.get(FORWARD_LOG_ENV)
+        self.read_seconds = 0.0  # CPU seconds of this thread decoding audio (read_options only)
+        self.call_seconds = 0.0  # CPU seconds of this thread inside __call__ (read, fbank, forward and the rest)
 
     def _count_batch(self) -> None:
         """Count one planned batch; the test hook ``KILL_ACTOR_ENV`` kills this actor once at its N-th."""
@@ -353,7 +355,14 @@ class TeacherActor:
             Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
             os._exit(1)  # simulate a crash mid-run (test hook)
 
+    PHASES = ("forward", "fbank", "read", "call", "process")
+    """Columns of an ``ASR_KD_FORWARD_LOG`` line after ``<pid> <unix time>``: cumulative CPU seconds in the
+    teachers' forward, in fbank, decoding audio, inside ``__call__`` (the three and the rest: top-k, greedy
+    decoding, the store's encoding) -- all of this thread -- and of the whole actor process (Ray's threads,
+    turning the output into a block). ``tools/bench/label_throughput`` reads them."""
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        call_start = time.thread_time()
         if self.read_options is None:
             for _ in batch["shard"]:
                 self._count_batch()
@@ -363,13 +372,18 @@ class TeacherActor:
             for shard, batches in zip(batch["shard"], batch["batches"]):
                 for items in json.loads(str(batches)):
                     self._count_batch()
+                    t0 = time.thread_time()
                     wave, meta = read_planned_batch(items, **self.read_options)
+                    self.read_seconds += time.thread_time() - t0
                     outs.append(label_batch(self.ensemble, int(shard), wave, meta, self.batch_max_frames, self.encoder))
             out = _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
         out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
+        self.call_seconds += time.thread_time() - call_start
         if self.forward_log:  # one short O_APPEND write: lines of concurrent actors do not interleave
+            e = self.ensemble
             with open(self.forward_log, "a", encoding="utf-8") as fh:
-                fh.write(f"{os.getpid()} {time.time():.3f} {self.ensemble.forward_seconds:.4f}\n")
+                fh.write(f"{os.getpid()} {time.time():.3f} {e.forward_seconds:.4f} {e.fbank_seconds:.4f} {self.read_seconds:.4f} "
+                         f"{self.call_seconds:.4f} {time.process_time():.4f}\n")
         return out
 
 

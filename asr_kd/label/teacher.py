@@ -258,6 +258,7 @@ class TeacherEnsemble:
         # on one thread (the actors) that is all of the forward's work, and time the process was preempted by
         # others is not counted; on CUDA kernels run asynchronously, so this counts launch time only
         self.forward_seconds = 0.0
+        self.fbank_seconds = 0.0  # the same for the fbank of asr-kd teachers (padding the batch included)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """The teachers' forward passes at ``self.precision`` (a no-op for fp32)."""
@@ -305,8 +306,10 @@ class TeacherEnsemble:
         for weight, teacher, um, ratio in zip(self.weights, self.teachers, self.unit_maps, self.ratios):
             if teacher.kind == "asr-kd":
                 if feats is None:
+                    t0 = time.thread_time()
                     padded = torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True)  # (B, max samples), zeros after each end
                     feats, feat_lens = self.fbank(self._to_device(padded), lengths.to(self.device))
+                    self.fbank_seconds += time.thread_time() - t0
                 t0 = time.thread_time()
                 with self._autocast():
                     log_probs, lens = teacher.log_probs_from_feats(feats, feat_lens)

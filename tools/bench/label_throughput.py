@@ -75,22 +75,30 @@ def marker_window(store_dir: Path) -> tuple[float, float]:
     return (times[0], times[-1]) if times else (float("nan"), float("nan"))
 
 
-def forward_share(log: Path, start: float, end: float, actors: int) -> float:
-    """CPU seconds the actors spent in the teachers' forward pass per second of ``actors`` x (``end`` -
-    ``start``), from the ``ASR_KD_FORWARD_LOG`` lines ``pid time cumulative_seconds`` they append after each
-    call: measured inside the run itself, with no ceiling run at another moment."""
-    per_pid: dict[str, list[tuple[float, float]]] = {}
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        pid, t, sec = line.split()
-        per_pid.setdefault(pid, []).append((float(t), float(sec)))
+def phase_shares(log: Path, start: float, end: float, actors: int) -> dict[str, float]:
+    """CPU seconds per actor-second of the window ``start``..``end`` (unix times), by phase (``TeacherActor.PHASES``:
+    forward, fbank, read, call, process), from the ``ASR_KD_FORWARD_LOG`` lines ``pid time <cumulative seconds
+    per phase>`` the actors append after each call: measured inside the run itself, with no ceiling run at
+    another moment. The cumulative figures are interpolated linearly between an actor's calls."""
     import numpy as np
 
-    total = 0.0
-    for points in per_pid.values():  # cumulative forward seconds, interpolated linearly between an actor's calls
+    from asr_kd.label.pipeline import TeacherActor
+
+    per_pid: dict[str, list[list[float]]] = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        pid, *values = line.split()
+        per_pid.setdefault(pid, []).append([float(v) for v in values])
+    totals = dict.fromkeys(TeacherActor.PHASES, 0.0)
+    for points in per_pid.values():
         points.sort()
-        times, secs = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-        total += float(np.interp(end, times, secs, left=0.0) - np.interp(start, times, secs, left=0.0))
-    return total / (actors * (end - start)) if end > start else float("nan")
+        times = np.array([p[0] for p in points])
+        for j, phase in enumerate(TeacherActor.PHASES, start=1):
+            secs = np.array([p[j] for p in points])
+            # a process's CPU time does not start at 0 when its first call starts: interpolate from its first line
+            left = 0.0 if phase != "process" else float(secs[0])
+            totals[phase] += float(np.interp(end, times, secs, left=left) - np.interp(start, times, secs, left=left))
+    span = actors * (end - start)
+    return {k: (v / span if span > 0 else float("nan")) for k, v in totals.items()}
 
 
 def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int, device: str,
@@ -296,8 +304,8 @@ def main() -> int:
             steady = steady_rate(work / f"store_pipe{n}_{layout}")
             startup[n, layout] = s.wall_s - s.hours / steady * 3600 if steady == steady else float("nan")
             # (on a GPU the forward's CUDA kernels run asynchronously: the actors' timer sees launches only)
-            in_run[n, layout] = (float("nan") if args.gpu else
-                                 forward_share(work / f"forward_{n}_{layout}.log", *marker_window(work / f"store_pipe{n}_{layout}"), n))
+            in_run[n, layout] = (None if args.gpu else
+                                 phase_shares(work / f"forward_{n}_{layout}.log", *marker_window(work / f"store_pipe{n}_{layout}"), n))
             rows.append([f"Ray pipeline, {n} actor(s), {reading[layout]}", f"{n} x 1 thread" if not args.gpu else f"{n} GPU(s)",
                          f"{s.wall_s:.1f}", f"{startup[n, layout]:.1f}", f"{rate:.0f}", f"{steady:.0f}",
                          f"{rate / ceil_rate[n]:.2f} ({steady / ceil_rate[n]:.2f})",
@@ -324,13 +332,18 @@ def main() -> int:
             "",
             table(["run", "compute", "wall s", "start-up s", "audio-h per wall-h (end to end)", "steady state", "efficiency",
                    "speedup vs naive"], rows),
-            "",
-            "Forward share inside each run (a diagnostic, drift-free): the actors' CPU seconds in the teacher's "
-            "forward per actor-second of the steady-state window (`ASR_KD_FORWARD_LOG`); it exceeds the efficiency by "
-            "what the forward itself loses per CPU-second inside the pipeline (caches and memory shared with decoding "
-            "and fbank): "
-            + ", ".join(f"{reading[lay]}, {n} actor(s): {v:.2f}" for (n, lay), v in in_run.items()) + ".",
         ]
+        if not args.gpu:
+            body += ["", "Where the actors' time goes (a diagnostic, drift-free): CPU seconds per actor-second of the "
+                     "steady-state window, from each actor's own clocks (`ASR_KD_FORWARD_LOG`). The forward share exceeds the "
+                     "efficiency by what the forward loses per CPU-second inside the pipeline (caches and memory shared "
+                     "with decoding and fbank); 'other in the call' is top-k, greedy decoding and the store's encoding; "
+                     "'Ray, outside the call' is the actor process's other CPU (turning outputs into blocks, Ray's threads); "
+                     "'off CPU' is waiting for work or preempted by other processes (Ray's, the driver's).", "",
+                     table(["run", "forward", "fbank", "audio decoding", "other in the call", "Ray, outside the call", "off CPU"],
+                           [[f"{n} actor(s), {reading[lay]}", *(f"{x:.3f}" for x in (
+                               v["forward"], v["fbank"], v["read"], v["call"] - v["forward"] - v["fbank"] - v["read"],
+                               v["process"] - v["call"], 1 - v["process"]))] for (n, lay), v in in_run.items()])]
         best_key = max(pipe, key=lambda k: pipe[k].audio_hours_per_wall_hour)
         best_n = best_key[0]
         best = pipe[best_key].audio_hours_per_wall_hour
@@ -338,7 +351,7 @@ def main() -> int:
         load = os.getloadavg()[0]
         body += ["", f"Targets: steady-state efficiency >= 0.8 (measured {best_steady / ceil_rate[best_n]:.2f} steady state, "
                  f"{best / ceil_rate[best_n]:.2f} end to end, {best_n} actors, {reading[best_key[1]]}; forward share "
-                 f"inside the run {in_run[best_key]:.2f}), wall time "
+                 f"inside the run {in_run[best_key]['forward'] if in_run[best_key] else float('nan'):.2f}), wall time "
                  f"<= 0.5 of the naive loop (measured {pipe[best_key].wall_s / naive.wall_s:.2f}), speedup aimed at 3x "
                  f"(measured {best / naive_rate:.2f}x end to end, {best_steady / naive_steady:.2f}x steady state). "
                  f"1-minute load average when done: {load:.1f} on {os.cpu_count()} cores."]

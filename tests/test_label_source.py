@@ -15,7 +15,7 @@ from asr_kd.data.audio import utterance_seconds
 from asr_kd.data.datadir import read_data_dir
 from asr_kd.data.sources import DataDirSource, IdTable
 from asr_kd.errors import DataDirError
-from asr_kd.label.pipeline import LabelOptions, ShardPlan, _shard_rows, plan_only, plan_shards
+from asr_kd.label.pipeline import LabelOptions, ShardPlan, _shard_rows, plan_only, plan_shards, unpack_items
 
 
 def write_dir(root: Path, n: int = 40, segments: bool = False, utt2dur: bool = True) -> Path:
@@ -54,8 +54,28 @@ def test_compact_source_plans_and_items_like_the_data_dir(tmp_path, segments, ut
     assert isinstance(plan, ShardPlan)
     assert [list(s) for s in plan] == plan_shards(dd, 7, want)  # (duration, id) order, ties by id
     rows = _shard_rows(src, plan, range(len(plan)), src.seconds(), 4, 40000)
-    items = [item for row in rows for batch in json.loads(row["batches"]) for item in batch]
+    items = [item for row in rows for batch in unpack_items(row["batches"]) for item in batch]
     assert sorted(i[0] for i in items) == dd.utt_ids  # every utterance planned once, with its item
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_plan_keeps_consecutive_ids_together_and_sorts_each_shard_by_duration(tmp_path, segments):
+    """Locality: shard s holds ids s*7 .. s*7+6 of the sorted ids (a recording's segments stay together),
+    ordered by (duration, id) for batching; the compact plan and the list plan agree."""
+    d = write_dir(tmp_path, segments=segments)
+    src = DataDirSource(d)
+    secs, ids = src.seconds(), list(src.utt_ids)
+    plan = plan_shards(src, 7, secs)
+    assert [sorted(s) for s in plan] == [ids[i: i + 7] for i in range(0, len(ids), 7)]
+    assert all(list(s) == sorted(s, key=lambda u: (secs[u], u)) for s in plan)
+    assert len({secs[u] for u in plan[0]}) > 1 and list(plan[0]) != sorted(plan[0])  # the durations did reorder it
+    assert [list(s) for s in plan] == plan_shards(read_data_dir(d), 7, dict(secs))
+    if segments:  # 4 segments per recording, 7 per shard: no recording spans more than two neighbouring shards
+        spans = {}
+        for k, shard in enumerate(plan):
+            for u in shard:
+                spans.setdefault(u.split("-")[0], set()).add(k)
+        assert all(max(v) - min(v) <= 1 for v in spans.values())
 
 
 def test_compact_source_holds_a_few_dozen_bytes_per_utterance(tmp_path):

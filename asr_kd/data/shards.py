@@ -423,13 +423,14 @@ class ShardSource:
         if n != self.manifest["utts"] + self.manifest["rejects"]:
             raise ShardIntegrityError(f"{root / MANIFEST}: lists {self.manifest['utts']} utterances and "
                                       f"{self.manifest['rejects']} rejects, the indexes {n} in all")
-        self._ids = IdTable(bytes(id_blob), np.frombuffer(id_ends, dtype=np.int64).copy())
-        self._members = IdTable(bytes(member_blob), np.frombuffer(member_ends, dtype=np.int64).copy())
-        self._shard_of = np.frombuffer(shard_of, dtype=np.int32).copy()
-        self._offsets = np.frombuffer(offsets, dtype=np.int64).copy()
-        self._sizes = np.frombuffer(sizes, dtype=np.int64).copy()
-        self._digests = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(n, 32)
-        durations = np.frombuffer(seconds, dtype=np.float64).copy()
+        # views of the buffers built above, not copies (a copy would double the peak memory of a big dir)
+        self._ids = IdTable(id_blob, np.frombuffer(id_ends, dtype=np.int64))
+        self._members = IdTable(member_blob, np.frombuffer(member_ends, dtype=np.int64))
+        self._shard_of = np.frombuffer(shard_of, dtype=np.int32)
+        self._offsets = np.frombuffer(offsets, dtype=np.int64)
+        self._sizes = np.frombuffer(sizes, dtype=np.int64)
+        self._digests = np.frombuffer(digests, dtype=np.uint8).reshape(n, 32)
+        durations = np.frombuffer(seconds, dtype=np.float64)
         if unsorted:  # shards written by asr-kd data shard follow the data dir's sorted order; others are sorted here
             self._sort(durations)
         else:

@@ -79,7 +79,7 @@ class IdTable(Sequence[str]):
     """Sorted utterance ids held as one UTF-8 blob plus offsets (length + 8 bytes per id, where a list of
     ``str`` costs ~60 more): indexable, iterable, and ``index(utt)`` by binary search."""
 
-    def __init__(self, blob: bytes, offsets: np.ndarray):
+    def __init__(self, blob: bytes | bytearray, offsets: np.ndarray):
         self._blob = blob
         self._offsets = offsets  # int64, len(ids) + 1
 

@@ -5,7 +5,7 @@ Measures, on one synthetic corpus (16 kHz PCM_16 WAVs, 2-6 s):
 (a) ``pack``   ``asr-kd data shard``: audio-hours packed per wall-hour, bytes of the shards vs the files;
 (b) ``read``   the read-task work of labeling, one process: every utterance decoded (and resampled to
                16 kHz if needed) through ``asr_kd.data.sources.read_item`` in the order labeling plans
-               (duration-sorted), from each input; audio-hours per wall-hour, files opened per utterance;
+               (consecutive ids per shard, by duration within), from each input; audio-hours per wall-hour, files opened per utterance;
 (c) ``label``  (``--label``) ``asr-kd label`` with Ray from the data dir and from the shards: wall time
                and whether the two stores are byte-identical (they must be).
 
@@ -42,11 +42,12 @@ def _cuts(data_dir: Path, out: Path) -> Path:
 def read_all(path: Path, sample_rate: int = 16000) -> tuple[float, float, int]:
     """(wall seconds, audio seconds, utterances) of decoding every item of the input at ``path``."""
     from asr_kd.data.sources import open_source, read_item
+    from asr_kd.label.pipeline import LabelOptions, plan_shards
 
     t0 = time.perf_counter()
     src = open_source(path)
     seconds = src.seconds()
-    order = sorted(src.utt_ids, key=lambda u: (seconds[u], u))
+    order = [u for shard in plan_shards(src, LabelOptions().shard_size, seconds) for u in shard]
     audio = 0.0
     for utt in order:
         wave, _ = read_item(src.item(utt), sample_rate, None, False)

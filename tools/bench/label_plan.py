@@ -5,7 +5,9 @@ input rows before any audio is touched; that memory grows with the corpus. This 
 matters, at 10^5 and 10^6 utterances, on synthetic Kaldi data dirs shaped like LibriSpeech
 (``1234-56789-0012`` ids, absolute ``.flac`` paths, ``utt2spk`` and ``utt2dur``; no audio files: the
 durations come from ``utt2dur``, so nothing is opened). Each size runs ``asr-kd label --dry-run`` in a
-fresh process and reads the growth of its peak resident memory over planning (``PlanSummary``).
+fresh process and reads the growth of its peak resident memory over planning (``PlanSummary``). The
+same ids and durations are also packed as an audio shard dir (indexes only, sparse tars: ``asr-kd
+data shard``'s layout), the input recommended at scale.
 
     python -m tools.bench.label_plan [--sizes 100000 1000000] [--no-write]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +48,46 @@ def write_librispeech_like(out: Path, n: int, seed: int = 0) -> Path:
     return out
 
 
+def write_shard_dir_like(out: Path, n: int, per_shard: int = 1000, seed: int = 0) -> Path:
+    """An audio shard dir (``asr-kd data shard``'s layout) of ``n`` utterances with the ids and durations of
+    ``write_librispeech_like``: manifest and per-shard indexes as written by packing, FLAC members of
+    ~32 kB per second; the tars are sparse files of the indexed length (nothing reads their audio)."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from asr_kd.data.shards import FORMAT, FORMAT_VERSION, MANIFEST, member_name, shard_name
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = sorted(f"{100 + i // 2000}-{10000 + i // 100}-{i % 100:04d}" for i in range(n))
+    durs = rng.uniform(2.0, 20.0, n)
+    shards = []
+    for k, start in enumerate(range(0, n, per_shard)):
+        members, offset = [], 512
+        for utt, dur in zip(ids[start: start + per_shard], durs[start: start + per_shard]):
+            size = int(dur * 32000)
+            members.append({"utt": utt, "member": member_name(utt, "flac"), "offset": offset, "size": size,
+                            "seconds": round(float(dur), 3), "sample_rate": 16000, "num_samples": int(dur * 16000),
+                            "sha256": hashlib.sha256(utt.encode()).hexdigest()})
+            offset += -(-size // 512) * 512 + 512
+        tar = out / f"{shard_name(k)}.tar"
+        with open(tar, "wb") as fh:
+            fh.truncate(offset + 1024)
+        seconds = float(sum(m["seconds"] for m in members))
+        idx = {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": k, "tar": tar.name, "tar_bytes": offset + 1024,
+               "utts": len(members), "seconds": seconds, "members": members, "rejects": []}
+        (out / f"{shard_name(k)}.index.json").write_text(json.dumps(idx, separators=(",", ":")) + "\n")
+        shards.append({"tar": tar.name, "index": f"{shard_name(k)}.index.json", "utts": len(members), "rejects": 0,
+                       "seconds": seconds, "bytes": offset + 1024})
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": "synthetic", "utts": n, "rejects": 0,
+                "seconds": float(sum(s["seconds"] for s in shards)), "bytes": int(sum(s["bytes"] for s in shards)),
+                "shards": shards}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
 def dry_run(data: Path, out: Path) -> dict[str, float]:
     """Run ``asr-kd label --dry-run`` in a fresh process; its figures."""
     t0 = time.perf_counter()
@@ -68,23 +111,31 @@ def main() -> int:
     rows = []
     results = {}
     with scratch_dir(args.work, "bench-plan-") as work:
-        for n in args.sizes:
-            data = write_librispeech_like(work / f"data_{n}", n)
-            r = dry_run(data, work / f"store_{n}")
-            results[n] = r
-            print(f"{n} utterances: {r}")
-            rows.append([f"{n:,}", f"{r['shards']:,}", f"{r['rows']:,}", f"{r['plan_s']:.1f}", f"{r['mib']:.0f}",
-                         f"{r['per_utt']}", "yes" if r["per_utt"] <= TARGET_BYTES else "no"])
-    sizes = sorted(results)
-    growth = (f" From {sizes[0]:,} to {sizes[-1]:,} utterances the bytes per utterance go from "
-              f"{results[sizes[0]]['per_utt']} to {results[sizes[-1]]['per_utt']}." if len(sizes) > 1 else "")
+        for kind in ("data dir", "audio shard dir"):
+            for n in args.sizes:
+                if kind == "data dir":
+                    data = write_librispeech_like(work / f"data_{n}", n)
+                else:
+                    data = write_shard_dir_like(work / f"shards_{n}", n)
+                r = dry_run(data, work / f"store_{n}")
+                shutil.rmtree(data)
+                results[kind, n] = r
+                print(f"{kind}, {n} utterances: {r}")
+                rows.append([kind, f"{n:,}", f"{r['shards']:,}", f"{r['rows']:,}", f"{r['plan_s']:.1f}", f"{r['mib']:.0f}",
+                             f"{r['per_utt']}", "yes" if r["per_utt"] <= TARGET_BYTES else "no"])
+    sizes = sorted(args.sizes)
+    growth = "".join(f" {kind.capitalize()}: from {sizes[0]:,} to {sizes[-1]:,} utterances the bytes per utterance go from "
+                     f"{results[kind, sizes[0]]['per_utt']} to {results[kind, sizes[-1]]['per_utt']}."
+                     for kind in ("data dir", "audio shard dir")) if len(sizes) > 1 else ""
     body = [
         "Driver memory of `asr-kd label` before any audio is read: `--dry-run` opens the input, plans shards and "
         "teacher batches and builds the Ray input rows as a run does, in a fresh process; the figure is the growth "
-        "of its peak resident memory over planning. Input: a LibriSpeech-shaped data dir (wav.scp with absolute "
-        ".flac paths, utt2spk, utt2dur), default layout (actors read their shards: one Ray row per shard).",
+        "of its peak resident memory over planning. Inputs: a LibriSpeech-shaped data dir (wav.scp with absolute "
+        ".flac paths, utt2spk, utt2dur) and an audio shard dir with the same ids and durations (`asr-kd data shard`'s "
+        "manifest and indexes, 1,000 FLAC members per tar; sparse tars); default layout (actors read their shards: one "
+        "Ray row per shard, its planned items as zlib-compressed JSON).",
         "",
-        table(["planned utterances", "shards", "Ray input rows", "planning s", "driver MiB", "bytes per utterance",
+        table(["input", "planned utterances", "shards", "Ray input rows", "planning s", "driver MiB", "bytes per utterance",
                f"<= {TARGET_BYTES} B"], rows),
         "",
         f"Target: flat and <= {TARGET_BYTES} bytes per planned utterance.{growth}",

@@ -10,8 +10,8 @@ Three measurements, one run, the same teacher and data:
                   write, nothing overlapped; torch uses ``--naive-threads`` threads (default: all cores,
                   the same hardware the pipeline gets).
 (c) ``ceiling``   the teacher forward alone (``model(cmvn(fbank))`` under ``no_grad``) on pre-batched
-                  in-memory features, one thread, the same batches the pipeline forms (duration-sorted,
-                  ``read_batch_size`` utterances, ``batch_max_frames``). The N-actor ceiling on CPU is N
+                  in-memory features, one thread, the same batches the pipeline forms (its shards sorted
+                  by duration, ``read_batch_size`` utterances, ``batch_max_frames``). The N-actor ceiling on CPU is N
                   such processes (one thread each, every N-th batch) timed while running at the same
                   time, the way N actors share the machine (measured, not assumed to be N x one process:
                   shared caches, memory bandwidth and clock boost make them differ); with ``--gpu``, N x
@@ -101,35 +101,37 @@ def phase_shares(log: Path, start: float, end: float, actors: int) -> dict[str, 
     return {k: (v / span if span > 0 else float("nan")) for k, v in totals.items()}
 
 
-def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int, device: str,
+def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int, shard_size: int, device: str,
             bf16: bool = False, repeats: int = 1, share: tuple[int, int] = (0, 1), barrier=None) -> tuple[float, float]:
     """Seconds of teacher forward (all teachers) over the data, and its audio hours.
 
-    Audio is decoded and featurized first (not timed); batches follow the pipeline's grouping.
+    Audio is decoded and featurized first (not timed); the batches are the pipeline's (``shard_size``
+    consecutive ids per shard, each sorted by duration and cut into teacher batches).
     ``share=(i, n)``: only batches ``i, i + n, ...`` (worker ``i`` of ``n``); ``barrier``: waited on after
     the warm-up, so that concurrent workers time the same moment.
     """
     from asr_kd.data.audio import load_audio
+    from asr_kd.data.audio import utterance_seconds
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.errors import AudioError
-    from asr_kd.label.pipeline import _sub_batches, plan_shards
+    from asr_kd.label.pipeline import _shard_seconds, _sub_batches, plan_batches, plan_shards
     from asr_kd.label.teacher import TeacherEnsemble
 
     ens = TeacherEnsemble(model_dirs, device=device)
     data = read_data_dir(data_dir)
-    order = [u for shard in plan_shards(data, 10**9) for u in shard]
-    waves = {}
-    for utt in order:
-        try:
-            waves[utt] = load_audio(data.source(utt), sample_rate=ens.fbank_config.sample_rate, max_seconds=60.0)
-        except AudioError:
-            continue
-    order = [u for u in order if u in waves]
-    groups = []  # the pipeline's teacher batches, as lists of waveforms
-    for i in range(0, len(order), read_batch_size):
-        chunk = [waves[u] for u in order[i: i + read_batch_size]]
-        groups += [[chunk[j] for j in group] for group in _sub_batches([w.numel() for w in chunk], batch_max_frames)]
-    groups = groups[share[0]::share[1]]  # this worker's batches: only those are featurized
+    seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
+    shards = plan_shards(data, shard_size, seconds)
+    planned = [batch for s in range(len(shards))  # the pipeline's teacher batches (utterance ids)
+               for batch in plan_batches(shards[s], _shard_seconds(shards, s, seconds), read_batch_size, batch_max_frames)]
+    groups = []  # this worker's share of them (batches share[0], share[0] + share[1], ...) as lists of waveforms
+    for batch in planned[share[0]::share[1]]:
+        waves = []
+        for utt in batch:
+            try:
+                waves.append(load_audio(data.source(utt), sample_rate=ens.fbank_config.sample_rate, max_seconds=60.0))
+            except AudioError:
+                continue
+        groups += [[waves[j] for j in group] for group in _sub_batches([w.numel() for w in waves], batch_max_frames)]
     batches, samples = [], 0
     for ws in groups:
         lens = torch.tensor([w.numel() for w in ws])
@@ -169,7 +171,7 @@ def _ceiling_worker(args: tuple, share: tuple[int, int], barrier, results) -> No
     results.put(ceiling(*args, share=share, barrier=barrier))
 
 
-def concurrent_ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int,
+def concurrent_ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_max_frames: int, shard_size: int,
                        workers: int) -> tuple[float, float]:
     """``(audio-hours per wall-hour, audio hours)`` of ``workers`` forward-only processes (one thread each)
     running at the same time, each on every ``workers``-th batch: the ceiling of N workers on this machine
@@ -179,7 +181,7 @@ def concurrent_ceiling(model_dirs: list[str], data_dir: str, read_batch_size: in
 
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
-    args = (model_dirs, data_dir, read_batch_size, batch_max_frames, "cpu")
+    args = (model_dirs, data_dir, read_batch_size, batch_max_frames, shard_size, "cpu")
     procs = [ctx.Process(target=_ceiling_worker, args=(args, (i, workers), barrier, results)) for i in range(workers)]
     for proc in procs:
         proc.start()
@@ -225,7 +227,9 @@ def main() -> int:
         # (c) ceiling: one GPU, or 1 and N CPU processes at once
         torch.set_num_threads(1)
         ceil_bf16 = None
-        plan = (model_dirs, data_dir, args.read_batch_size, args.batch_max_frames)
+        # ~12 shards, so that the steady-state rate can be read from the shard markers' times
+        shard_size = max(4, n_utts // 12) if not args.data else 256
+        plan = (model_dirs, data_dir, args.read_batch_size, args.batch_max_frames, shard_size)
         if args.gpu:
             ceil_s, hours = ceiling(*plan, device)
             ceil_1 = hours / (ceil_s / 3600)
@@ -243,8 +247,6 @@ def main() -> int:
         from asr_kd.label.pipeline import LabelOptions, init_ray, label, label_local
 
         torch.set_num_threads(args.naive_threads)
-        # ~12 shards, so that the steady-state rate can be read from the shard markers' times
-        shard_size = max(4, n_utts // 12) if not args.data else 256
         common = dict(read_batch_size=args.read_batch_size, batch_max_frames=args.batch_max_frames, progress=False,
                       shard_size=shard_size, precision=args.precision)
         naive = label_local(model_dirs, data_dir, str(work / "store_naive"), LabelOptions(**common), one_at_a_time=True)

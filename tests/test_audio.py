@@ -42,6 +42,22 @@ def test_whole_file_is_float32_in_range(tmp_path, write_wav):
     assert audio_duration(str(path)) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("subtype, ext", [("PCM_16", "wav"), ("PCM_16", "flac"), ("PCM_24", "flac"), ("FLOAT", "wav")])
+def test_decoding_is_bit_identical_to_libsndfile_float_conversion(tmp_path, subtype, ext):
+    """16-bit PCM is decoded as int16 and scaled by 2^-15 here (faster): the floats must be libsndfile's own,
+    for the whole file and for a segment; other subtypes go through libsndfile's conversion."""
+    rng = np.random.default_rng(0)
+    samples = rng.integers(-32768, 32768, 24000).astype(np.int16)
+    samples[:3] = (-32768, 32767, 0)
+    path = tmp_path / f"x.{ext}"
+    sf.write(str(path), samples.astype(np.float32) / 32768 if subtype == "FLOAT" else samples, 16000, subtype=subtype)
+    ref, _ = sf.read(str(path), dtype="float32")
+    wave = load_audio(AudioSource("x", str(path)))
+    assert wave.dtype == torch.float32 and torch.equal(wave, torch.from_numpy(ref))
+    seg = load_audio(AudioSource("s", str(path), start=0.25, end=1.0))
+    assert torch.equal(seg, torch.from_numpy(ref[4000:16000]))
+
+
 def test_segments_read_exact_sample_ranges(tmp_path):
     path = ramp_wav(tmp_path / "r.wav", 32000)
     wave = load_audio(AudioSource("seg", str(path), start=0.25, end=0.75))

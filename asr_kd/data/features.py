@@ -268,7 +268,7 @@ class Fbank(torch.nn.Module):
         else:
             mel = torch.matmul(squares, self.mel_banks_pairs.to(squares.dtype))
         eps = torch.finfo(torch.float32).eps  # Kaldi's floor: std::numeric_limits<float>::epsilon()
-        return mel.clamp_min(eps).log()
+        return mel.clamp_min_(eps).log_()  # in place: mel is this call's own tensor
 
 
 def compute_fbank(wave: torch.Tensor, config: FbankConfig | None = None) -> torch.Tensor:

@@ -14,8 +14,8 @@ on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes
 Shards already complete in the store (their completion marker exists) are skipped: that is the
 resume. The rest flow through Ray Data in one of two layouts (``--audio-read``, ``reads_in_actors``)::
 
-  actors (default on CPUs): one row per shard
-    from_items(shards) ─▶ map_batches(TeacherActor, ActorPoolStrategy(size=actors, 2 in flight))
+  actors (default on CPUs): one row per shard, on plain Ray actors (``asr_kd.label.shard_pool``)
+    shards ─▶ ShardActorPool(TeacherActor, size=actors, 2 in flight each; a dead actor's shards requeued)
                               each actor decodes its shard batch by batch, fbank + teachers, encodes
   tasks (default for GPU actors): one row per planned batch
     from_items(batches) ─▶ map_batches(read_audio_group)   CPU tasks: decode + resample, catch bad files
@@ -29,8 +29,9 @@ Actors send a format-2 store's compact columns back (``codec.encode_entries``: ~
 frame), not ids and probabilities (96 bytes per frame at top-8); the driver only lays out, compresses
 and writes them.
 
-Ray retries a task whose actor died and restarts the actor, and the driver keys results by
-utterance id, so a crash loses nothing and writes nothing twice. Bad utterances (unreadable, empty,
+A shard whose actor died goes back to the queue for the live actors and a replacement actor is
+started (layout "actors"); Ray Data retries such tasks and restarts the actor (layout "tasks"); the
+driver keys results by utterance id, so a crash loses nothing and writes nothing twice. Bad utterances (unreadable, empty,
 NaN, too long, NaN teacher output, low confidence) are listed in ``rejects.tsv`` with reasons;
 everything else is labeled. The teachers' 1-best transcripts go to ``text.pseudo``.
 """
@@ -381,6 +382,14 @@ class TeacherActor:
     teachers' forward, in fbank, decoding audio, inside ``__call__`` (the three and the rest: top-k, greedy
     decoding, the store's encoding) -- all of this thread -- and of the whole actor process (Ray's threads,
     turning the output into a block). ``tools/bench/label_throughput`` reads them."""
+
+    def ready(self) -> bool:
+        """True once constructed (``ShardActorPool`` waits on it: the teachers are loaded)."""
+        return True
+
+    def label_shard(self, shard: int, batches: bytes) -> dict[str, Any]:
+        """One shard row of ``_shard_rows`` (layout "actors", ``ShardActorPool``)."""
+        return self({"shard": np.asarray([shard]), "batches": np.asarray([batches], dtype=object)})
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         call_start = time.thread_time()
@@ -885,12 +894,6 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             if created_store and not done:  # nothing labeled yet: leave no empty store behind a failed connect
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        # start labeling once every actor is up: with one row per shard, an actor ready first would otherwise
-        # take the first shards of a small run alone (and Ray Data names a pool that cannot start after this)
-        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
         fused = reads_in_actors(o, gpus)
@@ -912,30 +915,36 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
                 raise
         read_options = dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
         n_utts = sum(len(shards[s]) for s in todo)
-        if fused:  # one row (and one block: a retry redoes one shard) per shard; the actors decode
+        # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
+        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
+        actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
+                            batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
+                            read_options=read_options if fused else None, encoder=_encoder_of(writer))
+        if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
+            from asr_kd.label.shard_pool import ShardActorPool
+
             rows = _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+            pool = ShardActorPool(ray.remote(TeacherActor), actors,
+                                  dict(num_cpus=actor_cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
+                                       runtime_env={"env_vars": hooks} if hooks else None),
+                                  actor_kwargs, in_flight=2, start_timeout_s=ACTOR_START_TIMEOUT_S)
+            results = pool.map(rows)
         else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.print_on_execution_start = False
+            # start labeling once every actor is up (and Ray Data names a pool that cannot start after this)
+            ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
             rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
             ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
-        # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
-        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
-        # a shard is seconds of work: two in flight per actor (the next one waits while one runs; one alone
-        # leaves the actor idle between shards) so that a few shards still spread over all actors
-        pool = ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2) if fused else ActorPoolStrategy(size=actors)
-        ds = ds.map_batches(TeacherActor, batch_size=1, compute=pool,
-                            num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
-                            runtime_env={"env_vars": hooks} if hooks else None,
-                            fn_constructor_kwargs=dict(model_dirs=[_resolve_spec(m) for m in model_dirs],
-                                                       ensemble_kwargs=o.ensemble_kwargs(),
-                                                       batch_max_frames=o.batch_max_frames,
-                                                       device="cuda" if gpus > 0 else "cpu",
-                                                       read_options=read_options if fused else None,
-                                                       encoder=_encoder_of(writer)))
+            ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
+                                num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
+                                runtime_env={"env_vars": hooks} if hooks else None, fn_constructor_kwargs=actor_kwargs)
+            results = ds.iter_batches(batch_size=None, batch_format="numpy")
         bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in results:
                 bar.update(collector.add(batch))
                 bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}", shards=f"{len(done) + len(collector.written)}/{len(shards)}")
         except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
@@ -945,6 +954,9 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             raise AsrKdError(f"label: {ours}") from None
         finally:
             bar.close()
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # the actor pool kills its actors (on a cluster joined with --address too)
             if started_ray:
                 ray.shutdown()
         if collector.pending:

@@ -102,9 +102,9 @@ def test_label_throughput_phase_shares_are_cpu_seconds_per_actor_second_of_the_w
     assert TeacherActor.PHASES == ("forward", "fbank", "read", "call", "process")
     lines = []
     for pid, rate in ((11, 1.0), (22, 0.5)):  # actor 22 spends half as much per second in every phase
-        for t in range(0, 11, 2):  # a call ends every 2 s; the process already used 5 s before its first call
+        for t in range(0, 11, 2):  # a call ends every 2 s
             f, fb, rd, call = 0.6 * rate * t, 0.1 * rate * t, 0.05 * rate * t, 0.8 * rate * t
-            lines.append(f"{pid} {100 + t} {f} {fb} {rd} {call} {5 + 0.9 * rate * t}")
+            lines.append(f"{pid} {100 + t} {f} {fb} {rd} {call} {0.9 * rate * t}")
     (tmp_path / "f.log").write_text("\n".join(lines) + "\n")
     shares = phase_shares(tmp_path / "f.log", 103.0, 107.0, actors=2)  # a window between calls
     for phase, per_second in (("forward", 0.6), ("fbank", 0.1), ("read", 0.05), ("call", 0.8), ("process", 0.9)):

@@ -369,6 +369,7 @@ class TeacherActor:
         self.forward_log = os.environ.get(FORWARD_LOG_ENV)
         self.read_seconds = 0.0  # CPU seconds of this thread decoding audio (read_options only)
         self.call_seconds = 0.0  # CPU seconds of this thread inside __call__ (read, fbank, forward and the rest)
+        self.process_start = time.process_time()  # the process's CPU seconds once the teachers are loaded
 
     def _count_batch(self) -> None:
         """Count one planned batch; the test hook ``KILL_ACTOR_ENV`` kills this actor once at its N-th."""
@@ -380,8 +381,8 @@ class TeacherActor:
     PHASES = ("forward", "fbank", "read", "call", "process")
     """Columns of an ``ASR_KD_FORWARD_LOG`` line after ``<pid> <unix time>``: cumulative CPU seconds in the
     teachers' forward, in fbank, decoding audio, inside ``__call__`` (the three and the rest: top-k, greedy
-    decoding, the store's encoding) -- all of this thread -- and of the whole actor process (Ray's threads,
-    turning the output into a block). ``tools/bench/label_throughput`` reads them."""
+    decoding, the store's encoding) -- all of this thread -- and of the whole actor process since the
+    teachers were loaded (Ray's threads, serializing the output). ``tools/bench/label_throughput`` reads them."""
 
     def ready(self) -> bool:
         """True once constructed (``ShardActorPool`` waits on it: the teachers are loaded)."""
@@ -413,7 +414,7 @@ class TeacherActor:
             e = self.ensemble
             with open(self.forward_log, "a", encoding="utf-8") as fh:
                 fh.write(f"{os.getpid()} {time.time():.3f} {e.forward_seconds:.4f} {e.fbank_seconds:.4f} {self.read_seconds:.4f} "
-                         f"{self.call_seconds:.4f} {time.process_time():.4f}\n")
+                         f"{self.call_seconds:.4f} {time.process_time() - self.process_start:.4f}\n")
         return out
 
 

@@ -538,8 +538,8 @@ def test_default_store_is_v2_top_p_and_bad_settings_are_refused(setup, tmp_path,
 
 def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(setup, monkeypatch, tmp_path):
     """``ASR_KD_FORWARD_LOG`` (label_throughput's in-run breakdown): the actor appends its pid, the time and its
-    cumulative CPU seconds per phase (forward, fbank, decoding, the call, the process) after each call; a shard
-    row is decoded and labeled."""
+    cumulative CPU seconds per phase (forward, fbank, decoding, the call, the process) at the start and the end
+    of each call; a shard row is decoded and labeled."""
     from asr_kd.data.sources import open_source
     from asr_kd.label.pipeline import TeacherActor, _shard_rows
 
@@ -555,7 +555,9 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
     out = actor({"shard": np.asarray([0]), "batches": np.asarray([row["batches"]], dtype=object)})
     assert sorted(out["utt_id"]) == sorted(shards[0]) and len(out["utt_id"]) == 7  # the whole shard, each once
     assert all(e == "" for e in out["error"]) and all(len(p) > 0 for p in out["probs"])
-    pid, when, *seconds = log.read_text().split()
+    first, last = log.read_text().splitlines()  # at the call's start and at its end
+    assert [float(x) for x in first.split()[2:7]][:4] == [0.0, 0.0, 0.0, 0.0]
+    pid, when, *seconds = last.split()
     forward, fbank, read, call, process = (float(x) for x in seconds)  # TeacherActor.PHASES, cumulative
     assert int(pid) > 0 and float(when) > 0 and 0 < forward == pytest.approx(actor.ensemble.forward_seconds, abs=1e-3)
     assert fbank == pytest.approx(actor.ensemble.fbank_seconds, abs=1e-3) and read == pytest.approx(actor.read_seconds, abs=1e-3)

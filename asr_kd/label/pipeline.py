@@ -392,7 +392,17 @@ class TeacherActor:
         """One shard row of ``_shard_rows`` (layout "actors", ``ShardActorPool``)."""
         return self({"shard": np.asarray([shard]), "batches": np.asarray([batches], dtype=object)})
 
+    def _log_phases(self) -> None:
+        """One ``FORWARD_LOG_ENV`` line: pid, time, cumulative seconds per phase (``PHASES``); one short O_APPEND
+        write, so the lines of concurrent actors do not interleave."""
+        e = self.ensemble
+        with open(self.forward_log, "a", encoding="utf-8") as fh:  # type: ignore[arg-type]
+            fh.write(f"{os.getpid()} {time.time():.3f} {e.forward_seconds:.4f} {e.fbank_seconds:.4f} {self.read_seconds:.4f} "
+                     f"{self.call_seconds:.4f} {time.process_time() - self.process_start:.4f}\n")
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.forward_log:  # at the start and the end of each call: a reader interpolates within calls only
+            self._log_phases()
         call_start = time.thread_time()
         if self.read_options is None:
             for _ in batch["shard"]:
@@ -410,11 +420,8 @@ class TeacherActor:
             out = _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
         out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
         self.call_seconds += time.thread_time() - call_start
-        if self.forward_log:  # one short O_APPEND write: lines of concurrent actors do not interleave
-            e = self.ensemble
-            with open(self.forward_log, "a", encoding="utf-8") as fh:
-                fh.write(f"{os.getpid()} {time.time():.3f} {e.forward_seconds:.4f} {e.fbank_seconds:.4f} {self.read_seconds:.4f} "
-                         f"{self.call_seconds:.4f} {time.process_time() - self.process_start:.4f}\n")
+        if self.forward_log:
+            self._log_phases()
         return out
 
 

@@ -59,9 +59,12 @@ class ShardActorPool:
             self._wait_for_all(starting, live)
 
             def dispatch() -> None:
-                for level in range(1, self.in_flight + 1):  # one row per actor first: a few rows spread over all
+                # one row per actor first (a few rows spread over all); a second one waits at an actor only while
+                # every live actor still has work queued behind it, so the run does not end with one actor
+                # labeling two shards while the others idle
+                for level in range(1, self.in_flight + 1):
                     for actor in live:
-                        if load[actor] < level and queue:
+                        if load[actor] < level and queue and (level == 1 or len(queue) >= len(live)):
                             row = queue.popleft()
                             running[actor.label_shard.remote(row["shard"], row["batches"])] = (actor, row)
                             load[actor] += 1

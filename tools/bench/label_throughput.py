@@ -78,7 +78,7 @@ def marker_window(store_dir: Path) -> tuple[float, float]:
 def phase_shares(log: Path, start: float, end: float, actors: int) -> dict[str, float]:
     """CPU seconds per actor-second of the window ``start``..``end`` (unix times), by phase (``TeacherActor.PHASES``:
     forward, fbank, read, call, process), from the ``ASR_KD_FORWARD_LOG`` lines ``pid time <cumulative seconds
-    per phase>`` the actors append after each call: measured inside the run itself, with no ceiling run at
+    per phase>`` the actors append at the start and the end of each call: measured inside the run itself, with no ceiling run at
     another moment. The cumulative figures are interpolated linearly between an actor's calls."""
     import numpy as np
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,8 @@ def test_bench_imports_and_help_works(name, monkeypatch, capsys):
         module.main()
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage:")
+    # (at the start of a line: a Ray driver thread of an earlier test may print in between, e.g. a dead worker)
+    assert re.search(r"(?m)^usage: ", out), out[:1000]
     if name != "train_parallel":  # it always writes its section and keeps no scratch dir
         assert "--work" in out and "--no-write" in out
 

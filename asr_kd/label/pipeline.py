@@ -1,4 +1,4 @@
-"""Label audio with teacher soft targets: a Ray Data pipeline writing a sharded store.
+"""Label audio with teacher soft targets on Ray (a pool of teacher actors) into a sharded store.
 
 Input: a data dir, an audio shard dir (``asr-kd data shard``) or a lhotse CutSet manifest, each a row
 source of ``asr_kd.data.sources`` (ids, durations in seconds, and per utterance a small item saying
@@ -12,7 +12,7 @@ a rerun plans the same shards and the same batches. A batch never crosses a shar
 already done cannot change how the others are batched, and since the teacher's float results depend
 on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes a clean run writes.
 Shards already complete in the store (their completion marker exists) are skipped: that is the
-resume. The rest flow through Ray Data in one of two layouts (``--audio-read``, ``reads_in_actors``)::
+resume. The rest flow through one of two layouts (``--audio-read``, ``reads_in_actors``)::
 
   actors (default on CPUs): one row per shard, on plain Ray actors (``asr_kd.label.shard_pool``)
     shards ─▶ ShardActorPool(TeacherActor, size=actors, 2 in flight each; a dead actor's shards requeued)
@@ -346,9 +346,9 @@ def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
 
 
 class TeacherActor:
-    """Ray Data actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``),
-    or, given ``read_options`` (layout "actors"), on whole shards (rows of ``_shard_rows``) whose planned
-    batches it decodes itself, one after the other."""
+    """Teacher actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``, in
+    Ray Data's pool), or, given ``read_options`` (layout "actors", ``ShardActorPool``), on whole shards (rows
+    of ``_shard_rows``) whose planned batches it decodes itself, one after the other."""
 
     def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
                  device: str = "auto", read_options: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None):
@@ -737,9 +737,9 @@ def _cuda_probe() -> str:
 
 def check_actor_gpus(actors: int, gpus: float) -> None:
     """Before the actor pool starts: ``actors`` Ray tasks holding ``gpus`` GPU(s) each check that CUDA works
-    where the teacher actors will run. A teacher actor whose constructor fails is restarted by the pool
-    again and again (Ray Data's actors retry forever), so the clear error (``asr_kd.devices``) is raised
-    here instead of the stage hanging."""
+    where the teacher actors will run. A teacher actor whose constructor fails is restarted by Ray Data's
+    pool (the GPU default, layout "tasks") again and again, so the clear error (``asr_kd.devices``) is
+    raised here instead of the stage hanging (``ShardActorPool`` raises an actor's start-up error itself)."""
     import ray
 
     probe = ray.remote(_cuda_probe)
@@ -807,7 +807,7 @@ class PlanSummary:
     shards_done: int  # complete in the store already (a rerun skips them)
     batches: int  # teacher batches of the shards to do
     padding: float  # fraction of padded 10 ms frames in those batches
-    rows: int  # Ray Data input rows (one per shard with actors reading, one per batch with read tasks)
+    rows: int  # Ray input rows (one per shard with actors reading, one per batch with read tasks)
     driver_bytes: int  # growth of the driver's peak resident memory while planning
     wall_s: float
 

@@ -360,7 +360,7 @@ def main() -> int:
                      "steady-state window, from each actor's own clocks (`ASR_KD_FORWARD_LOG`). The forward share exceeds the "
                      "efficiency by what the forward loses per CPU-second inside the pipeline (caches and memory shared "
                      "with decoding and fbank); 'other in the call' is top-k, greedy decoding and the store's encoding; "
-                     "'Ray, outside the call' is the actor process's other CPU (turning outputs into blocks, Ray's threads); "
+                     "'Ray, outside the call' is the actor process's other CPU (serializing results, Ray's threads); "
                      "'off CPU' is waiting for work or preempted by other processes (Ray's, the driver's).", "",
                      table(["run", "forward", "fbank", "audio decoding", "other in the call", "Ray, outside the call", "off CPU"],
                            [[f"{n} actor(s), {reading[lay]}", *(f"{x:.3f}" for x in (

@@ -31,20 +31,20 @@ and writes them.
 
 A shard whose actor died goes back to the queue for the live actors and a replacement actor is
 started (layout "actors"); Ray Data retries such tasks and restarts the actor (layout "tasks"); the
-driver keys results by utterance id, so a crash loses nothing and writes nothing twice. Bad utterances (unreadable, empty,
-NaN, too long, NaN teacher output, low confidence) are listed in ``rejects.tsv`` with reasons;
-everything else is labeled. The teachers' 1-best transcripts go to ``text.pseudo``.
+driver keys results by utterance id, so a crash loses nothing and writes nothing twice. Bad
+utterances (unreadable, empty, NaN, too long, NaN teacher output, low confidence) are listed in
+``rejects.tsv`` with reasons; everything else is labeled. The teachers' 1-best transcripts go to ``text.pseudo``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
 import logging
 import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
@@ -68,7 +68,7 @@ KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the d
 STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
 TARGET_COLUMNS = ("counts", "ids", "probs", "codes")  # per-utterance arrays of label_rows' output (lists, not stacked)
 NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
-FORWARD_LOG_ENV = "ASR_KD_FORWARD_LOG"  # profiling: each actor appends one line of cumulative CPU seconds per call (TeacherActor.PHASES)
+FORWARD_LOG_ENV = "ASR_KD_FORWARD_LOG"  # profiling: actors append cumulative CPU seconds per phase at each call's start and end
 BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
 

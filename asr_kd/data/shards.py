@@ -373,7 +373,6 @@ class ShardSource:
         self.path = str(root)
         self.manifest = read_manifest(root)
         self._tars: list[str] = []  # per shard of the dir
-        ids: list[str] = []  # the ids of the current shard only are strings; the rest are blobs
         id_blob, member_blob = bytearray(), bytearray()
         id_ends, member_ends = array("q", [0]), array("q", [0])
         shard_of, offsets, sizes = array("i"), array("q"), array("q")
@@ -397,12 +396,11 @@ class ShardSource:
             rows = [(m["utt"], m) for m in idx["members"]] + [(r["utt"], r) for r in idx["rejects"]]
             rows.sort(key=lambda r: r[0])
             for utt, row in rows:
-                if utt == previous and ids:
+                if shard_of and utt == previous:
                     raise ShardIntegrityError(f"{ipath}: utterance {utt!r} is also in {previous_index.name if previous_index else ipath.name} "
                                               f"of {self.path}")
-                unsorted |= bool(ids) and utt < previous
-                previous, previous_index = utt, ipath
-                ids.append(utt)
+                unsorted |= bool(shard_of) and utt < previous
+                previous, previous_index = utt, ipath  # the last id seen: order and duplicate checks
                 id_blob += utt.encode("utf-8")
                 id_ends.append(len(id_blob))
                 shard_of.append(shard_no)
@@ -418,7 +416,6 @@ class ShardSource:
                     sizes.append(0)
                     digests += bytes(32)
                 member_ends.append(len(member_blob))
-            ids = ids[-1:]  # keep the last id for the order and duplicate checks
         n = len(id_ends) - 1
         if n != self.manifest["utts"] + self.manifest["rejects"]:
             raise ShardIntegrityError(f"{root / MANIFEST}: lists {self.manifest['utts']} utterances and "

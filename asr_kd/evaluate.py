@@ -29,7 +29,7 @@ from tqdm import tqdm
 from asr_kd.data.audio import load_audio
 from asr_kd.data.datadir import read_data_dir
 from asr_kd.data.units import normalize_text
-from asr_kd.errors import AsrKdError, AudioError, DataDirError
+from asr_kd.errors import AsrKdError, AudioError, DataDirError, ModelDirError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model dir (or an exported .onnx student)")
     parser.add_argument("--data", required=True, help="labeled data dir (needs text)")
     parser.add_argument("--out", required=True, help="output dir for wer.json, hyp.trn, ref.trn, errors.txt")
+    parser.add_argument("--checkpoint", metavar="NAME",
+                        help="score these weights of the model dir's training run instead of its final model: a file "
+                        "under MODEL/checkpoints/ (e.g. epoch-004.pt, dev-step-00001200.pt) or 'best' (first in best.tsv)")
     parser.add_argument("--streaming", action="store_true", help="decode chunk by chunk as a live stream")
     parser.add_argument("--chunk-size", type=int, default=None, help="streaming chunk in 40 ms output frames (default: the model's)")
     parser.add_argument("--beam", type=int, default=0, help="CTC beam size (0 = greedy)")
@@ -101,11 +104,40 @@ def _decode_streaming(loaded, waves: dict[str, torch.Tensor], chunk_size: int | 
     return hyps, compute_s, per_chunk_ms
 
 
+def _load_checkpoint_weights(loaded, model_dir: Path, name: str) -> str:
+    """Put the weights of ``model_dir/checkpoints/name`` (``best``: the first of best.tsv on disk) into
+    ``loaded.model``; returns the checkpoint's file name. Refused, naming the file, when it is missing
+    or does not fit the model dir's architecture."""
+    from asr_kd.train.checkpoint import CheckpointManager, load_checkpoint
+
+    ckpt_dir = model_dir / "checkpoints"
+    if name == "best":
+        path = CheckpointManager(model_dir, 1, 1, 1).best_path() if ckpt_dir.is_dir() else None
+        if path is None:
+            raise ModelDirError(f"{ckpt_dir / 'best.tsv'}: no ranked checkpoint on disk; --checkpoint best needs a "
+                                "training run that scored dev (data.dev)")
+    else:
+        path = ckpt_dir / Path(name).name
+        if not path.is_file():
+            have = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+            raise ModelDirError(f"{path}: no such checkpoint; {model_dir} has {', '.join(have) or 'none'}")
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise ModelDirError(f"{path}: holds no model weights")
+    try:
+        loaded.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelDirError(f"{path}: weights do not fit the model in {model_dir}: {exc}") from None
+    loaded.model.eval()
+    return path.name
+
+
 def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, chunk_size: int | None = None,
              beam_size: int = 0, lm: str | None = None, lexicon: str | None = None, lm_weight: float = 0.5,
              threads: int = 1, batch_max_frames: int = 20000, allow_pipes: bool = False, progress: bool = True,
-             device: str = "cpu") -> dict:
-    """Decode and score; returns the dict written to ``wer.json``. ``device``: see the module docstring."""
+             device: str = "cpu", checkpoint: str | None = None) -> dict:
+    """Decode and score; returns the dict written to ``wer.json``. ``device``: see the module docstring.
+    ``checkpoint``: score the weights of ``MODEL/checkpoints/NAME`` (or ``best``) instead of the final model."""
     from asr_kd.devices import resolve_device
     from asr_kd.scoring import score, write_report
 
@@ -121,6 +153,8 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
     if str(model).endswith(".onnx"):
         from asr_kd.export.evaluate_onnx import load_onnx_for_evaluation
 
+        if checkpoint is not None:
+            raise AsrKdError(f"evaluate: --checkpoint needs a model dir with its checkpoints/, not {model}")
         onnx_model = load_onnx_for_evaluation(model, threads=threads)
         if beam_size > 0:
             raise AsrKdError(f"evaluate: {model} is scored with the device runtime's greedy decoding; drop --beam")
@@ -132,6 +166,8 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
         from asr_kd.models.model_dir import load_model_dir
 
         loaded = load_model_dir(model, device=run_device)
+        if checkpoint is not None:
+            checkpoint = _load_checkpoint_weights(loaded, Path(model), checkpoint)
         sample_rate = loaded.fbank_config.sample_rate
     waves: dict[str, torch.Tensor] = {}
     rejects: list[tuple[str, str]] = []
@@ -180,6 +216,7 @@ def evaluate(model: str, data_dir: str, out_dir: str, streaming: bool = False, c
         "decoder": "greedy" if beam is None else f"beam{beam_size}" + ("+lm" if lm else ""),
         "model": str(model),
         "fingerprint": getattr(loaded, "fingerprint", None),
+        "checkpoint": checkpoint,
         "params": sum(p.numel() for p in model_obj.parameters()) if hasattr(model_obj, "parameters") else None,
         "data": str(data_dir),
         "rejects": len(rejects),
@@ -204,5 +241,5 @@ def run(args: argparse.Namespace) -> int:
     evaluate(args.model, args.data, args.out, streaming=args.streaming, chunk_size=args.chunk_size, beam_size=args.beam,
              lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight, threads=args.threads,
              batch_max_frames=args.batch_max_frames, allow_pipes=args.allow_pipes, progress=not args.no_progress,
-             device=args.device)
+             device=args.device, checkpoint=args.checkpoint)
     return 0

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="demo",
                    help="tiny (tests), demo (CPU demo), medium (the demo with ~2x the audio), large (GPU/cluster), or a YAML file "
                         "with SynthProfile keys (default: demo)")
+    p.add_argument("--size", action="append", default=[], metavar="SPLIT=N",
+                   help="override one split's utterance count, e.g. --size train_unlabeled=56000 (repeatable). Utterance "
+                        "i of a split is the same whatever the count, so a larger split contains the smaller one")
     p.add_argument("--out", required=True, help="output folder (data dirs, audio/, synth_manifest.json)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed: same seed, same bytes (default 0)")
     p.add_argument("--jobs", type=int, default=None, help="parallel synthesis processes (default: all CPUs)")
@@ -53,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         from data_prep.synth.generate import generate_corpus
         from data_prep.synth.profiles import get_profile
 
-        summary = generate_corpus(args.out, get_profile(args.profile), seed=args.seed, jobs=args.jobs,
+        from data_prep.synth.profiles import with_sizes
+
+        profile = with_sizes(get_profile(args.profile), args.size)
+        summary = generate_corpus(args.out, profile, seed=args.seed, jobs=args.jobs,
                                   progress=not args.no_progress)
         print(summary.line())
         return 0

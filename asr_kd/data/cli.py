@@ -4,7 +4,7 @@
 
     asr-kd data validate DIR [DIR ...] [--no-check-audio] [--allow-pipes] [--durations]
     asr-kd data combine --out OUT DIR DIR ...
-    asr-kd data subset  --out OUT DIR (--utt-list FILE | --first N | --random N [--seed S])
+    asr-kd data subset  --out OUT DIR (--utt-list FILE | --first N | --random N | --hours H [--seed S])
     asr-kd data split   --out-dirs A B ... --fractions 0.9 0.1 ... DIR [--seed S]
     asr-kd data cmvn    --out cmvn.json DIR [--max-utts N] [--seed S] [--num-mel-bins F] [--sample-rate R]
     asr-kd data fbank   DIR [DIR ...] [--config TRAIN.yaml]     (feature cache: DIR/feats.scp + DIR/fbank/)
@@ -58,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--utt-list", help="file with one utterance id per line (first field)")
     how.add_argument("--first", type=int, metavar="N", help="the first N utterances in sorted id order")
     how.add_argument("--random", type=int, metavar="N", help="N utterances drawn at random (see --seed)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for --random (default 0)")
+    how.add_argument("--hours", type=float, metavar="H",
+                     help="the fewest utterances, in a random order fixed by --seed, that reach H hours of audio "
+                     "(needs utt2dur): subsets of one dir and seed are nested, the smaller inside the larger")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --random and --hours (default 0)")
     p.add_argument("dir", metavar="DIR")
 
     p = sub.add_parser("split", help="split into speaker-disjoint parts by utterance fractions")
@@ -256,6 +259,8 @@ def _subset(args: argparse.Namespace) -> int:
     ids = data.utt_ids
     if args.utt_list is not None:
         keep = _read_utt_list(args.utt_list)
+    elif args.hours is not None:
+        keep = _first_hours(data, args.dir, args.hours, args.seed)
     else:
         n = args.first if args.first is not None else args.random
         if not 1 <= n <= len(ids):
@@ -263,8 +268,36 @@ def _subset(args: argparse.Namespace) -> int:
         keep = ids[:n] if args.first is not None else random.Random(args.seed).sample(ids, n)
     subset = data.subset(keep)
     write_data_dir(subset, args.out)
-    print(f"{args.out}: subset of {args.dir} ({_summary(subset, _known_seconds(subset))})")
+    from asr_kd.data.feature_cache import carry_feature_cache
+
+    cached = carry_feature_cache(args.dir, args.out, subset.utt_ids)
+    print(f"{args.out}: subset of {args.dir} ({_summary(subset, _known_seconds(subset))}"
+          + (f"; its feature cache: {cached} entries" if cached else "") + ")")
     return 0
+
+
+def _first_hours(data: DataDir, where: str, hours: float, seed: int) -> list[str]:
+    """The shortest prefix of one seeded shuffle of the utterances that holds ``hours`` of audio. The
+    shuffle depends only on the ids and the seed, so a smaller request is a prefix of a larger one."""
+    if not hours > 0:
+        raise DataDirError(f"subset: --hours must be > 0, got {hours:g}", where)
+    unknown = [u for u in data.utt_ids if data.duration(u) is None]
+    if unknown:
+        raise DataDirError(f"subset --hours needs the duration of every utterance; {len(unknown)} have none "
+                           f"(first: {unknown[0]}); run 'asr-kd data validate --durations {where}'", where)
+    order = sorted(data.utt_ids)
+    random.Random(seed).shuffle(order)
+    total = data.total_seconds() / 3600
+    if total < hours:
+        raise DataDirError(f"subset: {hours:.2f} h requested but the dir holds {total:.2f} h in {len(order)} "
+                           f"utterances; synthesize or add {hours - total:.2f} h more", where)
+    keep, seconds = [], 0.0
+    for utt in order:
+        if seconds >= hours * 3600:
+            break
+        keep.append(utt)
+        seconds += data.duration(utt)
+    return keep
 
 
 def _is_number(text: str) -> bool:

@@ -112,6 +112,28 @@ def build_feature_cache(data_dir: str | os.PathLike, config: FbankConfig | None 
     return CacheSummary(len(identities), len(rejects), frames, out)
 
 
+def carry_feature_cache(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, utt_ids: list[str]) -> int:
+    """Give the data dir ``dst_dir`` (a subset of ``src_dir``) the cache entries of its utterances: its
+    own ``feats.scp`` and ``fbank/cache.json``, pointing into ``src_dir``'s ark (no features copied).
+    Returns the number of entries carried; 0 when ``src_dir`` has no complete cache."""
+    src, dst = Path(src_dir), Path(dst_dir)
+    meta_path, scp_path = src / CACHE_DIR / "cache.json", src / "feats.scp"
+    if not meta_path.is_file() or not scp_path.is_file():
+        return 0
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    keep = set(utt_ids)
+    lines = [line for line in scp_path.read_text(encoding="utf-8").splitlines() if line.partition(" ")[0] in keep]
+    audio = {u: ident for u, ident in meta.get("audio", {}).items() if u in keep}
+    (dst / CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    tmp = dst / "feats.scp.tmp"
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, dst / "feats.scp")
+    tmp = dst / CACHE_DIR / "cache.json.tmp"
+    tmp.write_text(json.dumps(meta | {"audio": audio, "carried_from": str(src.resolve())}) + "\n", encoding="utf-8")
+    os.replace(tmp, dst / CACHE_DIR / "cache.json")  # last, as build_feature_cache
+    return len(lines)
+
+
 class FeatureCache:
     """Read side: ``get(utt, source)`` returns the cached (frames, num_mel_bins) float32 features or None."""
 
@@ -164,4 +186,4 @@ class FeatureCache:
             return None
 
 
-__all__ = ["CACHE_DIR", "CacheSummary", "FeatureCache", "audio_identity", "build_feature_cache"]
+__all__ = ["CACHE_DIR", "CacheSummary", "FeatureCache", "audio_identity", "build_feature_cache", "carry_feature_cache"]

@@ -4,6 +4,7 @@ Layout under ``<model_dir>/checkpoints/``::
 
     step-00001200.pt    every ``checkpoint_every_steps`` (the last ``keep_last_checkpoints`` kept)
     epoch-003.pt        at each epoch end (kept: the last ``average_last`` and the ``keep_best`` by dev WER)
+    dev-step-00001200.pt  weights scored on dev every ``train.dev_every_steps`` (kept while among the ``keep_best``)
 
 The trainer's weight average (``train.final: average``) is a running sum kept in the checkpoint
 state, not rebuilt from saved files; ``averaged_model_state`` averages saved epoch checkpoints.
@@ -80,6 +81,23 @@ class CheckpointManager:
             if p.name not in keep:
                 p.unlink()
         return path
+
+    def save_dev_eval(self, model_state: dict[str, Any], step: int, dev_wer: float | None) -> Path | None:
+        """Rank the weights scored on dev at ``step`` (``train.dev_every_steps``) beside the epoch
+        checkpoints: ``dev-step-NNNNNNNN.pt`` holds ``{"model": ...}`` only and is kept while it is among
+        the ``keep_best``; it is never a resume point. Returns its path, or None when it is not kept."""
+        path = self.dir / f"dev-step-{step:08d}.pt"
+        ranking = [r for r in self.ranking() if r[0] != path.name]
+        ranking.append((path.name, dev_wer if dev_wer is not None else float("inf")))
+        ranking.sort(key=lambda r: (r[1], r[0]))
+        keep = {name for name, _ in ranking[: self.keep_best]}
+        if path.name in keep:
+            atomic_save({"model": model_state, "step": step}, path)
+        self._write_ranking(ranking)
+        for p in self.dir.glob("dev-step-*.pt"):
+            if p.name not in keep:
+                p.unlink()
+        return path if path.name in keep else None
 
     def _set_latest(self, path: Path) -> None:
         tmp = self.dir / "latest.tmp"

@@ -73,6 +73,10 @@ class LoopConfig(StrictModel):
     average_every_steps: int = Field(10, ge=1, description="add the weights to the average every this many optimizer steps "
                                      "inside the averaging window (and at the last step)")
     log_every_steps: int = Field(10, ge=1)
+    dev_every_steps: int | None = Field(None, ge=1, description="also score dev WER every this many optimizer steps "
+                                        "(besides each epoch's end) and rank those weights in best.tsv with the epoch "
+                                        "checkpoints: a dev curve for runs whose epochs are long, and final: best "
+                                        "picks from it (None: at epoch ends only)")
     init_from: str | None = Field(None, description="model dir whose weights (and CMVN) start this run: fine-tuning, "
                                   "or a noisy-student round started from the previous teacher; its model config, "
                                   "units and fbank must equal this config's")

@@ -543,6 +543,9 @@ class Trainer:
                     rank_rng = self._rank_rng_states()  # every rank: a collective under DDP
                     if self.is_main:
                         self.ckpt.save_step(self._state(rank_rng), self.step)
+                if (self.is_main and c.train.dev_every_steps and self.step % c.train.dev_every_steps == 0
+                        and self.step < self.total_steps):  # the run's end is scored below, as each epoch's end
+                    self._dev_eval_at_step(metrics, bar, t0)
                 if kill_after and self.step == kill_after and self.is_main:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.step >= self.total_steps:
@@ -581,6 +584,17 @@ class Trainer:
         if self.world_size == 1:
             print(summary)
         return TrainResult(self.out, self.step, self.epoch, best_wer, n_params, wall)
+
+    def _dev_eval_at_step(self, metrics: MetricsLog, bar: tqdm, t0: float) -> None:
+        """``train.dev_every_steps`` (main process; DDP ranks wait at their next all-reduce): dev WER of
+        the current weights, logged and ranked in best.tsv."""
+        dev_wer, dev_cer = self._evaluate_dev()
+        if dev_wer is None:
+            return
+        metrics.log("dev", self.epoch + 1, self.step, dev_wer=dev_wer, dev_cer=dev_cer, wall_s=time.time() - t0)
+        bar.write(f"step {self.step}: dev WER {dev_wer:.2f}% CER {dev_cer:.2f}%")
+        write_progress(self.out, dev_epoch=self.epoch + 1, dev_step=self.step, dev_wer=dev_wer, dev_cer=dev_cer)
+        self.ckpt.save_dev_eval({k: v.detach().clone() for k, v in self.core.state_dict().items()}, self.step, dev_wer)
 
     def _reject_breakdown(self) -> str:
         unalignable = sum(1 for _, reason in self.table.rejects if reason.startswith("unalignable"))

@@ -157,3 +157,23 @@ def get_profile(name_or_path: str) -> SynthProfile:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return load_config(path, SynthProfile)
     raise ConfigError(f"unknown synth profile {name_or_path!r}: use one of {sorted(PROFILES)} or a YAML file")
+
+
+def with_sizes(profile: SynthProfile, overrides: list[str]) -> SynthProfile:
+    """``profile`` with split sizes replaced by ``SPLIT=N`` strings (``asr-kd prepare synth --size``).
+    The name gains the overrides (``demo+train_unlabeled=56000``) so the manifest says what was made."""
+    if not overrides:
+        return profile
+    sizes = profile.sizes.model_dump()
+    for item in overrides:
+        split, sep, value = item.partition("=")
+        if not sep or split not in SPLITS:
+            raise ConfigError(f"--size {item!r}: expected SPLIT=N with SPLIT one of {', '.join(SPLITS)}")
+        try:
+            sizes[split] = int(value)
+        except ValueError:
+            raise ConfigError(f"--size {item!r}: N must be a whole number of utterances") from None
+        if sizes[split] < 1:
+            raise ConfigError(f"--size {item!r}: N must be at least 1")
+    return profile.model_copy(update={"sizes": SplitSizes(**sizes),
+                                      "name": "+".join([profile.name, *overrides])})

@@ -1,7 +1,9 @@
 # Shared helpers for recipes/*/run.sh (sourced, not executed).
 #   parse options:  --stage N --stop-stage N --force  and  --name value  for any variable already set
 #   run_stage N NAME : true when stage N is in [stage, stop_stage] and not done (or --force)
-#   mark_done NAME   : writes $exp/.done/NAME (icefall-style marker) so a rerun skips the stage
+#   mark_done NAME [SECONDS] : writes $exp/.done/NAME (icefall-style marker) so a rerun skips the stage;
+#                      its second line is the stage's wall seconds (default: since run_stage started it)
+#   after N:NAME...  : fails naming the stage when stage N (NAME) has no marker yet
 #   log_run CMD...   : prints the exact command, appends it to $exp/commands.log, runs it
 #   need PATH...     : fails with a clear message when an input of the stage is missing
 #   start_beside LOG CMD... : runs CMD in the background (output to LOG), killed if the script exits first
@@ -33,10 +35,21 @@ run_stage() {
     return 1
   fi
   log "stage $n ($name)"
+  stage_t0=$SECONDS
   return 0
 }
 
-mark_done() { mkdir -p "$exp/.done"; date -u '+%FT%TZ' > "$exp/.done/$1"; }
+mark_done() {
+  mkdir -p "$exp/.done"
+  printf '%s\nseconds %s\n' "$(date -u '+%FT%TZ')" "${2:-$((SECONDS - ${stage_t0:-0}))}" > "$exp/.done/$1"
+}
+
+after() {
+  local dep
+  for dep in "$@"; do
+    [ -f "$exp/.done/${dep#*:}" ] || { echo "$0: stage ${dep%%:*} (${dep#*:}) has not run in $exp (no $exp/.done/${dep#*:}); run it first: $0 --stage ${dep%%:*}" >&2; exit 1; }
+  done
+}
 
 log_run() {
   mkdir -p "$exp"

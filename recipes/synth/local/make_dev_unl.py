@@ -6,7 +6,12 @@ whose unlabeled split stops at index 5999) with their true transcripts as ``text
 bytes and ids as ``asr-kd prepare synth --profile medium`` would write, without synthesizing the other
 31,600 utterances of that profile.
 
+With ``--profile`` and ``--first``, the same kind of set for a corpus whose unlabeled split is larger:
+``recipes/synth/scaling.sh`` takes the utterances right after its unlabeled pool (indices the pool
+never reaches), so dev_unl stays disjoint from every audio the students hear.
+
 Usage: python recipes/synth/local/make_dev_unl.py [--out data/dev_unl] [--first 10000] [--count 400]
+                                                  [--profile medium|FILE.yaml]
 """
 from __future__ import annotations
 
@@ -22,10 +27,15 @@ from data_prep.synth.sentences import SentenceGenerator
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="data/dev_unl")
-    ap.add_argument("--first", type=int, default=10000, help="first utterance index of medium's train_unlabeled")
+    ap.add_argument("--first", type=int, default=10000, help="first utterance index of the profile's train_unlabeled")
     ap.add_argument("--count", type=int, default=400)
+    ap.add_argument("--profile", default="medium", help="synth profile (name or YAML) whose voices and conditions "
+                    "to use; its train_unlabeled is extended to reach --first + --count")
     args = ap.parse_args()
-    profile = get_profile("medium")
+    profile = get_profile(args.profile)
+    need = args.first + args.count
+    if profile.sizes.train_unlabeled < need:
+        profile = profile.model_copy(update={"sizes": profile.sizes.model_copy(update={"train_unlabeled": need})})
     voices = plan_voices(profile, seed=0)
     split = "train_unlabeled"
     specs = plan_split(profile, 0, split, voices.split_voices(split), SentenceGenerator())

@@ -7,7 +7,8 @@ writes ``report.md``, ``results.json`` (keyed ``teacher``, ``baseline``, ``kd``,
 when the corpus labels its test speakers), ``training_curves.png`` and ``posteriorgram.png`` (one test
 utterance through the teacher and both students).
 
-``asr-kd report --ablation DIR --out ablation.md`` tabulates an ablation dir instead (one model dir per
+``asr-kd report --scaling EXP --data DATA --out EXP/scaling.md`` reports the scaling study
+(``asr_kd.scaling_report``). ``asr-kd report --ablation DIR --out ablation.md`` tabulates an ablation dir instead (one model dir per
 variant, each with ``eval_dev/wer.json``, as ``recipes/synth/ablation.sh`` writes): dev WER/CER, the
 change relative to its reference row (``teacher_ref``, ``kd_ref`` or ``baseline_ref``), steps, minutes
 and the overrides the variant was trained with (from its ``env.json`` command line).
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--exp", help="experiment dir holding teacher/, baseline/, kd/")
     group.add_argument("--ablation", help="ablation dir (recipes/synth/ablation.sh): one model dir per variant")
+    group.add_argument("--scaling", metavar="EXP", help="the scaling study's exp dir (recipes/synth/scaling.sh): "
+                       "scaling.md at --out, scaling.json and scaling.png beside it (asr_kd.scaling_report)")
     parser.add_argument("--data", help="data dir root (for the posteriorgram utterance from test/)")
     parser.add_argument("--out", required=True, help="report.md path; results.json and PNGs go beside it")
 
@@ -300,6 +303,12 @@ def render_ablation(rows: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.scaling:
+        from asr_kd.scaling_report import write_scaling_report
+
+        write_scaling_report(Path(args.scaling), Path(args.data) if args.data else None, out)
+        print(out.read_text())
+        return 0
     if args.ablation:
         rows = collect_ablation(Path(args.ablation))
         if not rows:

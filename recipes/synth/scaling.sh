@@ -15,7 +15,7 @@
 # --seeds "0 1": seeds of the baseline and of the largest KD point (their spread).
 # --kd0 true: also a KD student on the labeled audio alone (no unlabeled), the curve's zero point.
 # Stages (each skipped when its $exp/.done/NAME marker exists, which also records its seconds):
-#   0 prepare      the corpus: labeled, pool, dev, test; dev_unl (400 utterances after the pool's last,
+#   0 prepare      the corpus: labeled, pool, dev, test; dev_unl (--dev-unl-utts 400 after the pool's last,
 #                  voices the labeled set never has); the speed-perturbed labeled set; feature caches
 #   1 subsets      nested random subsets of the pool           -> $data/unl_<M>x (with the pool's cache)
 #   2 teacher      conf/scaling/teacher.yaml, once              -> $exp/teacher
@@ -37,6 +37,7 @@ pool_utts=56000
 multiples="1.5 4.5 13"
 seeds="0 1"
 kd0=false
+dev_unl_utts=400
 top_k=8
 profile=demo
 conf=recipes/synth/conf/scaling
@@ -49,7 +50,7 @@ seed0=${seeds%% *}
 
 if run_stage 0 prepare; then
   log_run asr-kd prepare synth --profile $profile --size train_unlabeled=$pool_utts --out $data --jobs $nj --no-progress
-  log_run python recipes/synth/local/make_dev_unl.py --profile $profile --first $pool_utts --count 400 --out $data/dev_unl
+  log_run python recipes/synth/local/make_dev_unl.py --profile $profile --first $pool_utts --count $dev_unl_utts --out $data/dev_unl
   log_run asr-kd data perturb-speed $data/train_labeled --out $data/train_labeled_sp --factors 0.9,1.0,1.1 \
     --jobs $nj --force --no-progress
   start_beside "$data/fbank_pool.log" asr-kd data fbank --no-progress $data/train_unlabeled
@@ -185,6 +186,6 @@ fi
 if run_stage 7 report; then
   after 6:eval
   need $exp/teacher/eval_test/wer.json
-  log_run asr-kd report --scaling --exp $exp --data $data --out $exp/scaling.md
+  log_run asr-kd report --scaling $exp --data $data --out $exp/scaling.md
   cat $exp/scaling.md
 fi

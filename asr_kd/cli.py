@@ -31,12 +31,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DOCS = "docs/"  # pages of the repository's docs/ folder (docs/index.md lists them)
+COMMAND_DOCS: dict[str, str] = {
+    "prepare": "your-own-corpus.md", "data": "your-own-corpus.md", "train": "distillation-settings.md",
+    "label": "labeling-at-scale.md", "pseudo-label": "distill-from-your-own-model.md", "targets": "store-format.md",
+    "evaluate": "pipeline.md", "transcribe": "pipeline.md", "export": "pipeline.md", "report": "scaling.md",
+}
+"""The docs page each subcommand's ``--help`` points to."""
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="asr-kd",
         description="Teacher-student training of streaming speech recognizers.",
-        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'asr-kd COMMAND --help' for a command's options.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'asr-kd COMMAND --help' for a command's options; "
+               f"documentation: {DOCS}index.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asr-kd {__version__}")
@@ -66,7 +76,8 @@ def build_command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     """Import the module of one subcommand and build its parser."""
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"asr-kd {name}", description=help_)
+    parser = argparse.ArgumentParser(prog=f"asr-kd {name}", description=help_,
+                                     epilog=f"documentation: {DOCS}{COMMAND_DOCS[name]}")
     module.add_arguments(parser)
     return parser, module
 

@@ -77,3 +77,24 @@ def test_commands_that_read_kaldi_files_print_no_kaldi_io_banner(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (data / "feats.scp").is_file()
     assert "KALDI_ROOT" not in proc.stdout + proc.stderr and "####" not in proc.stderr, proc.stderr
+
+
+def test_every_command_help_points_to_a_docs_page_that_exists(capsys):
+    """`asr-kd --help` names docs/index.md and each `asr-kd COMMAND --help` its own page, and every page
+    named is in the repository and listed in docs/index.md. (Mutation caught: a command without a page
+    raises KeyError; a renamed page fails the existence check.)"""
+    import pytest
+
+    from asr_kd.cli import COMMAND_DOCS, COMMANDS, DOCS, build_command_parser, main
+
+    assert set(COMMAND_DOCS) == set(COMMANDS)
+    index = (ROOT / DOCS / "index.md").read_text()
+    for name in COMMANDS:
+        page = COMMAND_DOCS[name]
+        assert (ROOT / DOCS / page).is_file(), page
+        assert f"]({page})" in index, page
+        parser, _ = build_command_parser(name)
+        assert f"documentation: {DOCS}{page}" in parser.format_help()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert f"documentation: {DOCS}index.md" in capsys.readouterr().out

@@ -83,3 +83,27 @@ def test_unreadable_audio_is_listed_and_still_rejected_in_training(tmp_path):
     batch = _batch(table, ["bad-nan", good], FbankConfig())  # not cached: read from audio, rejected there
     assert batch.utt_ids == [good] and [u for u, _ in batch.rejects] == ["bad-nan"]
     assert "nan" in batch.rejects[0][1].lower()
+
+
+def test_a_truncated_ark_warns_with_a_reason_and_falls_back_to_audio(tmp_path, caplog):
+    """A cache whose ark was cut short: the warning names the utterance and a non-empty reason, and the
+    cache gives None (training then computes the features from audio). (Mutation caught: the bare
+    exception text, which kaldi-io leaves empty: 'unreadable ()'.)"""
+    import logging
+
+    data = make_data(tmp_path / "c", 2)
+    assert cli_main(["data", "fbank", str(data), "--no-progress"]) == 0
+    from asr_kd.data.datadir import read_data_dir
+
+    cfg = FbankConfig()
+    d = read_data_dir(data)
+    cache = FeatureCache.open(data, cfg)
+    last = d.utt_ids[-1]
+    ark = data / "fbank" / "feats.ark"
+    offset = int(cache.scp[last].rsplit(":", 1)[1])
+    ark.write_bytes(ark.read_bytes()[:offset])  # cut where the last matrix starts: kaldi-io's bare AssertionError
+    with caplog.at_level(logging.WARNING, logger="asr_kd.data.feature_cache"):
+        assert cache.get(last, d.source(last)) is None
+    message = next(r.getMessage() for r in caplog.records if last in r.getMessage())
+    reason = message.split("unreadable (", 1)[1].split(")", 1)[0]
+    assert reason.strip(), message

@@ -182,7 +182,10 @@ class FeatureCache:
         try:
             return np.array(_kaldi_io().read_mat(where))  # a writable copy
         except Exception as exc:  # noqa: BLE001 - kaldi-io raises several types for a damaged ark
-            log.warning("%s: cached features of %s unreadable (%s); computing them from audio", self.data_dir, utt, exc)
+            # kaldi-io raises bare exceptions with no message for a truncated ark (e.g. struct.error or
+            # an empty ValueError): name the exception, the entry and its ark so the reason is never empty
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} reading {where}"
+            log.warning("%s: cached features of %s unreadable (%s); computing them from audio", self.data_dir, utt, reason)
             return None
 
 

@@ -121,3 +121,17 @@ def test_model_union_unknown_key_lists_the_keys_of_the_chosen_kind(tmp_path):
     deep = _error(tmp_path, "model:\n  kind: conformer\n  dynamic_chunk: {chunk_size_mn: 2}\n", TrainConfig)
     assert "c.yaml: model.dynamic_chunk.chunk_size_mn: unknown key (did you mean 'chunk_size_min'?)" in deep
     assert {"chunk_size_min", "chunk_size_max"} <= set(_valid_keys(deep, "valid keys of model.dynamic_chunk"))
+
+
+def test_dynamic_chunk_without_dynamic_chunk_training_is_refused():
+    """``model.dynamic_chunk`` changed while ``dynamic_chunk_training`` is off would do nothing: refused,
+    naming both keys; the defaults (as a resolved model.yaml writes them) and the key with training on
+    are accepted. (Mutation caught: the check removed -> the setting is silently ignored.)"""
+    from asr_kd.models.config import DynamicChunkSampling, parse_model_config
+
+    streaming = {"kind": "conformer", "streaming": True, "chunk_size": 8, "left_chunks": 2}
+    with pytest.raises(ConfigError, match="dynamic_chunk does nothing without dynamic_chunk_training"):
+        parse_model_config({**streaming, "dynamic_chunk": {"chunk_size_max": 8}})
+    parse_model_config({**streaming, "dynamic_chunk": DynamicChunkSampling().model_dump()})
+    cfg = parse_model_config({**streaming, "dynamic_chunk_training": True, "dynamic_chunk": {"chunk_size_max": 8}})
+    assert cfg.dynamic_chunk.chunk_size_max == 8

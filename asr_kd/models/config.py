@@ -99,6 +99,10 @@ class ConformerConfig(StrictModel):
                                  "(finite left context in chunks), e.g. chunk_size: 8, left_chunks: 4")
         elif self.chunk_size is not None or self.left_chunks is not None or self.dynamic_chunk_training:
             raise ValueError("chunk_size / left_chunks / dynamic_chunk_training need streaming: true")
+        # compared with the default (not with the keys given), so a resolved model.yaml validates again
+        if not self.dynamic_chunk_training and self.dynamic_chunk != DynamicChunkSampling():
+            raise ValueError("dynamic_chunk does nothing without dynamic_chunk_training: true; remove it or set "
+                             "dynamic_chunk_training: true")
         return self
 
 

@@ -319,3 +319,28 @@ def test_progress_watcher_shows_each_dev_score_once(tmp_path, capsys):
     assert err.count("epoch 1: step 10, dev WER 40.00% CER 20.00%") == 1
     assert err.count("epoch 2: step 20, dev WER 30.00% CER 20.00%") == 1
     assert "20/20" in err
+
+
+def test_audio_rejects_of_every_ddp_rank_reach_rejects_tsv(tmp_path, ray_cluster):
+    """Two Ray Train workers read different batches; unreadable audio met by either rank is gathered to
+    rank 0, the only writer, so rejects.tsv lists every bad utterance. (Mutation caught: each rank
+    keeping its own rejects and only rank 0 writing: rank 1's are lost.)"""
+    from asr_kd.config import load_config
+    from asr_kd.data.datadir import read_data_dir, write_data_dir
+    from asr_kd.train.distributed import train_distributed
+    from factories import make_data, tiny_train_config
+
+    data = make_data(tmp_path / "d", 12, with_text=True, min_s=1.2, step_s=0.1)
+    d = read_data_dir(data)
+    gone = [f"zz{i}-gone" for i in range(6)]
+    durations = dict(d.utt2dur or {u: 1.5 for u in d.utt_ids})
+    for i, utt in enumerate(gone):
+        d.wav_scp[utt], d.utt2spk[utt], d.text[utt] = str(tmp_path / f"gone{i}.wav"), f"zz{i}", "hello world"
+        durations[utt] = 1.2 + 0.1 * i  # spread over the length-sorted batches of both ranks
+    d.utt2dur = durations
+    write_data_dir(d, data)
+    cfg = load_config(tiny_train_config(tmp_path / "c.yaml", [str(data)], max_steps=None, max_frames=800,
+                                        extra={"train.max_epochs": 1}), TrainConfig)
+    train_distributed(cfg, str(tmp_path / "m"), workers=2, progress=False)
+    listed = {line.split("\t")[0] for line in (tmp_path / "m" / "rejects.tsv").read_text().splitlines()}
+    assert set(gone) <= listed

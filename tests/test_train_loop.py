@@ -262,3 +262,34 @@ def test_init_from_a_model_of_another_shape_or_unit_set_is_refused(tmp_path):
     other_units = _config(tmp_path, "c", [str(other_text)], extra={"train.init_from": str(src)})
     with pytest.raises(AsrKdError, match=r"init_from=.*units .* there, .* here \(set units.from_model="):
         Trainer(other_units, tmp_path / "c", progress=False).run()
+
+
+def test_dev_wer_scores_every_dev_utterance_as_evaluate_does(tmp_path):
+    """A dev set with one missing audio file (its duration in utt2dur, so it fails when read): training's
+    dev WER scores it as an empty hypothesis, lists it in rejects_dev.tsv, and equals ``asr-kd
+    evaluate`` on the same weights (final: last: the last epoch's dev score is the final model's).
+    (Mutation caught: the old loop scored only the utterances it decoded -> a lower WER than evaluate.)"""
+    import json
+
+    from asr_kd.cli import main
+    from asr_kd.data.datadir import read_data_dir, write_data_dir
+
+    data = _data(tmp_path / "d", 6)
+    dev = _data(tmp_path / "dev", 3, prefix="dev")
+    d = read_data_dir(dev)
+    d.wav_scp["devspk9-gone"], d.utt2spk["devspk9-gone"], d.text["devspk9-gone"] = str(tmp_path / "gone.wav"), "devspk9", "a b c"
+    d.utt2dur = dict(d.utt2dur or {u: 1.5 for u in d.utt_ids}) | {"devspk9-gone": 1.5}
+    write_data_dir(d, dev)
+    cfg = _config(tmp_path, "c", [str(data)], max_steps=None, max_frames=500,
+                  extra={"train.max_epochs": 40, "train.final": "last", "data.dev": str(dev), "optim.lr": 5e-3,
+                         "optim.warmup_steps": 3})
+    Trainer(cfg, tmp_path / "m", progress=False).run()
+    logged = float(_metrics(tmp_path / "m", "dev")[-1]["dev_wer"])
+    assert logged < 100.0  # the model emits words: leaving the unread utterance out would lower the WER
+    rejects = (tmp_path / "m" / "rejects_dev.tsv").read_text()
+    assert "devspk9-gone" in rejects
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(dev), "--out", str(tmp_path / "e"),
+                 "--no-progress"]) == 0
+    evaluated = json.loads((tmp_path / "e" / "wer.json").read_text())
+    assert evaluated["num_utts"] == 4 and evaluated["rejects"] == 1
+    assert logged == pytest.approx(evaluated["wer"], abs=0.01)

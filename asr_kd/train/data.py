@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from asr_kd.atomic import atomic_write_bytes
 from asr_kd.data.audio import audio_duration, load_audio
 from asr_kd.data.datadir import DataDir, read_data_dir
 from asr_kd.data.feature_cache import FeatureCache
@@ -123,7 +124,8 @@ def ctc_min_frames(tokens: list[int]) -> int:
 
 
 def write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
-    """Append-or-create ``rejects.tsv`` (utt, reason), keeping earlier lines (resume-safe)."""
+    """Append-or-create ``rejects.tsv`` (utt, reason), keeping earlier lines (resume-safe); replaced
+    atomically (``asr_kd.atomic``). Rank 0 is its only writer under DDP."""
     if not rejects:
         return
     seen: dict[str, str] = {}
@@ -133,7 +135,7 @@ def write_rejects(path: Path, rejects: list[tuple[str, str]]) -> None:
             seen[utt] = reason
     for utt, reason in rejects:
         seen[utt] = reason
-    path.write_text("".join(f"{u}\t{r}\n" for u, r in sorted(seen.items())), encoding="utf-8")
+    atomic_write_bytes(path, "".join(f"{u}\t{r}\n" for u, r in sorted(seen.items())).encode("utf-8"))
 
 
 class _PlannedBatches(Dataset):

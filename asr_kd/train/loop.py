@@ -42,6 +42,7 @@ from asr_kd.train.losses import ctc_loss, epoch_loss_weights, kd_loss, pad_targe
 from asr_kd.train.metrics import PROGRESS_FILE, MetricsLog, plot_training_curve, write_progress
 
 log = logging.getLogger(__name__)
+DEV_REJECTS = "rejects_dev.tsv"  # dev utterances that could not be decoded (scored as empty hypotheses)
 
 KILL_HOOK_ENV = "ASR_KD_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after this step
 
@@ -143,9 +144,17 @@ class Trainer:
             self.table.add_dir(p, c.fbank, None, False, d.min_seconds, d.max_seconds, d.allow_pipes)
         self.unlabeled_ids = sorted(set(self.table.utts) - set(self.labeled_ids))
         self.dev_table = None
+        self.dev_refs: dict[str, str] = {}  # every dev utterance's reference: the whole list is scored
+        self._pending_rejects: list[tuple[str, str]] = []  # this rank's audio rejects since the last gather
         if d.dev:
             self.dev_table = UtteranceTable()
-            self.dev_table.add_dir(d.dev, c.fbank, self.tokenizer, True, 0.0, 10 * d.max_seconds, d.allow_pipes)
+            dev_data = self.dev_table.add_dir(d.dev, c.fbank, self.tokenizer, True, 0.0, 10 * d.max_seconds, d.allow_pipes)
+            self.dev_refs = {u: normalize_text(t) for u, t in (dev_data.text or {}).items()}
+            if self.dev_table.rejects and self.is_main:
+                write_rejects(self.out / DEV_REJECTS, self.dev_table.rejects)
+                log.warning("%d dev utterance(s) cannot be decoded and score as empty hypotheses (all deletions, as "
+                            "asr-kd evaluate scores them); reasons in %s", len(self.dev_table.rejects),
+                            self.out / DEV_REJECTS)
         if self.is_main:
             write_rejects(self.out / "rejects.tsv", self.table.rejects)
         if self.table.rejects and self.is_main:
@@ -262,7 +271,8 @@ class Trainer:
                 del self.table.utts[u]
             excused_set = set(excused)
             self.unlabeled_ids = [u for u in self.unlabeled_ids if u not in excused_set]
-            write_rejects(self.out / "rejects.tsv", self.table.rejects)
+            if self.is_main:  # one writer: every rank builds the same table
+                write_rejects(self.out / "rejects.tsv", self.table.rejects)
         if c.kd.pseudo_ctc_weight > 0:
             self._load_pseudo_transcripts()
 
@@ -324,11 +334,20 @@ class Trainer:
         own = {"rng": rng_state()}
         if self.specaug is not None:
             own["specaug_rng"] = self.specaug.generator.get_state()
+        pending, self._pending_rejects = self._pending_rejects, []
         if self.world_size == 1:
+            self._record_rejects(pending)
             return [own]
-        states: list = [None] * self.world_size
-        torch.distributed.all_gather_object(states, own)
-        return states
+        # the same collective carries every rank's new audio rejects to rank 0, the one writer of rejects.tsv
+        gathered: list = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, {"state": own, "rejects": pending})
+        self._record_rejects([r for g in gathered for r in g["rejects"]])
+        return [g["state"] for g in gathered]
+
+    def _record_rejects(self, rejects: list[tuple[str, str]]) -> None:
+        """Rank 0 appends audio rejects met while training (every rank's) to ``rejects.tsv``."""
+        if rejects and self.is_main:
+            write_rejects(self.out / "rejects.tsv", rejects)
 
     def _state(self, rank_rng: list[dict]) -> dict:
         s = {
@@ -454,9 +473,11 @@ class Trainer:
         c = self.config
         self.core.eval()
         plan = [("dev", b) for b in plan_batches(self.dev_table.lengths(), c.batch.max_frames, 0, 0, shuffle=False)]
-        hyps, refs = {}, {}
+        hyps: dict[str, str] = {}
+        dev_rejects: list[tuple[str, str]] = []
         with torch.no_grad():
             for batch in make_loader(self.dev_table, plan, c.fbank, 0, c.data.allow_pipes):
+                dev_rejects.extend(batch.rejects)
                 if not batch.utt_ids:
                     continue
                 feats = self.cmvn(batch.feats.to(self.device))
@@ -464,8 +485,13 @@ class Trainer:
                     log_probs, out_lens = self.core(feats, batch.feat_lens.to(self.device))
                 for utt, ids in zip(batch.utt_ids, greedy_ctc(log_probs.float().cpu(), out_lens.cpu())):
                     hyps[utt] = self.tokenizer.decode(ids)
-                    refs[utt] = normalize_text(self.dev_table.utts[utt].data.text[utt])
         self.core.train()
+        if dev_rejects and self.is_main:
+            write_rejects(self.out / DEV_REJECTS, dev_rejects)
+        # every dev utterance counts, as in asr-kd evaluate: one that could not be read or featurized
+        # is an empty hypothesis (all deletions), never left out of the score
+        refs = self.dev_refs
+        hyps = {u: hyps.get(u, "") for u in refs}
         report = score(refs, hyps)
         return report.wer, report.cer
 
@@ -497,8 +523,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 if batch.rejects:
                     self.table.rejects.extend(batch.rejects)
-                    if self.is_main:
-                        write_rejects(self.out / "rejects.tsv", batch.rejects)
+                    self._pending_rejects.extend(batch.rejects)  # written by rank 0 at the next gather
                     log.warning("skipped unreadable audio: %s", "; ".join(f"{u} ({r})" for u, r in batch.rejects))
                 if not batch.utt_ids and self.world_size == 1:
                     continue

@@ -240,15 +240,10 @@ class StoreReader:
         return sparse_to_dense(ids, probs, v, fill)
 
     # ---------------------------------------------------------------- streaming
-    def iter_shards(self, shuffle_buffer: int = 0, seed: int = 0, shards: Sequence[int] | None = None
-                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """Yield ``(utt, ids, probs)`` reading shards sequentially (one memmap pass each).
-
-        ``shuffle_buffer=0``: shard order, then order within each shard. ``shuffle_buffer=N``: shard
-        order permuted and a buffer of ``N`` utterances from which a random one is emitted as each new
-        one arrives (the usual streaming shuffle); deterministic for a given ``seed``. Every utterance
-        is yielded exactly once either way.
-        """
+    def iter_shards(self, shards: Sequence[int] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(utt, ids, probs)`` of every utterance of ``shards`` (default: all), reading shards
+        sequentially (one memmap pass each): shard order, then order within each shard. ``ids`` and
+        ``probs`` are as ``get_sparse`` returns them."""
         order = list(self.shard_ids if shards is None else shards)
         ix = self._index
         by_pos = np.lexsort((np.asarray(ix.offset), np.asarray(ix.shard)))  # index positions by (shard, offset)
@@ -261,42 +256,21 @@ class StoreReader:
             pos = by_pos[starts[s]: starts[s + 1]]
             return [(int(ix.offset[i]), int(ix.frames[i]), ix.ids[i].decode("utf-8")) for i in pos]
 
-        rng = np.random.default_rng(seed)
-        if shuffle_buffer > 0:
-            order = [order[i] for i in rng.permutation(len(order))]
-
-        def sequential() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-            for s in order:
-                entries = entries_of(s)
-                if not entries:
-                    continue
-                if self.meta.format_version >= 2:
-                    for _, _, utt in entries:
-                        yield (utt, *self._v2.get(s, utt))
-                    continue
-                arr = self._shard(s)
-                for o, f, utt in entries:
-                    if o + f > arr.shape[0]:
-                        raise StoreError(f"{self.shard_path(s)}: utterance {utt!r} lies beyond the shard's end; "
-                                         f"{RESUME_HINT}")
-                    ids, probs = format1.decode_records(arr[o: o + f], self.meta)
-                    yield utt, ids, probs
-
-        if shuffle_buffer <= 0:
-            yield from sequential()
-            return
-        buf: list[tuple[str, np.ndarray, np.ndarray]] = []
-        for item in sequential():
-            if len(buf) < shuffle_buffer:
-                buf.append(item)
+        for s in order:
+            entries = entries_of(s)
+            if not entries:
                 continue
-            j = int(rng.integers(len(buf)))
-            out, buf[j] = buf[j], item
-            yield out
-        while buf:
-            j = int(rng.integers(len(buf)))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            yield buf.pop()
+            if self.meta.format_version >= 2:
+                for _, _, utt in entries:
+                    yield (utt, *self._v2.get(s, utt))
+                continue
+            arr = self._shard(s)
+            for o, f, utt in entries:
+                if o + f > arr.shape[0]:
+                    raise StoreError(f"{self.shard_path(s)}: utterance {utt!r} lies beyond the shard's end; "
+                                     f"{RESUME_HINT}")
+                ids, probs = format1.decode_records(arr[o: o + f], self.meta)
+                yield utt, ids, probs
 
 
 def sparse_to_dense(ids: np.ndarray, probs: np.ndarray, vocab_size: int, fill: str = "zero") -> np.ndarray:

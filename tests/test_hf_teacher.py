@@ -25,7 +25,7 @@ from asr_kd.label.frame_rate import convert_frames  # noqa: E402
 from asr_kd.label.pipeline import LabelOptions, label, label_local  # noqa: E402
 from asr_kd.label.teacher import TeacherEnsemble, teacher_kind  # noqa: E402
 from asr_kd.label.unit_map import TeacherVocab, build_unit_map  # noqa: E402
-from asr_kd.targets.store import StoreReader  # noqa: E402
+from asr_kd.targets.reader import StoreReader  # noqa: E402
 
 
 @pytest.fixture(scope="module")

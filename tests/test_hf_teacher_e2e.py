@@ -29,7 +29,7 @@ from asr_kd.data.datadir import read_data_dir, write_data_dir  # noqa: E402
 from asr_kd.data.units import CharTokenizer  # noqa: E402
 from asr_kd.evaluate import evaluate  # noqa: E402
 from asr_kd.label.pipeline import LabelOptions, label_local  # noqa: E402
-from asr_kd.targets.store import StoreReader  # noqa: E402
+from asr_kd.targets.reader import StoreReader  # noqa: E402
 from asr_kd.train.config import TrainConfig  # noqa: E402
 from asr_kd.train.loop import train  # noqa: E402
 

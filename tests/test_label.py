@@ -21,7 +21,8 @@ from asr_kd.data.units import CharTokenizer
 from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
 from asr_kd.models import PRESETS, build_model, parse_model_config
 from asr_kd.models.model_dir import save_model_dir
-from asr_kd.targets.store import StoreReader
+from asr_kd.targets.reader import StoreReader
+from asr_kd.targets.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,7 @@ def test_ray_store_equals_plain_loop(setup, ray_cluster):
     assert reader.meta.k == 4 and reader.meta.quantization == "log8"
     pseudo = (root / "store_ray" / "text.pseudo").read_text().splitlines()
     assert sorted(line.split(" ", 1)[0] for line in pseudo) == reader.utt_ids
-    reader.verify()
+    verify_store(reader)
 
 
 def test_read_tasks_layout_writes_the_store_the_actors_layout_writes(setup, ray_cluster, caplog):
@@ -198,7 +199,7 @@ def test_actor_killed_mid_run_loses_nothing(setup, ray_cluster, monkeypatch):
     summary = label([str(teacher)], str(data), str(root / "store_crash"), options())
     assert marker.exists(), "the test hook did not kill an actor"
     assert summary.utterances == 30
-    StoreReader(root / "store_crash").verify()
+    verify_store(StoreReader(root / "store_crash"))
     if not (root / "store_local").exists():
         label_local([str(teacher)], str(data), str(root / "store_local"), options())
     assert_same_targets(root / "store_crash", root / "store_local")

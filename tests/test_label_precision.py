@@ -11,7 +11,8 @@ import torch
 from asr_kd.errors import AsrKdError
 from asr_kd.label.pipeline import LabelOptions, label, label_local
 from asr_kd.label.teacher import TeacherEnsemble
-from asr_kd.targets.store import StoreError, StoreReader
+from asr_kd.errors import StoreError
+from asr_kd.targets.reader import StoreReader
 from test_label import make_data, make_teacher
 
 

@@ -20,7 +20,7 @@ import soundfile as sf
 
 from asr_kd.data.datadir import read_data_dir, write_data_dir
 from asr_kd.label.pipeline import label, label_local
-from asr_kd.targets.store import StoreReader
+from asr_kd.targets.reader import StoreReader
 from factories import make_teacher, tone
 from test_shards import options, segments_corpus, store_files, whole_file_corpus
 

@@ -109,7 +109,9 @@ def test_epoch_loss_weights_give_each_term_its_share_of_the_epoch():
 def test_ragged_store_frames_through_the_loss_equal_hand_computation(tmp_path):
     """A v2 (top-p) store keeps 1, 2 and 3 units in three frames; read back, padded and batched with
     a one-frame utterance, the KD loss equals the sum over the kept units only."""
-    from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter
+    from asr_kd.targets.meta import StoreMeta
+    from asr_kd.targets.reader import StoreReader
+    from asr_kd.targets.writer import StoreWriter
 
     meta = StoreMeta(units_hash="u", vocab_size=5, frame_shift_ms=40.0, k=3, top_p=0.9, quantization="float16")
     writer = StoreWriter(tmp_path, meta, shard_size_utts=2)

@@ -31,7 +31,8 @@ from asr_kd.config import load_config
 from asr_kd.data.datadir import read_data_dir
 from asr_kd.errors import StoreError
 from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
-from asr_kd.targets.store import StoreReader
+from asr_kd.targets.reader import StoreReader
+from asr_kd.targets.verify import verify_store
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.loop import Trainer
 from factories import (ROOT, add_bad_audio, asr_kd, asr_kd_popen, cli_env, make_data, make_teacher,
@@ -111,7 +112,7 @@ def test_label_killed_with_sigkill_then_rerun_is_byte_identical(tmp_path, monkey
     assert sorted(got) == sorted(want)
     different = [name for name in want if got[name] != want[name]]
     assert different == [], f"files differ from the uninterrupted run: {different}"
-    StoreReader(out).verify()
+    verify_store(StoreReader(out))
     assert len(StoreReader(out)) == 400
 
 
@@ -386,7 +387,7 @@ def test_corpus_with_bad_audio_labels_and_trains_keeping_every_good_utterance(tm
     assert set(reader.utt_ids) == good | {"bad-rate8k"}  # resampled from 8 kHz, labeled like the rest
     assert reader.num_frames("bad-rate8k") == 24  # 1.0 s at 16 kHz: (16000 - 400) // 160 + 1 = 98 fbank -> 24
     assert summary.utterances == 115 and summary.rejects == 5
-    reader.verify()
+    verify_store(reader)
 
     # training, labeled (CTC) path: unreadable files are excluded up front or when their batch is read
     conf = tiny_train_config(tmp_path / "ctc.yaml", [str(corpus)], max_steps=None, max_frames=2000,

@@ -24,7 +24,7 @@ from asr_kd.data.units import load_tokenizer
 from asr_kd.errors import ModelDirError, UnitsError
 from asr_kd.label.pipeline import LabelOptions, label, label_local
 from asr_kd.label.teacher import TeacherEnsemble, teacher_kind
-from asr_kd.targets.store import StoreReader
+from asr_kd.targets.reader import StoreReader
 
 
 @pytest.fixture(scope="module")

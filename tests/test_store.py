@@ -13,16 +13,12 @@ import torch
 
 from asr_kd.errors import StoreError
 from asr_kd.targets import quant
+from asr_kd.targets.layout import read_rejects
+from asr_kd.targets.meta import StoreMeta, check_compatible
+from asr_kd.targets.reader import StoreReader, sparse_to_dense
 from asr_kd.targets.stats import expected_frames, kl_dense_vs_stored, stored_entropy
-from asr_kd.targets.store import (
-    StoreMeta,
-    StoreReader,
-    StoreWriter,
-    check_compatible,
-    read_rejects,
-    sparse_to_dense,
-    topk_from_log_probs,
-)
+from asr_kd.targets.verify import store_problems, verify_store
+from asr_kd.targets.writer import StoreWriter, topk_from_log_probs
 
 
 def make_meta(vocab: int = 30, k: int = 8, quantization: str = "log8", temperature: float = 1.0, **kw) -> StoreMeta:
@@ -209,7 +205,7 @@ def test_truncated_bin_with_marker_is_redone_and_refused_by_reader(tmp_path):
     with pytest.raises(StoreError, match=r"shard-00001\.bin: shard is truncated"):
         reader.get_sparse("u10")
     assert reader.get_sparse("u00")[0].shape[1] == 8  # other shards stay readable
-    problems = reader.problems()
+    problems = store_problems(reader)
     assert len(problems) == 1 and "shard-00001.bin" in problems[0] and "truncated" in problems[0]
     # a rerun of the labeler redoes the truncated shard (and only it): the store is whole again
     # (mutation caught: completed_shards() trusting a marker whose .bin is truncated, or a redo that is
@@ -220,8 +216,8 @@ def test_truncated_bin_with_marker_is_redone_and_refused_by_reader(tmp_path):
     rerun.finalize(expected_shards=2)
     assert path.read_bytes() == good_bytes
     redone = StoreReader(tmp_path)
-    redone.verify()
-    assert redone.problems() == []
+    verify_store(redone)
+    assert store_problems(redone) == []
     np.testing.assert_array_equal(redone.get_sparse("u10")[0], written["u10"][0])
 
 
@@ -232,9 +228,9 @@ def test_bit_flip_fails_checksum_naming_the_shard(tmp_path):
     data[10] ^= 0x01
     path.write_bytes(bytes(data))
     reader = StoreReader(tmp_path)
-    assert reader.problems(checksums=False) == []  # same size: only the checksum can tell
+    assert store_problems(reader, checksums=False) == []  # same size: only the checksum can tell
     with pytest.raises(StoreError, match=r"shard-00000\.bin: sha256 mismatch"):
-        reader.verify()
+        verify_store(reader)
 
 
 def test_missing_index_entry_and_unknown_utterance(tmp_path):
@@ -246,7 +242,7 @@ def test_missing_index_entry_and_unknown_utterance(tmp_path):
     assert "u01" not in reader
     with pytest.raises(StoreError, match="'u01' is not in the store index"):
         reader.get_sparse("u01")
-    problems = reader.problems()
+    problems = store_problems(reader)
     assert any("'u01' is in shard-00000 but missing from index.tsv" in p for p in problems)
     with pytest.raises(StoreError, match="'nope' is not in the store"):
         reader.num_frames("nope")
@@ -290,17 +286,13 @@ def test_bad_items_refused_naming_the_utterance(tmp_path):
     assert writer.completed_shards() == set()
 
 
-def test_shuffle_buffer_yields_each_once_deterministically(tmp_path):
+def test_iter_shards_yields_each_once_in_shard_order(tmp_path):
     write_store(tmp_path, make_meta(), shards=4, per_shard=5, frames=(2, 5))
     reader = StoreReader(tmp_path)
     sequential = [u for u, _, _ in reader.iter_shards()]
     assert sequential == [f"u{s}{j}" for s in range(4) for j in range(5)]
-    a = [u for u, _, _ in reader.iter_shards(shuffle_buffer=6, seed=7)]
-    b = [u for u, _, _ in reader.iter_shards(shuffle_buffer=6, seed=7)]
-    c = [u for u, _, _ in reader.iter_shards(shuffle_buffer=6, seed=8)]
-    assert sorted(a) == sorted(sequential) and len(a) == len(set(a)) == 20
-    assert a == b and a != c and a != sequential
-    for utt, ids, probs in reader.iter_shards(shuffle_buffer=3, seed=1):
+    assert [u for u, _, _ in reader.iter_shards(shards=[2, 0])] == [f"u{s}{j}" for s in (2, 0) for j in range(5)]
+    for utt, ids, probs in reader.iter_shards():
         np.testing.assert_array_equal(ids, reader.get_sparse(utt)[0])
         np.testing.assert_array_equal(probs, reader.get_sparse(utt)[1])
 

@@ -16,8 +16,11 @@ from asr_kd.cli import main as cli_main
 from asr_kd.config import load_config
 from asr_kd.errors import StoreError
 from asr_kd.targets import index as compact
-from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter
+from asr_kd.targets.meta import StoreMeta
+from asr_kd.targets.reader import StoreReader
 from asr_kd.targets.storeset import StoreSet
+from asr_kd.targets.verify import store_problems
+from asr_kd.targets.writer import StoreWriter
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.loop import Trainer
 from factories import make_data, make_teacher, tiny_train_config
@@ -102,7 +105,7 @@ def test_compact_index_lookups_equal_index_tsv_and_older_stores_get_one(tmp_path
     (store / "index.tsv").write_text("".join(line + "\n" for line in lines if not line.startswith("bb\t")))
     edited = StoreReader(store)
     assert "bb" not in edited and len(edited) == len(ids) - 1
-    assert any("'bb' is in shard-" in p and "missing from index.tsv" in p for p in edited.problems())
+    assert any("'bb' is in shard-" in p and "missing from index.tsv" in p for p in store_problems(edited))
 
 
 def test_index_tsv_errors_name_file_and_line(tmp_path):

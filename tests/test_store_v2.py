@@ -12,8 +12,11 @@ import torch
 
 from asr_kd.errors import StoreError
 from asr_kd.targets import codec, quant
+from asr_kd.targets.meta import StoreMeta, read_meta
+from asr_kd.targets.reader import StoreReader, sparse_to_dense
 from asr_kd.targets.stats import kl_dense_vs_stored, store_stats
-from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter, read_meta, sparse_to_dense, topk_from_log_probs
+from asr_kd.targets.verify import store_problems, verify_store
+from asr_kd.targets.writer import StoreWriter, topk_from_log_probs
 
 GOLDEN_V1 = Path(__file__).parent / "data" / "store_v1"  # written by the v1-only asr-kd (commit 94da639)
 
@@ -73,7 +76,7 @@ def test_v2_round_trip_equals_v1_content(tmp_path, quantization, block_frames):
             np.testing.assert_array_equal(pp[t, :want], p1[t, :want])
             assert (pp[t, want:] == 0).all() and (idsp[t, want:] == 0).all()  # padding
     assert [u for u, *_ in ragged.iter_shards()] == [u for u, *_ in fixed.iter_shards()]
-    assert ragged.problems() == [] and fixed.problems() == []
+    assert store_problems(ragged) == [] and store_problems(fixed) == []
 
 
 def test_v2_top_p_store_is_smaller_and_close_to_teacher(tmp_path):
@@ -102,7 +105,7 @@ def test_golden_v1_store_reads_unchanged(tmp_path):
     assert (tmp_path / "store_v1" / "index" / "index.json").is_file()  # indexed from index.tsv, cached
     assert reader.meta.format_version == 1 and reader.meta.codec is None and reader.meta.top_p == 1.0
     assert reader.utt_ids == sorted(exact)
-    reader.verify()
+    verify_store(reader)
     for utt, want in exact.items():
         ids, probs = reader.get_sparse(utt)
         np.testing.assert_array_equal(ids, want["ids"])
@@ -152,14 +155,14 @@ def test_damaged_v2_shard_refused_naming_it_and_redone(tmp_path, damage):
     with pytest.raises(StoreError, match=message):
         list(reader.iter_shards())
     assert reader.get_sparse("utt00")[0].shape[1] == 8  # shard 0 still reads
-    assert any("shard-00001.bin" in p for p in reader.problems())
+    assert any("shard-00001.bin" in p for p in store_problems(reader))
     rerun = StoreWriter(tmp_path, meta(top_p=0.99, block_frames=16), shard_size_utts=3)
     if damage == "truncate":
         assert rerun.completed_shards() == {0}  # the labeler redoes it
     rerun.write_shard(1, items[3:])
     rerun.finalize()
     assert path.read_bytes() == good  # deterministic: a redone shard has the clean run's bytes
-    assert StoreReader(tmp_path).problems() == []
+    assert store_problems(StoreReader(tmp_path)) == []
 
 
 @pytest.mark.parametrize("top_p", [0.0, -0.1, 1.01, float("nan")])

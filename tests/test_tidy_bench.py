@@ -66,7 +66,7 @@ def test_time_store_reads_counts_every_frame_of_the_store(tmp_path):
     import shutil
     from pathlib import Path
 
-    from asr_kd.targets.store import StoreReader
+    from asr_kd.targets.reader import StoreReader
 
     # a copy: opening a writable store caches its compact index there, the golden store stays unchanged
     reader = StoreReader(shutil.copytree(Path(__file__).parent / "data" / "store_v1", tmp_path / "store_v1"))

@@ -649,7 +649,8 @@ def _encoder_of(writer) -> dict[str, Any] | None:
 
 
 def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOptions):
-    from asr_kd.targets.store import StoreMeta, StoreWriter
+    from asr_kd.targets.meta import StoreMeta
+    from asr_kd.targets.writer import StoreWriter
 
     meta = StoreMeta(**ensemble_meta)
     return StoreWriter(out_dir, meta, shard_size_utts=options.shard_size)
@@ -841,7 +842,7 @@ def plan_only(data_dir: str, out_dir: str, options: LabelOptions | None = None, 
     """``asr-kd label --dry-run``: open the input, plan shards and batches and build the Ray input rows
     exactly as ``label`` would (the shards complete in ``out_dir``, if it exists, are left out), then
     report. No teacher is loaded, no Ray is started, nothing is written."""
-    from asr_kd.targets.store import completed_shards
+    from asr_kd.targets.layout import completed_shards
 
     o = options or LabelOptions()
     check_options(o)

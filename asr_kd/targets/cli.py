@@ -132,7 +132,7 @@ def check_against_data(reader, data_dir: str) -> tuple[list[str], list[str]]:
 def check_against_student_config(reader, config_path: str) -> list[str]:
     """Problems that would stop training this config on the store (units, frame rate, fbank, temperature)."""
     from asr_kd.config import load_config
-    from asr_kd.targets.store import fbank_differences
+    from asr_kd.targets.meta import fbank_differences
     from asr_kd.train.config import TrainConfig
 
     conf = load_config(config_path, TrainConfig)
@@ -148,7 +148,7 @@ def check_against_student_config(reader, config_path: str) -> list[str]:
     if conf.units.from_model:
         from asr_kd.data.units import load_tokenizer
 
-        from asr_kd.targets.store import teacher_mismatch
+        from asr_kd.targets.meta import teacher_mismatch
 
         tok = load_tokenizer(conf.units.from_model)
         if tok.units_hash() != meta.units_hash or tok.vocab_size != meta.vocab_size:
@@ -176,8 +176,9 @@ def _verify(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from asr_kd.targets.store import StoreReader
+    from asr_kd.targets.reader import StoreReader
     from asr_kd.targets.storeset import StoreSet, check_agree, duplicate_ids
+    from asr_kd.targets.verify import shard_bytes_total, store_problems
 
     label = " ".join(args.stores)
     problems: list[str] = []
@@ -203,7 +204,7 @@ def _verify(args: argparse.Namespace) -> int:
                 if n:
                     problems.append(f"{n} utterance(s) are in both {a.store_dir} and {b.store_dir}, e.g. {examples}: "
                                     "utterance ids must be unique across the stores of a kd.store list")
-    total = sum(r.shard_bytes_total() for r in readers)
+    total = sum(shard_bytes_total(r) for r in readers)
     t0 = time.perf_counter()
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
                desc="verify (sha256)" if not args.no_checksums else "verify (sizes)",
@@ -212,7 +213,7 @@ def _verify(args: argparse.Namespace) -> int:
         for r in readers:
             bar.set_postfix_str(r.store_dir.name)
             problems += [p if p.startswith(str(r.store_dir)) else f"{r.store_dir}: {p}"
-                         for p in r.problems(checksums=not args.no_checksums, progress=bar.update)]
+                         for p in store_problems(r, checksums=not args.no_checksums, progress=bar.update)]
     finally:
         bar.close()
     wall = time.perf_counter() - t0
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return _verify(args)
 
-    from asr_kd.targets.store import StoreReader
+    from asr_kd.targets.reader import StoreReader
 
     if args.action == "stats":
         from asr_kd.targets.stats import format_stats, store_stats

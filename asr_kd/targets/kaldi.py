@@ -32,7 +32,9 @@ from typing import Iterator
 import numpy as np
 
 from asr_kd.errors import StoreError
-from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter, read_meta
+from asr_kd.targets.meta import StoreMeta, read_meta
+from asr_kd.targets.reader import StoreReader
+from asr_kd.targets.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from asr_kd.errors import StoreError
-from asr_kd.targets.store import StoreReader
+from asr_kd.targets.reader import StoreReader
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

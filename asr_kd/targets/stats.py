@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from asr_kd.errors import StoreError
-from asr_kd.targets.store import StoreReader
+from asr_kd.targets.reader import StoreReader
 
 ENTROPY_BINS = 10
 

@@ -30,7 +30,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from asr_kd.errors import StoreError
-from asr_kd.targets.store import FRAME_TIMING_KEYS, StoreMeta, StoreReader
+from asr_kd.targets.meta import FRAME_TIMING_KEYS, StoreMeta
+from asr_kd.targets.reader import StoreReader
+from asr_kd.targets.verify import store_problems
 
 DUP_CHUNK = 1 << 20  # ids compared per searchsorted call (bounds the temporary arrays)
 
@@ -67,7 +69,7 @@ def check_agree(readers: Sequence[StoreReader]) -> None:
 def duplicate_ids(a: StoreReader, b: StoreReader, limit: int = 5) -> tuple[int, list[str]]:
     """``(count, first few)`` of utterance ids stored in both ``a`` and ``b`` (vectorized over the
     sorted id arrays, in chunks: no Python set of all ids)."""
-    ids_a, ids_b = a._index.ids, b._index.ids
+    ids_a, ids_b = a.index.ids, b.index.ids
     if ids_a.shape[0] > ids_b.shape[0]:
         ids_a, ids_b = ids_b, ids_a
     count, examples = 0, []
@@ -171,7 +173,8 @@ class StoreSet:
         return [p for r in self.readers for p in r.size_problems()]
 
     def problems(self, checksums: bool = True, progress: Callable[[int], None] | None = None) -> list[str]:
-        return [p for r in self.readers for p in r.problems(checksums, progress)]
+        """``asr_kd.targets.verify.store_problems`` of every store."""
+        return [p for r in self.readers for p in store_problems(r, checksums, progress)]
 
     def pseudo_paths(self) -> list[Path]:
         """``text.pseudo`` of each store (the teacher's 1-best transcripts)."""

@@ -230,7 +230,7 @@ class Trainer:
         damage check is sizes only (one stat per shard, on rank 0). A bit flip that keeps a shard's size
         is caught when a reader first opens that shard (v2 shards are sha256-checked then) and by
         ``asr-kd targets verify``, which hashes every shard and is the step to run after copying a store."""
-        from asr_kd.targets.store import check_compatible
+        from asr_kd.targets.meta import check_compatible
         from asr_kd.targets.storeset import StoreSet
 
         c = self.config
@@ -246,7 +246,7 @@ class Trainer:
         if notes and self.is_main:
             log.warning("the student's features differ from the teacher's (frames still align): %s", "; ".join(notes))
         if c.units.from_model:
-            from asr_kd.targets.store import teacher_mismatch
+            from asr_kd.targets.meta import teacher_mismatch
 
             other = teacher_mismatch(meta, c.units.from_model, where=f"kd.store {where}")
             if other and not c.kd.allow_other_teacher:

@@ -111,7 +111,7 @@ def main() -> int:
         untouched = sum(after.get(name) == st for name, st in before.items())
         verify = subprocess.run([sys.executable, "-m", "asr_kd.cli", "targets", "verify", str(store)],
                                 capture_output=True, text=True)
-        from asr_kd.targets.store import StoreReader
+        from asr_kd.targets.reader import StoreReader
 
         stored = len(StoreReader(store))
     resumed_shards = [s for s in resumed.samples]

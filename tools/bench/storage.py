@@ -78,7 +78,9 @@ def teacher_log_probs(model_dir: str, data_dir: str) -> tuple[dict[str, torch.Te
 
 def measure(dense: dict[str, torch.Tensor], loaded, work: Path, k: int, quantization: str) -> Row:
     from asr_kd.targets.stats import kl_dense_vs_stored, store_stats
-    from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter, topk_from_log_probs
+    from asr_kd.targets.meta import StoreMeta
+    from asr_kd.targets.reader import StoreReader
+    from asr_kd.targets.writer import StoreWriter, topk_from_log_probs
 
     meta = StoreMeta(teacher_fingerprints=[loaded.fingerprint], teacher_weights=[1.0], units_hash=loaded.tokenizer.units_hash(),
                      vocab_size=loaded.tokenizer.vocab_size, frame_shift_ms=loaded.frame_shift_ms,
@@ -129,7 +131,7 @@ def student_wer_rows(pairs: list[tuple[str, str]]) -> list[dict]:
     """``[(store_dir, eval_dir)]`` -> rows with k, quantization, bytes per audio-second (from the store) and
     WER/CER (from ``eval_dir/wer.json``), sorted by bytes."""
     from asr_kd.targets.stats import store_stats
-    from asr_kd.targets.store import StoreReader
+    from asr_kd.targets.reader import StoreReader
 
     rows = []
     for store, eval_dir in pairs:

@@ -45,7 +45,8 @@ def rss():
 store, mode = sys.argv[1], sys.argv[2]
 import numpy as np
 from asr_kd.targets import index as compact
-from asr_kd.targets.store import StoreReader, INDEX
+from asr_kd.targets.layout import INDEX
+from asr_kd.targets.reader import StoreReader
 if mode == "readonly":
     compact.writable = lambda d: False
 out = {}
@@ -87,7 +88,8 @@ def make_index_store(store: Path, n: int, per_shard: int) -> dict:
     """Write the synthetic store index of ``n`` utterances; returns sizes and the write time."""
     from asr_kd.targets import index as compact
     from asr_kd.atomic import atomic_write_bytes
-    from asr_kd.targets.store import INDEX, SHARDS, StoreMeta, shard_name
+    from asr_kd.targets.layout import INDEX, SHARDS, shard_name
+    from asr_kd.targets.meta import StoreMeta
 
     store.mkdir(parents=True)
     shards = (n + per_shard - 1) // per_shard

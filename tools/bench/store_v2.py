@@ -68,7 +68,9 @@ class Row:
 
 def write_variant(dense: dict[str, torch.Tensor], loaded, out: Path, shard_size: int = 256, **setting) -> Row:
     from asr_kd.targets.stats import kl_dense_vs_stored, store_stats
-    from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter, topk_from_log_probs
+    from asr_kd.targets.meta import StoreMeta
+    from asr_kd.targets.reader import StoreReader
+    from asr_kd.targets.writer import StoreWriter, topk_from_log_probs
 
     meta = StoreMeta(teacher_fingerprints=[loaded.fingerprint], teacher_weights=[1.0], units_hash=loaded.tokenizer.units_hash(),
                      vocab_size=loaded.tokenizer.vocab_size, frame_shift_ms=loaded.frame_shift_ms,
@@ -108,7 +110,7 @@ def entropy_bound(dense: dict[str, torch.Tensor], top_p: float, k_max: int, voca
     """Bytes per frame an ideal static entropy coder needs for the v2 payload: the order-0 entropy of
     the counts plus, per rank r, of the unit ids and of the log8 codes at rank r (tables not counted)."""
     from asr_kd.targets import codec, quant
-    from asr_kd.targets.store import topk_from_log_probs
+    from asr_kd.targets.writer import topk_from_log_probs
 
     counts_all, ids_r, codes_r = [], {r: [] for r in range(k_max)}, {r: [] for r in range(k_max)}
     for lp in dense.values():
@@ -148,7 +150,7 @@ def student_rows(pairs: list[tuple[str, str]]) -> list[dict]:
     import json
 
     from asr_kd.targets.stats import store_stats
-    from asr_kd.targets.store import StoreReader
+    from asr_kd.targets.reader import StoreReader
 
     rows = []
     for store, eval_dir in pairs:
@@ -232,7 +234,9 @@ def plot(rows: list[Row], chosen: Row, out_png: Path, title: str, students: list
 
 def convert_to_v2(v1_store: Path, out: Path, top_p: float, block_frames: int | None = None) -> Path:
     """The v1 store's decoded top-k written as a v2 store with ``top_p`` (same shard plan)."""
-    from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter
+    from asr_kd.targets.meta import StoreMeta
+    from asr_kd.targets.reader import StoreReader
+    from asr_kd.targets.writer import StoreWriter
 
     src = StoreReader(v1_store)
     shutil.rmtree(out, ignore_errors=True)
@@ -315,7 +319,7 @@ def main() -> int:
         ]
         if args.labeled:
             from asr_kd.targets.stats import store_stats, teacher_kl
-            from asr_kd.targets.store import StoreReader
+            from asr_kd.targets.reader import StoreReader
 
             lrows = []
             for store in args.labeled:
@@ -332,7 +336,7 @@ def main() -> int:
                             "mean k", "frames with k = 1, 2, ...", "KL (nats)"], lrows)]
         if args.read_store:
             v2_store = convert_to_v2(Path(args.read_store), work / "read-v2", args.top_p)
-            from asr_kd.targets.store import StoreReader
+            from asr_kd.targets.reader import StoreReader
 
             r1 = time_store_reads(StoreReader(args.read_store))
             r2 = time_store_reads(StoreReader(v2_store))

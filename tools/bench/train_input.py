@@ -86,7 +86,9 @@ def data_wait(data_dir: str, work: Path, num_workers: int, steps: int, max_frame
 
 
 def store_reads(work: Path, frames_total: int, frames_per_utt: int = 250, utts_per_shard: int = 500, seed: int = 0) -> dict:
-    from asr_kd.targets.store import StoreMeta, StoreReader, StoreWriter
+    from asr_kd.targets.meta import StoreMeta
+    from asr_kd.targets.reader import StoreReader
+    from asr_kd.targets.writer import StoreWriter
 
     rng = np.random.default_rng(seed)
     vocab, k = 40, 8

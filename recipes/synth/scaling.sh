@@ -53,7 +53,7 @@ if run_stage 0 prepare; then
   log_run python recipes/synth/local/make_dev_unl.py --profile $profile --first $pool_utts --count $dev_unl_utts --out $data/dev_unl
   log_run asr-kd data perturb-speed $data/train_labeled --out $data/train_labeled_sp --factors 0.9,1.0,1.1 \
     --jobs $nj --force --no-progress
-  start_beside "$data/fbank_pool.log" asr-kd data fbank --no-progress $data/train_unlabeled
+  start_beside "$data/fbank_pool.log" log_run asr-kd data fbank --no-progress $data/train_unlabeled
   log_run asr-kd data fbank --no-progress $data/train_labeled $data/train_labeled_sp $data/dev $data/dev_unl
   wait_beside "the feature cache of $data/train_unlabeled" "$data/fbank_pool.log"
   mark_done prepare

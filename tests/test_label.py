@@ -486,7 +486,7 @@ def test_stats_reports_teacher_kl_that_shrinks_with_k(setup, tmp_path, capsys):
 
 def test_actor_cpu_share_leaves_room_for_audio_reading():
     from asr_kd.errors import AsrKdError
-    from asr_kd.label.pipeline import READ_TASK_CPUS, actor_cpu_share
+    from asr_kd.label.layout import READ_TASK_CPUS, actor_cpu_share
 
     # 2 actors on a 2-CPU machine: reserving 1 CPU each would starve the reading tasks forever
     share = actor_cpu_share(2.0, 2, None)
@@ -503,7 +503,7 @@ def test_actor_cpu_share_leaves_room_for_audio_reading():
 
 def test_layout_defaults_actors_read_on_cpus_and_tasks_feed_gpus():
     from asr_kd.errors import AsrKdError
-    from asr_kd.label.pipeline import actor_layout, reads_in_actors
+    from asr_kd.label.layout import actor_layout, reads_in_actors
 
     assert actor_layout(LabelOptions(), 0, 8.0)[:2] == (8, 0.0)  # one CPU actor per cluster CPU
     assert actor_layout(LabelOptions(), 0, 1.0)[:2] == (1, 0.0)

@@ -18,7 +18,8 @@ from asr_kd.data.cmvn import GlobalCMVN
 from asr_kd.data.datadir import DataDir, write_data_dir
 from asr_kd.data.features import FbankConfig
 from asr_kd.data.units import CharTokenizer
-from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
+from asr_kd.label.pipeline import LabelOptions, label, label_local
+from asr_kd.label.plan import plan_shards
 from asr_kd.models import PRESETS, build_model, parse_model_config
 from asr_kd.models.model_dir import save_model_dir
 from asr_kd.targets.store import StoreReader
@@ -541,7 +542,8 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
     cumulative CPU seconds per phase (forward, fbank, decoding, the call, the process) at the start and the end
     of each call; a shard row is decoded and labeled."""
     from asr_kd.data.sources import open_source
-    from asr_kd.label.pipeline import TeacherActor, _shard_rows
+    from asr_kd.label.pipeline import TeacherActor
+    from asr_kd.label.plan import shard_rows
 
     root, teacher, data = setup
     log = tmp_path / "forward.log"
@@ -551,7 +553,7 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
                          read_options=dict(sample_rate=16000, max_seconds=60.0, allow_pipes=False))
     src = open_source(data)
     shards = plan_shards(src, 7, src.seconds())
-    row = _shard_rows(src, shards, [0], src.seconds(), 4, o.batch_max_frames)[0]
+    row = shard_rows(src, shards, [0], src.seconds(), 4, o.batch_max_frames)[0]
     out = actor({"shard": np.asarray([0]), "batches": np.asarray([row["batches"]], dtype=object)})
     assert sorted(out["utt_id"]) == sorted(shards[0]) and len(out["utt_id"]) == 7  # the whole shard, each once
     assert all(e == "" for e in out["error"]) and all(len(p) > 0 for p in out["probs"])

@@ -44,21 +44,19 @@ import logging
 import os
 import shutil
 import time
-import zlib
 from pathlib import Path
-from collections.abc import Mapping, Sequence
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from asr_kd.data.audio import utterance_seconds  # noqa: F401  (re-exported)
-from asr_kd.data.datadir import DataDir
-from asr_kd.data.sources import LabelSource, open_source, read_item
+from asr_kd.data.sources import open_source, read_item
 from asr_kd.errors import AsrKdError, AudioError, remote_error_message
 from asr_kd.label.layout import (ACTOR_START_TIMEOUT_S, READ_TASK_CPUS, actor_cpu_share, actor_layout,
                                   check_actor_gpus, reads_in_actors)
+from asr_kd.label.plan import batch_rows, pack_by_frames, plan_shards, shard_rows, unpack_items
 from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
 from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
 from asr_kd.targets.codec import DEFAULT_TOP_P, check_top_p
@@ -140,136 +138,6 @@ class LabelSummary:
         return "; by node: " + ", ".join(f"{ip} {n}" for ip, n in sorted(self.nodes.items()))
 
 
-# --------------------------------------------------------------------------------------- planning
-
-
-def plan_shards(data: "DataDir | LabelSource", shard_size: int, seconds: "Mapping[str, float] | None" = None) -> "Sequence[list[str]]":
-    """Shards of ``shard_size`` consecutive utterance ids (the source's sorted order), each sorted by
-    (duration, id) for batching.
-
-    Consecutive ids keep locality: the segments of a recording (Kaldi ids start with the recording's)
-    land in one shard or two neighbours, and the members of a shard come from one or two audio shards
-    (``asr-kd data shard`` packs consecutive ids), so a labeling worker reads forward through a file
-    instead of seeking all over the corpus; nothing is sorted across the whole corpus. With compact
-    durations (``asr_kd.data.sources.Durations``) the plan is a ``ShardPlan`` that orders a shard's ids
-    when asked; otherwise lists."""
-    from asr_kd.data.sources import Durations
-
-    if shard_size < 1:
-        raise AsrKdError(f"label: shard size must be >= 1, got {shard_size}")
-    seconds = seconds if seconds is not None else {u: utterance_seconds(data, u) for u in data.utt_ids}
-    if isinstance(seconds, Durations):
-        return ShardPlan(seconds.ids, np.asarray(seconds.values()), shard_size)
-    ids = sorted(data.utt_ids)
-    return [sorted(ids[i: i + shard_size], key=lambda u: (seconds[u], u)) for i in range(0, len(ids), shard_size)]
-
-
-class ShardPlan(Sequence):
-    """Shards of ``plan_shards`` over compact ids and durations (no per-utterance Python objects): shard
-    ``s`` is ids ``s * shard_size ..`` sorted by (duration, id); ``plan[s]`` lists its ids when asked (the
-    last few are cached)."""
-
-    def __init__(self, ids: Sequence[str], durations: np.ndarray, shard_size: int):
-        self.ids, self.durations, self.shard_size = ids, durations, shard_size
-        self._cache: dict[int, list[str]] = {}
-
-    def __len__(self) -> int:
-        return -(-len(self.durations) // self.shard_size)
-
-    def __getitem__(self, s):  # type: ignore[override]
-        if isinstance(s, slice):
-            return [self[i] for i in range(*s.indices(len(self)))]
-        if s < 0:
-            s += len(self)
-        if not 0 <= s < len(self):
-            raise IndexError(s)
-        shard = self._cache.get(s)  # (the collector asks for a pending shard once per row)
-        if shard is None:
-            if len(self._cache) >= 64:
-                self._cache.pop(next(iter(self._cache)))
-            shard = self._cache[s] = [self.ids[i] for i in self.indices(s).tolist()]
-        return shard
-
-    def indices(self, s: int) -> np.ndarray:
-        """Positions (in the source's sorted ids) of shard ``s``'s utterances, in plan order: by duration,
-        ties by position (= by id)."""
-        start = s * self.shard_size
-        block = self.durations[start: start + self.shard_size]
-        return start + np.lexsort((np.arange(len(block)), block))
-
-
-def plan_batches(shard: list[str], seconds: Mapping[str, float], max_utts: int, max_frames: int) -> list[list[str]]:
-    """Cut one shard (sorted by duration) into teacher batches of consecutive utterances: at most
-    ``max_utts`` utterances and ``max_frames`` padded 10 ms frames (count x longest) per batch.
-
-    Depends only on the shard and the options — never on which other shards are done — so a resumed
-    run forms exactly the batches an uninterrupted one does."""
-    if max_utts < 1 or max_frames < 1:
-        raise AsrKdError(f"label: batch sizes must be >= 1, got {max_utts} utterances / {max_frames} frames")
-    return _pack(shard, [max(int(seconds[utt] * 100), 1) for utt in shard], max_frames, max_utts)
-
-
-def _pack(items: list, frames: list[int], max_frames: int, max_utts: int | None = None) -> list[list]:
-    """Greedy cut of ``items`` (in the given order) into consecutive groups whose count x longest
-    ``frames`` stays within ``max_frames`` (and at most ``max_utts`` items); a lone long item is its own group."""
-    groups: list[list] = []
-    cur: list = []
-    longest = 0
-    for item, n in zip(items, frames):
-        if cur and ((max_utts is not None and len(cur) >= max_utts) or max(longest, n) * (len(cur) + 1) > max_frames):
-            groups.append(cur)
-            cur, longest = [], 0
-        cur.append(item)
-        longest = max(longest, n)
-    if cur:
-        groups.append(cur)
-    return groups
-
-
-def _shard_batches(data: LabelSource, shards: "Sequence[list[str]]", s: int, seconds: Mapping[str, float],
-                   max_utts: int, max_frames: int) -> list[list[list]]:
-    """Shard ``s``'s planned teacher batches (``plan_batches``) as lists of items (``asr_kd.data.sources``:
-    where the audio is, never the audio). Over a ``ShardPlan`` durations and items are looked up by
-    index (no search by id)."""
-    local = _shard_seconds(shards, s, seconds)
-    if isinstance(shards, ShardPlan) and hasattr(data, "item_at"):
-        index = dict(zip(shards[s], shards.indices(s).tolist()))
-        return [[data.item_at(index[u], u) for u in utts] for utts in plan_batches(shards[s], local, max_utts, max_frames)]
-    return [[data.item(u) for u in utts] for utts in plan_batches(shards[s], local, max_utts, max_frames)]
-
-
-def _shard_seconds(shards: "Sequence[list[str]]", s: int, seconds: Mapping[str, float]) -> Mapping[str, float]:
-    """Durations of shard ``s``'s utterances: looked up by index over a ``ShardPlan``, else ``seconds`` itself."""
-    if isinstance(shards, ShardPlan):
-        return dict(zip(shards[s], np.asarray(seconds.values())[shards.indices(s)].tolist()))
-    return seconds
-
-
-def pack_items(obj: list) -> bytes:
-    """A row's planned items as zlib-compressed JSON: the paths, tar names and ids of neighbouring items
-    repeat, so the driver holds ~4x fewer bytes per planned utterance (``asr-kd label --dry-run``)."""
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode("utf-8"), 6)
-
-
-def unpack_items(blob: Any) -> list:
-    """``pack_items`` reversed (a worker reading its row)."""
-    return json.loads(zlib.decompress(bytes(blob)).decode("utf-8"))
-
-
-def _batch_rows(data: LabelSource, shards: "Sequence[list[str]]", todo: Iterable[int], seconds: Mapping[str, float],
-                max_utts: int, max_frames: int) -> list[dict[str, Any]]:
-    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances' items (``pack_items``)."""
-    return [{"shard": s, "utts": pack_items(items)} for s in todo
-            for items in _shard_batches(data, shards, s, seconds, max_utts, max_frames)]
-
-
-def _shard_rows(data: LabelSource, shards: "Sequence[list[str]]", todo: Iterable[int], seconds: Mapping[str, float],
-                max_utts: int, max_frames: int) -> list[dict[str, Any]]:
-    """One row per shard of ``todo`` (layout "actors"): ``batches`` is the list of its planned teacher batches
-    (``pack_items``), each a list of items — the batches ``_batch_rows`` plans, in the same order."""
-    return [{"shard": s, "batches": pack_items(_shard_batches(data, shards, s, seconds, max_utts, max_frames))} for s in todo]
-
-
 # --------------------------------------------------------------------------------------- workers
 
 
@@ -344,13 +212,13 @@ def _merge_rows(outs: list[dict[str, Any]], ensemble: "TeacherEnsemble", batch_m
 def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
     """Indices grouped (longest first) so that count x longest stays within ``max_frames`` samples/160."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return _pack(order, [max(lengths[i] // 160, 1) for i in order], max_frames)
+    return pack_by_frames(order, [max(lengths[i] // 160, 1) for i in order], max_frames)
 
 
 class TeacherActor:
     """Teacher actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``, in
     Ray Data's pool), or, given ``read_options`` (layout "actors", ``ShardActorPool``), on whole shards (rows
-    of ``_shard_rows``) whose planned batches it decodes itself, one after the other."""
+    of ``shard_rows``) whose planned batches it decodes itself, one after the other."""
 
     def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
                  device: str = "auto", read_options: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None):
@@ -391,7 +259,7 @@ class TeacherActor:
         return True
 
     def label_shard(self, shard: int, batches: bytes) -> dict[str, Any]:
-        """One shard row of ``_shard_rows`` (layout "actors", ``ShardActorPool``)."""
+        """One shard row of ``shard_rows`` (layout "actors", ``ShardActorPool``)."""
         return self({"shard": np.asarray([shard]), "batches": np.asarray([batches], dtype=object)})
 
     def _log_phases(self) -> None:
@@ -702,79 +570,6 @@ def _resolve_spec(spec: str) -> str:
     return (prefix or "") + str(Path(path).resolve())
 
 
-@dataclasses.dataclass
-class PlanSummary:
-    """What ``asr-kd label --dry-run`` reports: the plan a run would execute, and what planning cost the driver."""
-
-    utterances: int
-    hours: float  # audio hours of the planned utterances (from the input's durations)
-    shards: int
-    shards_done: int  # complete in the store already (a rerun skips them)
-    batches: int  # teacher batches of the shards to do
-    padding: float  # fraction of padded 10 ms frames in those batches
-    rows: int  # Ray input rows (one per shard with actors reading, one per batch with read tasks)
-    driver_bytes: int  # growth of the driver's peak resident memory while planning
-    wall_s: float
-
-    @property
-    def bytes_per_utterance(self) -> float:
-        return self.driver_bytes / max(self.utterances, 1)
-
-    def line(self) -> str:
-        return (f"dry run: {self.utterances} utterances ({self.hours:.3f} h) in {self.shards} shards ({self.shards_done} done, "
-                f"{self.shards - self.shards_done} to do), {self.batches} teacher batches ({100 * self.padding:.1f} % padding), "
-                f"{self.rows} Ray input rows; planning took {self.wall_s:.1f} s and {self.driver_bytes / 2**20:.1f} MiB of driver "
-                f"memory ({self.bytes_per_utterance:.0f} bytes per utterance); nothing was labeled or written")
-
-
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory so far."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def plan_only(data_dir: str, out_dir: str, options: LabelOptions | None = None, gpus_per_actor: float = 0.0) -> PlanSummary:
-    """``asr-kd label --dry-run``: open the input, plan shards and batches and build the Ray input rows
-    exactly as ``label`` would (the shards complete in ``out_dir``, if it exists, are left out), then
-    report. No teacher is loaded, no Ray is started, nothing is written."""
-    from asr_kd.targets.store import completed_shards
-
-    o = options or LabelOptions()
-    check_options(o)
-    t0 = time.time()
-    rss0 = _rss_bytes()
-    data = open_source(data_dir, allow_pipes=o.allow_pipes)
-    seconds = data.seconds()
-    shards = plan_shards(data, o.shard_size, seconds)
-    done = completed_shards(out_dir) if Path(out_dir).exists() else set()
-    todo = [s for s in range(len(shards)) if s not in done]
-    fused = reads_in_actors(o, gpus_per_actor)
-    make_rows = _shard_rows if fused else _batch_rows
-    rows = make_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-    batches = frames = padded = 0
-    for s in todo:
-        local = _shard_seconds(shards, s, seconds)
-        for utts in plan_batches(shards[s], local, o.read_batch_size, o.batch_max_frames):
-            n = [max(int(local[u] * 100), 1) for u in utts]
-            batches += 1
-            frames += sum(n)
-            padded += max(n) * len(n)
-    grown = max(_peak_rss_bytes() - rss0, 0)
-    summary = PlanSummary(len(data), sum(seconds.values()) / 3600, len(shards), len(done), batches,
-                          1 - frames / padded if padded else 0.0, len(rows), grown, time.time() - t0)
-    del rows
-    return summary
-
-
 def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
     """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable).
 
@@ -836,7 +631,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
             from asr_kd.label.shard_pool import ShardActorPool
 
-            rows = _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+            rows = shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
             pool = ShardActorPool(ray.remote(TeacherActor), actors,
                                   dict(num_cpus=actor_cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
                                        runtime_env={"env_vars": hooks} if hooks else None),
@@ -848,7 +643,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             ctx.print_on_execution_start = False
             # start labeling once every actor is up (and Ray Data names a pool that cannot start after this)
             ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-            rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+            rows = batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
             ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
             ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
@@ -905,7 +700,7 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
     todo = [s for s in range(len(shards)) if s not in set(done)]
     # the batches the Ray pipeline plans (one utterance each for the naive baseline)
-    rows = _batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
+    rows = batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
                        1 if one_at_a_time else o.batch_max_frames)
     for row in tqdm(rows, desc="label (local)", disable=not o.progress):
         read = read_audio_group({"shard": np.asarray([row["shard"]]), "utts": np.asarray([row["utts"]], dtype=object)},

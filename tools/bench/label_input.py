@@ -42,7 +42,8 @@ def _cuts(data_dir: Path, out: Path) -> Path:
 def read_all(path: Path, sample_rate: int = 16000) -> tuple[float, float, int]:
     """(wall seconds, audio seconds, utterances) of decoding every item of the input at ``path``."""
     from asr_kd.data.sources import open_source, read_item
-    from asr_kd.label.pipeline import LabelOptions, plan_shards
+    from asr_kd.label.pipeline import LabelOptions
+    from asr_kd.label.plan import plan_shards
 
     t0 = time.perf_counter()
     src = open_source(path)

@@ -112,7 +112,8 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
     from asr_kd.data.audio import utterance_seconds
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.errors import AudioError
-    from asr_kd.label.pipeline import _shard_seconds, _sub_batches, plan_batches, plan_shards
+    from asr_kd.label.pipeline import _sub_batches
+    from asr_kd.label.plan import plan_shards, plan_teacher_batches, shard_seconds
     from asr_kd.label.teacher import TeacherEnsemble
 
     ens = TeacherEnsemble(model_dirs, device=device)
@@ -120,7 +121,8 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, shard_size, seconds)
     planned = [batch for s in range(len(shards))  # the pipeline's teacher batches (utterance ids)
-               for batch in plan_batches(shards[s], _shard_seconds(shards, s, seconds), read_batch_size, batch_max_frames)]
+               for batch in plan_teacher_batches(shards[s], shard_seconds(shards, s, seconds), read_batch_size,
+                                                 batch_max_frames)]
     groups = []  # this worker's share of them (batches share[0], share[0] + share[1], ...) as lists of waveforms
     for batch in planned[share[0]::share[1]]:
         waves = []

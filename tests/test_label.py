@@ -283,7 +283,7 @@ def _shard_batches(teacher: Path, data: Path, shard: list[str]) -> list[dict]:
     """The collector's input for one shard, as two result batches (first half, second half)."""
     from asr_kd.data.audio import load_audio
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import label_rows
+    from asr_kd.label.worker import label_rows
     from asr_kd.label.teacher import TeacherEnsemble
 
     ens = TeacherEnsemble([str(teacher)], top_k=4)
@@ -398,8 +398,8 @@ from asr_kd.label.pipeline import LabelOptions, label, label_local
 
 def record_actor_node():
     import os, ray
-    from asr_kd.label import pipeline
-    call = pipeline.TeacherActor.__call__
+    from asr_kd.label import worker
+    call = worker.TeacherActor.__call__
     if getattr(call, "records_node", False):
         return
     def recording_call(self, batch):
@@ -408,7 +408,7 @@ def record_actor_node():
             fh.write(f"{{ray.get_runtime_context().get_node_id()}} {{os.getpid()}} {{len(out['utt_id'])}}\\n")
         return out
     recording_call.records_node = True
-    pipeline.TeacherActor.__call__ = recording_call
+    worker.TeacherActor.__call__ = recording_call
 
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "include_dashboard": False}})
 cluster.add_node(num_cpus=2)
@@ -542,8 +542,8 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
     cumulative CPU seconds per phase (forward, fbank, decoding, the call, the process) at the start and the end
     of each call; a shard row is decoded and labeled."""
     from asr_kd.data.sources import open_source
-    from asr_kd.label.pipeline import TeacherActor
     from asr_kd.label.plan import shard_rows
+    from asr_kd.label.worker import TeacherActor
 
     root, teacher, data = setup
     log = tmp_path / "forward.log"

@@ -82,7 +82,7 @@ def phase_shares(log: Path, start: float, end: float, actors: int) -> dict[str, 
     another moment. The cumulative figures are interpolated linearly between an actor's calls."""
     import numpy as np
 
-    from asr_kd.label.pipeline import TeacherActor
+    from asr_kd.label.worker import TeacherActor
 
     per_pid: dict[str, list[list[float]]] = {}
     for line in log.read_text().splitlines() if log.is_file() else []:
@@ -112,9 +112,9 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
     from asr_kd.data.audio import utterance_seconds
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.errors import AudioError
-    from asr_kd.label.pipeline import _sub_batches
     from asr_kd.label.plan import plan_shards, plan_teacher_batches, shard_seconds
     from asr_kd.label.teacher import TeacherEnsemble
+    from asr_kd.label.worker import sub_batches
 
     ens = TeacherEnsemble(model_dirs, device=device)
     data = read_data_dir(data_dir)
@@ -131,7 +131,7 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
                 waves.append(load_audio(data.source(utt), sample_rate=ens.fbank_config.sample_rate, max_seconds=60.0))
             except AudioError:
                 continue
-        groups += [[waves[j] for j in group] for group in _sub_batches([w.numel() for w in waves], batch_max_frames)]
+        groups += [[waves[j] for j in group] for group in sub_batches([w.numel() for w in waves], batch_max_frames)]
     batches, samples = [], 0
     for ws in groups:
         lens = torch.tensor([w.numel() for w in ws])

@@ -301,15 +301,16 @@ def test_collector_writes_nothing_twice_when_a_batch_comes_back_twice(setup, tmp
     crash test above kills an actor before it computes, so this is what shows "nothing written twice".
     (Mutation caught: keying pending rows by position instead of utterance id.)"""
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.collector import ShardCollector, open_writer
+    from asr_kd.label.pipeline import _meta_for
     from asr_kd.label.teacher import TeacherEnsemble
 
     root, teacher, data = setup
     shard = plan_shards(read_data_dir(data), 7)[0]
     first, second = _shard_batches(teacher, data, shard)
     o = options()
-    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
-    collector = _ShardCollector(writer, [shard], o, 16000)
+    writer = open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = ShardCollector(writer, [shard], o, 16000)
     collector.add(first)
     collector.add(first)  # the same rows again while the shard is still pending
     assert collector.written == []
@@ -322,15 +323,16 @@ def test_collector_writes_nothing_twice_when_a_batch_comes_back_twice(setup, tmp
 
 def test_collector_ignores_a_batch_that_comes_back_after_its_shard_was_written(setup, tmp_path):
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.collector import ShardCollector, open_writer
+    from asr_kd.label.pipeline import _meta_for
     from asr_kd.label.teacher import TeacherEnsemble
 
     root, teacher, data = setup
     shard = plan_shards(read_data_dir(data), 7)[0]
     first, second = _shard_batches(teacher, data, shard)
     o = options()
-    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
-    collector = _ShardCollector(writer, [shard], o, 16000)
+    writer = open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = ShardCollector(writer, [shard], o, 16000)
     for batch in (first, second, second, first):
         collector.add(batch)
     assert collector.written == [0] and collector.labeled == len(shard) and not collector.pending
@@ -341,7 +343,8 @@ def test_collector_counts_utterances_per_node_once_even_when_a_batch_comes_back(
     a written shard once (a retried batch from another node replaces the row, it does not add to it), and
     is shown only when more than one node labeled (the multi-host test reads it)."""
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import LabelSummary, _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.collector import ShardCollector, open_writer
+    from asr_kd.label.pipeline import LabelSummary, _meta_for
     from asr_kd.label.teacher import TeacherEnsemble
 
     root, teacher, data = setup
@@ -352,8 +355,8 @@ def test_collector_counts_utterances_per_node_once_even_when_a_batch_comes_back(
         return {**batch, "node": np.asarray([node] * len(batch["utt_id"]), dtype=object)}
 
     o = options()
-    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
-    collector = _ShardCollector(writer, [shard], o, 16000)
+    writer = open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = ShardCollector(writer, [shard], o, 16000)
     collector.add(on("10.0.0.2", first))
     collector.add(on("10.0.0.1", first))  # retried on the head after its first node died
     collector.add(on("10.0.0.2", second))

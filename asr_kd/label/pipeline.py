@@ -44,7 +44,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -52,6 +52,7 @@ from tqdm import tqdm
 from asr_kd.data.audio import utterance_seconds  # noqa: F401  (re-exported)
 from asr_kd.data.sources import open_source
 from asr_kd.errors import AsrKdError, remote_error_message
+from asr_kd.label.collector import ShardCollector, encoder_of, finish_store, open_writer
 from asr_kd.label.layout import (ACTOR_START_TIMEOUT_S, READ_TASK_CPUS, actor_cpu_share, actor_layout,
                                   check_actor_gpus, reads_in_actors)
 from asr_kd.label.plan import batch_rows, plan_shards, shard_rows
@@ -62,8 +63,6 @@ from asr_kd.targets.codec import DEFAULT_TOP_P, check_top_p
 
 log = logging.getLogger(__name__)
 
-STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
-NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
 
 
 @dataclasses.dataclass
@@ -132,174 +131,6 @@ class LabelSummary:
         return "; by node: " + ", ".join(f"{ip} {n}" for ip, n in sorted(self.nodes.items()))
 
 
-# --------------------------------------------------------------------------------------- driver
-
-
-class _Result(NamedTuple):
-    """One utterance's result as the driver keeps it until its shard is complete."""
-
-    targets: tuple  # (counts, ids, codes): a format-2 store's compact columns; or (ids, probs) (T, k)
-    pseudo: str  # the teachers' 1-best transcript
-    max_prob: float  # mean per-frame max probability
-    entropy: float  # mean per-frame entropy, nats
-    error: str  # reject reason ("" = labeled)
-    samples: int  # decoded samples at the teachers' rate
-    unmapped: float  # mean per-frame unmapped teacher mass
-    note: str  # e.g. "resampled"
-    node: str  # IP of the Ray node that labeled it ("" outside Ray)
-
-
-class _ShardCollector:
-    """Groups result rows by shard and writes a shard once all its utterances are back."""
-
-    def __init__(self, writer, shards: list[list[str]], options: LabelOptions, sample_rate: int, record_unmapped: bool = False):
-        self.record_unmapped = record_unmapped
-        self.writer = writer
-        self.shards = shards
-        self.options = options
-        self.sample_rate = sample_rate
-        self.pending: dict[int, dict[str, tuple]] = {}
-        self.written: list[int] = []
-        self._done: set[int] = set()  # shards written by this run (late rows for them are dropped)
-        self.labeled = 0
-        self.rejected = 0
-        self.seconds = 0.0
-        self.stop_after = int(os.environ.get(STOP_DRIVER_ENV, "0") or 0)
-        self.notes = 0  # utterances with a note (e.g. resampled)
-        self.nodes: dict[str, int] = {}  # node IP -> utterances of written shards labeled there (Ray actors)
-
-    def add(self, batch: dict[str, Any]) -> int:
-        n = len(batch["utt_id"])
-        nodes = batch.get("node")
-        encoded = "codes" in batch  # the store's compact columns (format 2) rather than ids and probs
-        for i in range(n):
-            shard = int(batch["shard"][i])
-            if shard in self._done:  # a retried task's rows after their shard was written: already stored
-                continue
-            utt = str(batch["utt_id"][i])
-            targets = (tuple(np.asarray(batch[c][i]) for c in ("counts", "ids", "codes")) if encoded
-                       else (np.asarray(batch["ids"][i]), np.asarray(batch["probs"][i], dtype=np.float32)))
-            row = _Result(targets, str(batch["pseudo"][i]), float(batch["max_prob"][i]), float(batch["entropy"][i]),
-                          str(batch["error"][i]), int(batch["samples"][i]), float(batch["unmapped"][i]),
-                          str(batch["note"][i]), str(nodes[i]) if nodes is not None else "")
-            if row.note:
-                self.notes += 1
-                if self.notes <= NOTES_LOGGED:
-                    log.warning("label: utterance %s: %s", utt, row.note)
-            self.pending.setdefault(shard, {})[utt] = row  # keyed by id: a retried task cannot duplicate
-            if len(self.pending[shard]) == len(self.shards[shard]):
-                self._write(shard)
-        return n
-
-    def _reject_reason(self, row: "_Result") -> str | None:
-        o = self.options
-        if row.error:
-            return row.error
-        if o.min_max_prob is not None and row.max_prob < o.min_max_prob:
-            return f"low_confidence: mean max probability {row.max_prob:.3f} < {o.min_max_prob}"
-        if o.max_entropy is not None and row.entropy > o.max_entropy:
-            return f"low_confidence: mean entropy {row.entropy:.3f} nats > {o.max_entropy}"
-        return None
-
-    def _write(self, shard: int) -> None:
-        rows = self.pending.pop(shard)
-        items, rejects, pseudo, unmapped = [], [], [], []
-        encoded = False
-        for utt in self.shards[shard]:
-            row = rows[utt]
-            if row.node:
-                self.nodes[row.node] = self.nodes.get(row.node, 0) + 1
-            reason = self._reject_reason(row)
-            if reason is not None:
-                rejects.append((utt, reason))
-                continue
-            encoded = len(row.targets) == 3
-            items.append((utt, *row.targets))
-            pseudo.append((utt, row.pseudo))
-            unmapped.append((utt, int(row.targets[0].shape[0]), row.unmapped))
-            self.seconds += row.samples / self.sample_rate
-        self.writer.write_rejects(rejects)
-        write_pseudo_part(self.writer.out_dir, shard, pseudo)
-        if self.record_unmapped:
-            write_unmapped_part(self.writer.out_dir, shard, unmapped)
-        if encoded:
-            self.writer.write_encoded_shard(shard, items)
-        else:
-            self.writer.write_shard(shard, items)
-        self.written.append(shard)
-        self._done.add(shard)
-        self.labeled += len(items)
-        self.rejected += len(rejects)
-        if self.stop_after and len(self.written) >= self.stop_after:
-            raise KeyboardInterrupt(f"test hook {STOP_DRIVER_ENV}={self.stop_after}")
-
-
-def write_pseudo_part(store_dir: Path, shard: int, rows: list[tuple[str, str]]) -> None:
-    """Teacher 1-best transcripts of one shard, ``pseudo/shard-NNNNN.txt`` (written before the shard)."""
-    d = Path(store_dir) / "pseudo"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f"shard-{shard:05d}.txt.tmp"
-    tmp.write_text("".join(f"{u} {t}\n" for u, t in rows), encoding="utf-8")
-    os.replace(tmp, d / f"shard-{shard:05d}.txt")
-
-
-def write_unmapped_part(store_dir: Path, shard: int, rows: list[tuple[str, int, float]]) -> None:
-    """Per utterance of one shard: stored frames and mean per-frame unmapped teacher mass, ``unmapped/shard-NNNNN.tsv``."""
-    d = Path(store_dir) / "unmapped"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f"shard-{shard:05d}.tsv.tmp"
-    tmp.write_text("".join(f"{u}\t{n}\t{m:.6g}\n" for u, n, m in rows), encoding="utf-8")
-    os.replace(tmp, d / f"shard-{shard:05d}.tsv")
-
-
-def merge_unmapped(store_dir: Path) -> float | None:
-    """Frame-weighted mean unmapped mass over the stored utterances (``None`` when nothing was recorded)."""
-    frames = 0
-    mass = 0.0
-    parts = sorted((Path(store_dir) / "unmapped").glob("shard-*.tsv"))
-    if not parts:
-        return None
-    for part in parts:
-        for line in part.read_text(encoding="utf-8").splitlines():
-            _, n, m = line.split("\t")
-            frames += int(n)
-            mass += int(n) * float(m)
-    return mass / frames if frames else 0.0
-
-
-def _finish_store(writer, out_dir: str, n_shards: int, ensemble: TeacherEnsemble) -> None:
-    """Finalize the store, merge text.pseudo and record the measured unmapped mass in its meta."""
-    writer.finalize(expected_shards=n_shards)
-    merge_pseudo(Path(out_dir))
-    if ensemble.has_foreign:
-        mass = merge_unmapped(Path(out_dir))
-        writer.record_measured(unmapped_mass=mass)
-        log.info("label: mean unmapped teacher mass %.4f per frame (rule %s; per utterance in %s/unmapped/)",
-                 mass or 0.0, ensemble.unmapped_rule, out_dir)
-
-
-def merge_pseudo(store_dir: Path) -> Path:
-    """Merge the per-shard 1-best files into ``text.pseudo`` (Kaldi text format, sorted by id)."""
-    lines = []
-    for part in sorted((Path(store_dir) / "pseudo").glob("shard-*.txt")):
-        lines.extend(line for line in part.read_text(encoding="utf-8").splitlines() if line)
-    out = Path(store_dir) / "text.pseudo"
-    out.write_text("".join(line + "\n" for line in sorted(lines)), encoding="utf-8")
-    return out
-
-
-def _encoder_of(writer) -> dict[str, Any] | None:
-    """What the workers need to send a format-2 store its compact columns (None: format 1, ids and probs)."""
-    return writer.encoder_params() if writer.meta.format_version >= 2 else None
-
-
-def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOptions):
-    from asr_kd.targets.store import StoreMeta, StoreWriter
-
-    meta = StoreMeta(**ensemble_meta)
-    return StoreWriter(out_dir, meta, shard_size_utts=options.shard_size)
-
-
 def check_options(o: LabelOptions) -> None:
     """Refuse bad store settings before any teacher is loaded (errors name the flag and value)."""
     check_top_p(o.top_p, o.top_k, where="label")
@@ -360,14 +191,14 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
     # the driver loads the teachers once to check them and to fill the store's meta
     ensemble = TeacherEnsemble(model_dirs, device="cpu", **o.ensemble_kwargs())
     created_store = not Path(out_dir).exists()
-    writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
+    writer = open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = data.seconds()
     shards = plan_shards(data, o.shard_size, seconds)
     writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())
     todo = [s for s in range(len(shards)) if s not in set(done)]
     sample_rate = ensemble.sample_rate
-    collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
+    collector = ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
     log.info("label: %d utterances in %d shards, %d already done, %d to do", len(data), len(shards), len(done), len(todo))
     started_ray = False
     if todo:
@@ -402,7 +233,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
         hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
         actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
                             batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
-                            read_options=read_options if fused else None, encoder=_encoder_of(writer))
+                            read_options=read_options if fused else None, encoder=encoder_of(writer))
         if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
             from asr_kd.label.shard_pool import ShardActorPool
 
@@ -446,7 +277,7 @@ def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOpti
             missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
             raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. {next(iter(missing.values()))[:3]} "
                              "missing); rerun the same command to finish them")
-    _finish_store(writer, out_dir, len(shards), ensemble)
+    finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done, dict(collector.nodes))
     if collector.nodes:
@@ -466,13 +297,13 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     from asr_kd.devices import resolve_device
 
     ensemble = TeacherEnsemble(model_dirs, device=str(resolve_device("auto")), **o.ensemble_kwargs())
-    writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
+    writer = open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = data.seconds()
     shards = plan_shards(data, o.shard_size, seconds)
     writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())
     sample_rate = ensemble.sample_rate
-    collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
+    collector = ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
     todo = [s for s in range(len(shards)) if s not in set(done)]
     # the batches the Ray pipeline plans (one utterance each for the naive baseline)
     rows = batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
@@ -480,8 +311,8 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     for row in tqdm(rows, desc="label (local)", disable=not o.progress):
         read = read_audio_group({"shard": np.asarray([row["shard"]]), "utts": np.asarray([row["utts"]], dtype=object)},
                                 sample_rate, o.max_seconds, o.allow_pipes)
-        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames, _encoder_of(writer)))
-    _finish_store(writer, out_dir, len(shards), ensemble)
+        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames, encoder_of(writer)))
+    finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)
     log.info(summary.line())

@@ -1,18 +1,26 @@
-"""Label audio with teacher soft targets on Ray (a pool of teacher actors) into a sharded store.
+"""Label audio with teacher soft targets on Ray (a pool of teacher actors) into a sharded store: the run.
 
 Input: a data dir, an audio shard dir (``asr-kd data shard``) or a lhotse CutSet manifest, each a row
 source of ``asr_kd.data.sources`` (ids, durations in seconds, and per utterance a small item saying
 where its audio is). Everything below is the same for all three, so the same audio gives the same store.
 
-Plan: the utterances (in id order) are cut into shards of ``shard_size`` consecutive ids (locality: a
-recording's segments, an audio shard's members stay together), each shard is sorted by duration (ties
-by id) and cut into teacher batches (consecutive utterances, at most ``read_batch_size``
-of them and ``batch_max_frames`` padded frames) — a pure function of the data dir and the options, so
-a rerun plans the same shards and the same batches. A batch never crosses a shard: which shards are
-already done cannot change how the others are batched, and since the teacher's float results depend
-on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes a clean run writes.
-Shards already complete in the store (their completion marker exists) are skipped: that is the
-resume. The rest flow through one of two layouts (``--audio-read``, ``reads_in_actors``)::
+This module holds the run (``label`` on Ray, ``label_local`` in one process) and its options; the parts
+have a module each:
+
+- ``asr_kd.label.plan``: shards of ``shard_size`` consecutive ids (locality: a recording's segments, an
+  audio shard's members stay together), each sorted by duration (ties by id) and cut into teacher batches
+  (consecutive utterances, at most ``read_batch_size`` of them and ``batch_max_frames`` padded frames) —
+  a pure function of the input and the options, so a rerun plans the same shards and the same batches. A
+  batch never crosses a shard: which shards are already done cannot change how the others are batched,
+  and since the teacher's float results depend on the batch it runs in (padding, BLAS blocking), a
+  resumed run writes the bytes a clean run writes. Also the ``--dry-run`` (``plan_only``).
+- ``asr_kd.label.layout``: how many teacher actors, their CPUs and GPUs, and which layout reads the audio.
+- ``asr_kd.label.worker``: audio reading and ``TeacherActor`` (fbank + teachers, the store's encoding).
+- ``asr_kd.label.collector``: the driver groups result rows by shard and writes a shard (atomically) once
+  all its utterances are back: rejects first, then targets, then its marker.
+
+Shards already complete in the store (their completion marker exists) are skipped: that is the resume.
+The rest flow through one of two layouts (``--audio-read``, ``layout.reads_in_actors``)::
 
   actors (default on CPUs): one row per shard, on plain Ray actors (``asr_kd.label.shard_pool``)
     shards ─▶ ShardActorPool(TeacherActor, size=actors, 2 in flight each; a dead actor's shards requeued)
@@ -22,8 +30,7 @@ resume. The rest flow through one of two layouts (``--audio-read``, ``reads_in_a
                         ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
                                                  fbank + teachers (num_gpus=1 each when GPUs exist),
                                                  one forward per planned batch, one row out per utterance
-  then  driver: group rows by shard; a shard is written (atomically) once all its utterances are back,
-                rejects first, then targets, then its marker.
+  then  driver: ShardCollector writes each shard once complete.
 
 Actors send a format-2 store's compact columns back (``codec.encode_entries``: ~5 bytes per 40 ms
 frame), not ids and probabilities (96 bytes per frame at top-8); the driver only lays out, compresses
@@ -49,14 +56,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from asr_kd.data.audio import utterance_seconds  # noqa: F401  (re-exported)
 from asr_kd.data.sources import open_source
 from asr_kd.errors import AsrKdError, remote_error_message
 from asr_kd.label.collector import ShardCollector, encoder_of, finish_store, open_writer
 from asr_kd.label.layout import (ACTOR_START_TIMEOUT_S, READ_TASK_CPUS, actor_cpu_share, actor_layout,
                                   check_actor_gpus, reads_in_actors)
 from asr_kd.label.plan import batch_rows, plan_shards, shard_rows
-from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
+from asr_kd.label.ray_runtime import init_ray
 from asr_kd.label.teacher import TeacherEnsemble
 from asr_kd.label.worker import FORWARD_LOG_ENV, TeacherActor, label_groups, read_audio_group
 from asr_kd.targets.codec import DEFAULT_TOP_P, check_top_p

@@ -101,7 +101,8 @@ def main() -> int:
             table(["input", "utterances", "audio h", "wall s", "audio-s per s", "files read"], rows),
         ]
         if args.label:
-            from asr_kd.label.pipeline import LabelOptions, init_ray, label
+            from asr_kd.label.pipeline import LabelOptions, label
+            from asr_kd.label.ray_runtime import init_ray
 
             teacher = random_model_dir(work / "teacher", "demo_teacher")
             init_ray(None)

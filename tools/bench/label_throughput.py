@@ -247,7 +247,8 @@ def main() -> int:
             print(f"ceiling, {n} processes at once: {r:.0f} audio-h per wall-h ({r / (n * ceil_1):.2f} of {n} x one)")
 
         # (b) naive loop
-        from asr_kd.label.pipeline import LabelOptions, init_ray, label, label_local
+        from asr_kd.label.pipeline import LabelOptions, label, label_local
+        from asr_kd.label.ray_runtime import init_ray
 
         torch.set_num_threads(args.naive_threads)
         common = dict(read_batch_size=args.read_batch_size, batch_max_frames=args.batch_max_frames, progress=False,

@@ -386,8 +386,8 @@ def test_multi_teacher_average_and_two_node_cluster(tmp_path, setup):
     """Two teachers averaged, labeled on a ray.cluster_utils.Cluster with two nodes (own process).
 
     Each node has 2 logical CPUs and each actor asks for 1.5, so one actor fits per node; every worker
-    process runs a setup hook that wraps ``TeacherActor.__call__`` to log the node id of each batch it
-    labels. Two distinct nodes must have labeled rows, together all 30 (mutations caught: one actor, or
+    process runs a setup hook that wraps ``TeacherActor``'s labeling methods (``label_shard``, ``label_decoded``)
+    to log the node id of each row it labels. Two distinct nodes must have labeled rows, together all 30 (mutations caught: one actor, or
     both actors on the head -- the test used to count alive nodes only, which is 2 either way)."""
     root, teacher, data = setup
     teacher2 = make_teacher(tmp_path / "teacher2", seed=5)
@@ -402,16 +402,17 @@ from asr_kd.label.pipeline import LabelOptions, label, label_local
 def record_actor_node():
     import os, ray
     from asr_kd.label import worker
-    call = worker.TeacherActor.__call__
-    if getattr(call, "records_node", False):
-        return
-    def recording_call(self, batch):
-        out = call(self, batch)
-        with open({str(work_log)!r}, "a") as fh:
-            fh.write(f"{{ray.get_runtime_context().get_node_id()}} {{os.getpid()}} {{len(out['utt_id'])}}\\n")
-        return out
-    recording_call.records_node = True
-    worker.TeacherActor.__call__ = recording_call
+    for name in ("label_shard", "label_decoded"):  # the two protocols (layout "actors" and "tasks")
+        call = getattr(worker.TeacherActor, name)
+        if getattr(call, "records_node", False):
+            continue
+        def recording_call(self, *args, _call=call):
+            out = _call(self, *args)
+            with open({str(work_log)!r}, "a") as fh:
+                fh.write(f"{{ray.get_runtime_context().get_node_id()}} {{os.getpid()}} {{len(out['utt_id'])}}\\n")
+            return out
+        recording_call.records_node = True
+        setattr(worker.TeacherActor, name, recording_call)
 
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "include_dashboard": False}})
 cluster.add_node(num_cpus=2)
@@ -557,7 +558,7 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
     src = open_source(data)
     shards = plan_shards(src, 7, src.seconds())
     row = shard_rows(src, shards, [0], src.seconds(), 4, o.batch_max_frames)[0]
-    out = actor({"shard": np.asarray([0]), "batches": np.asarray([row["batches"]], dtype=object)})
+    out = actor.label_shard(0, row["batches"])
     assert sorted(out["utt_id"]) == sorted(shards[0]) and len(out["utt_id"]) == 7  # the whole shard, each once
     assert all(e == "" for e in out["error"]) and all(len(p) > 0 for p in out["probs"])
     first, last = log.read_text().splitlines()  # at the call's start and at its end

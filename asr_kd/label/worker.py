@@ -5,7 +5,7 @@ planned teacher batches (``asr_kd.label.plan``); ``label_groups``/``label_batch`
 teacher ensemble on decoded audio, one output row per utterance (errors kept as reject reasons). With a
 format-2 store the rows carry the store's compact columns (``codec.encode_entries``: ~5 bytes per 40 ms
 frame), not ids and probabilities (96 bytes per frame at top-8). ``TeacherActor`` serves both layouts:
-Ray Data batches of decoded audio (``__call__``) and whole shards it decodes itself (``label_shard``,
+Ray Data batches of decoded audio (``label_decoded``) and whole shards it decodes itself (``label_shard``,
 ``asr_kd.label.shard_pool``).
 
 Test and profiling hooks read here, from the environment (the driver passes ``ASR_KD_TEST_*`` and
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +113,16 @@ def sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
 
 
 class TeacherActor:
-    """Teacher actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``, in
-    Ray Data's pool), or, given ``read_options`` (layout "actors", ``ShardActorPool``), on whole shards (rows
-    of ``shard_rows``) whose planned batches it decodes itself, one after the other."""
+    """Teacher actor: fbank + teacher ensemble, serving one of two protocols.
+
+    - ``label_decoded(batch)`` (layout "tasks", Ray Data's actor pool: ``map_batches`` calls the actor, and
+      ``__call__`` is ``label_decoded``): rows of ``read_audio_group``, planned batches already decoded by
+      CPU tasks;
+    - ``label_shard(shard, batches)`` (layout "actors", ``asr_kd.label.shard_pool.ShardActorPool``, which needs
+      ``read_options``): one row of ``shard_rows``, a whole shard whose planned batches the actor decodes itself,
+      one after the other.
+
+    Both return one output row per utterance, tagged with the node's IP (column ``node``)."""
 
     def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int,
                  threads: int = 1, device: str = "auto", read_options: dict[str, Any] | None = None,
@@ -126,16 +134,16 @@ class TeacherActor:
         keep_freed_memory()  # batch after batch of the same shapes: reuse freed memory (asr_kd.label.malloc)
         device = str(resolve_device(device))  # an actor given a GPU it cannot use fails instead of using its CPU
         self.ensemble = TeacherEnsemble(model_dirs, device=device, **ensemble_kwargs)
-        self.batch_max_frames = batch_max_frames
-        self.read_options = read_options  # sample_rate, max_seconds, allow_pipes: rows are shards this actor decodes
+        self.batch_max_frames = batch_max_frames  # padded 10 ms frames per teacher forward
+        self.read_options = read_options  # sample_rate, max_seconds, allow_pipes: for label_shard (decodes its shards)
         self.encoder = encoder  # a format-2 store's encoder_params: rows carry the store's compact columns
         self.calls = 0
         self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
         self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
         self.node = _node_ip()
         self.forward_log = os.environ.get(FORWARD_LOG_ENV)
-        self.read_seconds = 0.0  # CPU seconds of this thread decoding audio (read_options only)
-        self.call_seconds = 0.0  # CPU seconds of this thread inside __call__ (read, fbank, forward and the rest)
+        self.read_seconds = 0.0  # CPU seconds of this thread decoding audio (label_shard only)
+        self.call_seconds = 0.0  # CPU seconds of this thread inside labeling calls (read, fbank, forward and the rest)
         self.process_start = time.process_time()  # the process's CPU seconds once the teachers are loaded
 
     def _count_batch(self) -> None:
@@ -148,17 +156,62 @@ class TeacherActor:
 
     PHASES = ("forward", "fbank", "read", "call", "process")
     """Columns of an ``ASR_KD_FORWARD_LOG`` line after ``<pid> <unix time>``: cumulative CPU seconds in the
-    teachers' forward, in fbank, decoding audio, inside ``__call__`` (the three and the rest: top-k, greedy
-    decoding, the store's encoding) -- all of this thread -- and of the whole actor process since the
-    teachers were loaded (Ray's threads, serializing the output). ``tools/bench/label_throughput`` reads them."""
+    teachers' forward, in fbank, decoding audio, inside the labeling calls (``label_shard``/``label_decoded``:
+    the three and the rest: top-k, greedy decoding, the store's encoding) -- all of this thread -- and of the
+    whole actor process since the teachers were loaded (Ray's threads, serializing the output).
+    ``tools/bench/label_throughput`` reads them."""
 
     def ready(self) -> bool:
         """True once constructed (``ShardActorPool`` waits on it: the teachers are loaded)."""
         return True
 
     def label_shard(self, shard: int, batches: bytes) -> dict[str, Any]:
-        """One shard row of ``shard_rows`` (layout "actors", ``ShardActorPool``)."""
-        return self({"shard": np.asarray([shard]), "batches": np.asarray([batches], dtype=object)})
+        """Layout "actors" (``ShardActorPool``): one row of ``shard_rows``, shard number ``shard`` and its planned
+        teacher batches (``pack_items``: lists of items), decoded here batch by batch with ``read_options`` and
+        labeled one forward per planned batch; one output row per utterance of the shard."""
+        if self.read_options is None:
+            raise ValueError("TeacherActor.label_shard needs read_options (the actor decodes the shard's audio)")
+        read_options = self.read_options
+
+        def work() -> dict[str, Any]:
+            outs = []
+            for items in unpack_items(batches):
+                self._count_batch()
+                t0 = time.thread_time()
+                wave, meta = read_planned_batch(items, **read_options)
+                self.read_seconds += time.thread_time() - t0
+                outs.append(label_batch(self.ensemble, int(shard), wave, meta, self.batch_max_frames, self.encoder))
+            return _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
+
+        return self._timed(work)
+
+    def label_decoded(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Layout "tasks" (Ray Data's ``map_batches``, through ``__call__``): ``batch`` holds rows of
+        ``read_audio_group`` (columns ``shard``, ``wave``, ``meta``), planned teacher batches decoded by CPU tasks;
+        one forward per planned batch, one output row per utterance."""
+        def work() -> dict[str, Any]:
+            for _ in batch["shard"]:
+                self._count_batch()
+            return label_groups(self.ensemble, batch, self.batch_max_frames, self.encoder)
+
+        return self._timed(work)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Ray Data's entry point (``map_batches`` calls the actor): ``label_decoded``."""
+        return self.label_decoded(batch)
+
+    def _timed(self, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run one labeling call: its output tagged with this node's IP (column ``node``), its CPU seconds counted,
+        and with ``FORWARD_LOG_ENV`` a phase line at its start and its end."""
+        if self.forward_log:  # at the start and the end of each call: a reader interpolates within calls only
+            self._log_phases()
+        call_start = time.thread_time()
+        out = work()
+        out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
+        self.call_seconds += time.thread_time() - call_start
+        if self.forward_log:
+            self._log_phases()
+        return out
 
     def _log_phases(self) -> None:
         """One ``FORWARD_LOG_ENV`` line: pid, time, cumulative seconds per phase (``PHASES``); one short O_APPEND
@@ -168,30 +221,6 @@ class TeacherActor:
             process = time.process_time() - self.process_start
             fh.write(f"{os.getpid()} {time.time():.3f} {e.forward_seconds:.4f} {e.fbank_seconds:.4f} "
                      f"{self.read_seconds:.4f} {self.call_seconds:.4f} {process:.4f}\n")
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if self.forward_log:  # at the start and the end of each call: a reader interpolates within calls only
-            self._log_phases()
-        call_start = time.thread_time()
-        if self.read_options is None:
-            for _ in batch["shard"]:
-                self._count_batch()
-            out = label_groups(self.ensemble, batch, self.batch_max_frames, self.encoder)
-        else:
-            outs = []
-            for shard, batches in zip(batch["shard"], batch["batches"]):
-                for items in unpack_items(batches):
-                    self._count_batch()
-                    t0 = time.thread_time()
-                    wave, meta = read_planned_batch(items, **self.read_options)
-                    self.read_seconds += time.thread_time() - t0
-                    outs.append(label_batch(self.ensemble, int(shard), wave, meta, self.batch_max_frames, self.encoder))
-            out = _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
-        out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
-        self.call_seconds += time.thread_time() - call_start
-        if self.forward_log:
-            self._log_phases()
-        return out
 
 
 def _node_ip() -> str:

@@ -45,24 +45,26 @@ utterances (unreadable, empty, NaN, too long, NaN teacher output, low confidence
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from asr_kd.data.sources import open_source
+from asr_kd.data.sources import LabelSource, open_source
 from asr_kd.errors import AsrKdError, remote_error_message
 from asr_kd.label.collector import ShardCollector, encoder_of, finish_store, open_writer
 from asr_kd.label.layout import (ACTOR_START_TIMEOUT_S, READ_TASK_CPUS, actor_cpu_share, actor_layout,
                                   check_actor_gpus, reads_in_actors)
 from asr_kd.label.plan import batch_rows, plan_shards, shard_rows
-from asr_kd.label.ray_runtime import init_ray
+from asr_kd.label.ray_runtime import ray_session
 from asr_kd.label.teacher import TeacherEnsemble
 from asr_kd.label.worker import FORWARD_LOG_ENV, TeacherActor, label_groups, read_audio_group
 from asr_kd.targets.codec import DEFAULT_TOP_P, check_top_p
@@ -182,114 +184,130 @@ def _resolve_spec(spec: str) -> str:
     return (prefix or "") + str(Path(path).resolve())
 
 
+@contextlib.contextmanager
+def _new_store_removed_on_failure(out_dir: str) -> Iterator[None]:
+    """Around a run that opens the store ``out_dir``: if the block fails in any way (an error, Ctrl-C) and the
+    dir did not exist before, it is removed unless it holds a finished shard (``completed_shards``: a rerun
+    resumes from those). A store that existed before the run is never removed."""
+    from asr_kd.targets.store import completed_shards
+
+    created = not Path(out_dir).exists()
+    try:
+        yield
+    except BaseException:
+        if created and Path(out_dir).is_dir() and not completed_shards(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
 def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
     """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable).
 
     ``data_dir`` is a Kaldi-style data dir, an audio shard dir (``asr-kd data shard``) or a lhotse
-    CutSet manifest (``asr_kd.data.sources.open_source``); the same audio gives the same store."""
-    import ray
-    from ray.data import ActorPoolStrategy
+    CutSet manifest (``asr_kd.data.sources.open_source``); the same audio gives the same store.
 
+    Whatever fails, the cleanup is the same: Ray, if this call started it, is shut down (``ray_session``),
+    and a store dir this call created that holds no finished shard is removed (``_new_store_removed_on_failure``)."""
     o = options or LabelOptions()
     check_options(o)
     t0 = time.time()
     data = open_source(data_dir, allow_pipes=o.allow_pipes)
     # the driver loads the teachers once to check them and to fill the store's meta
     ensemble = TeacherEnsemble(model_dirs, device="cpu", **o.ensemble_kwargs())
-    created_store = not Path(out_dir).exists()
-    writer = open_writer(out_dir, _meta_for(ensemble, o), o)
-    seconds = data.seconds()
-    shards = plan_shards(data, o.shard_size, seconds)
-    writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
-    done = sorted(writer.completed_shards())
-    todo = [s for s in range(len(shards)) if s not in set(done)]
-    sample_rate = ensemble.sample_rate
-    collector = ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
-    log.info("label: %d utterances in %d shards, %d already done, %d to do", len(data), len(shards), len(done), len(todo))
-    started_ray = False
-    if todo:
-        try:
-            started_ray = init_ray(o.address)
-        except BaseException:
-            if created_store and not done:  # nothing labeled yet: leave no empty store behind a failed connect
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
-        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
-        actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
-        fused = reads_in_actors(o, gpus)
-        actor_cpus = actor_cpu_share(cluster_cpus, actors, o.actor_num_cpus, read_tasks=not fused)
-        from asr_kd.devices import layout_line
-
-        log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu",
-                             {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}.get(o.precision, o.precision), why)
-                 + f", {actor_cpus:g} CPU each; "
-                 + ("each actor decodes its own shards" if fused else "audio decoding on CPU tasks"))
-        if gpus > 0:
-            try:
-                check_actor_gpus(actors, gpus)
-            except Exception:
-                if started_ray:
-                    ray.shutdown()
-                if created_store and not done:  # nothing labeled: no empty store left behind
-                    shutil.rmtree(out_dir, ignore_errors=True)
-                raise
-        read_options = dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
-        n_utts = sum(len(shards[s]) for s in todo)
-        # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
-        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
-        actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
-                            batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
-                            read_options=read_options if fused else None, encoder=encoder_of(writer))
-        if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
-            from asr_kd.label.shard_pool import ShardActorPool
-
-            rows = shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-            pool = ShardActorPool(ray.remote(TeacherActor), actors,
-                                  dict(num_cpus=actor_cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
-                                       runtime_env={"env_vars": hooks} if hooks else None),
-                                  actor_kwargs, in_flight=2, start_timeout_s=ACTOR_START_TIMEOUT_S)
-            results = pool.map(rows)
-        else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = False
-            # start labeling once every actor is up (and Ray Data names a pool that cannot start after this)
-            ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-            rows = batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-            ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
-            ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
-                                num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
-                                runtime_env={"env_vars": hooks} if hooks else None, fn_constructor_kwargs=actor_kwargs)
-            results = ds.iter_batches(batch_size=None, batch_format="numpy")
-        bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
-        try:
-            for batch in results:
-                bar.update(collector.add(batch))
-                bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}", shards=f"{len(done) + len(collector.written)}/{len(shards)}")
-        except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
-            ours = remote_error_message(exc)
-            if ours is None:
-                raise
-            raise AsrKdError(f"label: {ours}") from None
-        finally:
-            bar.close()
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # the actor pool kills its actors (on a cluster joined with --address too)
-            if started_ray:
-                ray.shutdown()
-        if collector.pending:
-            missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
-            raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. {next(iter(missing.values()))[:3]} "
-                             "missing); rerun the same command to finish them")
-    finish_store(writer, out_dir, len(shards), ensemble)
+    with _new_store_removed_on_failure(out_dir):
+        writer = open_writer(out_dir, _meta_for(ensemble, o), o)
+        seconds = data.seconds()
+        shards = plan_shards(data, o.shard_size, seconds)
+        writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
+        done = sorted(writer.completed_shards())
+        todo = [s for s in range(len(shards)) if s not in set(done)]
+        collector = ShardCollector(writer, shards, o, ensemble.sample_rate, record_unmapped=ensemble.has_foreign)
+        log.info("label: %d utterances in %d shards, %d already done, %d to do",
+                 len(data), len(shards), len(done), len(todo))
+        if todo:
+            with ray_session(o.address):
+                _label_on_ray(model_dirs, data, shards, todo, seconds, o, ensemble, writer, collector, out_dir)
+            if collector.pending:
+                missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
+                raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. "
+                                 f"{next(iter(missing.values()))[:3]} missing); rerun the same command to finish them")
+        finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done, dict(collector.nodes))
     if collector.nodes:
-        log.info("label: utterances labeled per Ray node: %s", ", ".join(f"{ip} {n}" for ip, n in sorted(collector.nodes.items())))
+        log.info("label: utterances labeled per Ray node: %s",
+                 ", ".join(f"{ip} {n}" for ip, n in sorted(collector.nodes.items())))
     print(summary.line())
     return summary
+
+
+def _label_on_ray(model_dirs: list[str], data: LabelSource, shards: Sequence[list[str]], todo: list[int],
+                  seconds: Mapping[str, float], o: LabelOptions, ensemble: TeacherEnsemble, writer: Any,
+                  collector: ShardCollector, out_dir: str) -> None:
+    """Label the shards ``todo`` on the running Ray (``ray_session``) into ``collector``: the actor layout, the GPU
+    check, the actor pool or the Ray Data stream, the progress bar; the actors are gone when it returns or raises."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from asr_kd.devices import layout_line
+
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
+    fused = reads_in_actors(o, gpus)
+    actor_cpus = actor_cpu_share(cluster_cpus, actors, o.actor_num_cpus, read_tasks=not fused)
+    precision = {"fp32": "float32", "bf16": "bfloat16 autocast",
+                 "fp16": "float16 autocast"}.get(o.precision, o.precision)
+    log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu", precision, why)
+             + f", {actor_cpus:g} CPU each; "
+             + ("each actor decodes its own shards" if fused else "audio decoding on CPU tasks"))
+    if gpus > 0:
+        check_actor_gpus(actors, gpus)
+    read_options = dict(sample_rate=ensemble.sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
+    n_utts = sum(len(shards[s]) for s in todo)
+    # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
+    hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
+    actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
+                        batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
+                        read_options=read_options if fused else None, encoder=encoder_of(writer))
+    if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
+        from asr_kd.label.shard_pool import ShardActorPool
+
+        rows = shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+        pool = ShardActorPool(ray.remote(TeacherActor), actors,
+                              dict(num_cpus=actor_cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
+                                   runtime_env={"env_vars": hooks} if hooks else None),
+                              actor_kwargs, in_flight=2, start_timeout_s=ACTOR_START_TIMEOUT_S)
+        results = pool.map(rows)
+    else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        # start labeling once every actor is up (and Ray Data names a pool that cannot start after this)
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+        rows = batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+        ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
+        ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
+                            num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
+                            runtime_env={"env_vars": hooks} if hooks else None, fn_constructor_kwargs=actor_kwargs)
+        results = ds.iter_batches(batch_size=None, batch_format="numpy")
+    bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress,
+               dynamic_ncols=True)
+    try:
+        for batch in results:
+            bar.update(collector.add(batch))
+            bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}",
+                            shards=f"{len(shards) - len(todo) + len(collector.written)}/{len(shards)}")
+    except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
+        ours = remote_error_message(exc)
+        if ours is None:
+            raise
+        raise AsrKdError(f"label: {ours}") from None
+    finally:
+        bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # the actor pool kills its actors (on a cluster joined with --address too)
 
 
 def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None,

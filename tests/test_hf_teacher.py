@@ -294,7 +294,7 @@ def test_other_sample_rates_are_resampled_and_logged_too_long_rejected(hf, tmp_p
     data = make_data(tmp_path / "corpus", 3)
     bad = add_bad_audio(data, tmp_path / "bad", long_seconds=12.0)
     o = LabelOptions(top_k=6, quantization="float16", progress=False, units_from=str(hf["student"]), max_seconds=10.0)
-    with caplog.at_level(logging.WARNING, logger="asr_kd.label.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="asr_kd.label.collector"):
         summary = label_local([str(hf["w2v"])], str(data), str(tmp_path / "store"), o)
     reader = StoreReader(tmp_path / "store")
     rejects = reader.rejects()

@@ -18,7 +18,8 @@ from asr_kd.data.cmvn import GlobalCMVN
 from asr_kd.data.datadir import DataDir, write_data_dir
 from asr_kd.data.features import FbankConfig
 from asr_kd.data.units import CharTokenizer
-from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
+from asr_kd.label.pipeline import LabelOptions, label, label_local
+from asr_kd.label.plan import plan_shards
 from asr_kd.models import PRESETS, build_model, parse_model_config
 from asr_kd.models.model_dir import save_model_dir
 from asr_kd.targets.reader import StoreReader
@@ -283,7 +284,7 @@ def _shard_batches(teacher: Path, data: Path, shard: list[str]) -> list[dict]:
     """The collector's input for one shard, as two result batches (first half, second half)."""
     from asr_kd.data.audio import load_audio
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import label_rows
+    from asr_kd.label.worker import label_rows
     from asr_kd.label.teacher import TeacherEnsemble
 
     ens = TeacherEnsemble([str(teacher)], top_k=4)
@@ -301,15 +302,16 @@ def test_collector_writes_nothing_twice_when_a_batch_comes_back_twice(setup, tmp
     crash test above kills an actor before it computes, so this is what shows "nothing written twice".
     (Mutation caught: keying pending rows by position instead of utterance id.)"""
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.collector import ShardCollector, open_writer
+    from asr_kd.label.pipeline import _meta_for
     from asr_kd.label.teacher import TeacherEnsemble
 
     root, teacher, data = setup
     shard = plan_shards(read_data_dir(data), 7)[0]
     first, second = _shard_batches(teacher, data, shard)
     o = options()
-    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
-    collector = _ShardCollector(writer, [shard], o, 16000)
+    writer = open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = ShardCollector(writer, [shard], o, 16000)
     collector.add(first)
     collector.add(first)  # the same rows again while the shard is still pending
     assert collector.written == []
@@ -322,15 +324,16 @@ def test_collector_writes_nothing_twice_when_a_batch_comes_back_twice(setup, tmp
 
 def test_collector_ignores_a_batch_that_comes_back_after_its_shard_was_written(setup, tmp_path):
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.collector import ShardCollector, open_writer
+    from asr_kd.label.pipeline import _meta_for
     from asr_kd.label.teacher import TeacherEnsemble
 
     root, teacher, data = setup
     shard = plan_shards(read_data_dir(data), 7)[0]
     first, second = _shard_batches(teacher, data, shard)
     o = options()
-    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
-    collector = _ShardCollector(writer, [shard], o, 16000)
+    writer = open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = ShardCollector(writer, [shard], o, 16000)
     for batch in (first, second, second, first):
         collector.add(batch)
     assert collector.written == [0] and collector.labeled == len(shard) and not collector.pending
@@ -341,7 +344,8 @@ def test_collector_counts_utterances_per_node_once_even_when_a_batch_comes_back(
     a written shard once (a retried batch from another node replaces the row, it does not add to it), and
     is shown only when more than one node labeled (the multi-host test reads it)."""
     from asr_kd.data.datadir import read_data_dir
-    from asr_kd.label.pipeline import LabelSummary, _meta_for, _open_writer, _ShardCollector
+    from asr_kd.label.collector import ShardCollector, open_writer
+    from asr_kd.label.pipeline import LabelSummary, _meta_for
     from asr_kd.label.teacher import TeacherEnsemble
 
     root, teacher, data = setup
@@ -352,8 +356,8 @@ def test_collector_counts_utterances_per_node_once_even_when_a_batch_comes_back(
         return {**batch, "node": np.asarray([node] * len(batch["utt_id"]), dtype=object)}
 
     o = options()
-    writer = _open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
-    collector = _ShardCollector(writer, [shard], o, 16000)
+    writer = open_writer(str(tmp_path / "store"), _meta_for(TeacherEnsemble([str(teacher)], top_k=4), o), o)
+    collector = ShardCollector(writer, [shard], o, 16000)
     collector.add(on("10.0.0.2", first))
     collector.add(on("10.0.0.1", first))  # retried on the head after its first node died
     collector.add(on("10.0.0.2", second))
@@ -383,8 +387,8 @@ def test_multi_teacher_average_and_two_node_cluster(tmp_path, setup):
     """Two teachers averaged, labeled on a ray.cluster_utils.Cluster with two nodes (own process).
 
     Each node has 2 logical CPUs and each actor asks for 1.5, so one actor fits per node; every worker
-    process runs a setup hook that wraps ``TeacherActor.__call__`` to log the node id of each batch it
-    labels. Two distinct nodes must have labeled rows, together all 30 (mutations caught: one actor, or
+    process runs a setup hook that wraps ``TeacherActor``'s labeling methods (``label_shard``, ``label_decoded``)
+    to log the node id of each row it labels. Two distinct nodes must have labeled rows, together all 30 (mutations caught: one actor, or
     both actors on the head -- the test used to count alive nodes only, which is 2 either way)."""
     root, teacher, data = setup
     teacher2 = make_teacher(tmp_path / "teacher2", seed=5)
@@ -398,17 +402,18 @@ from asr_kd.label.pipeline import LabelOptions, label, label_local
 
 def record_actor_node():
     import os, ray
-    from asr_kd.label import pipeline
-    call = pipeline.TeacherActor.__call__
-    if getattr(call, "records_node", False):
-        return
-    def recording_call(self, batch):
-        out = call(self, batch)
-        with open({str(work_log)!r}, "a") as fh:
-            fh.write(f"{{ray.get_runtime_context().get_node_id()}} {{os.getpid()}} {{len(out['utt_id'])}}\\n")
-        return out
-    recording_call.records_node = True
-    pipeline.TeacherActor.__call__ = recording_call
+    from asr_kd.label import worker
+    for name in ("label_shard", "label_decoded"):  # the two protocols (layout "actors" and "tasks")
+        call = getattr(worker.TeacherActor, name)
+        if getattr(call, "records_node", False):
+            continue
+        def recording_call(self, *args, _call=call):
+            out = _call(self, *args)
+            with open({str(work_log)!r}, "a") as fh:
+                fh.write(f"{{ray.get_runtime_context().get_node_id()}} {{os.getpid()}} {{len(out['utt_id'])}}\\n")
+            return out
+        recording_call.records_node = True
+        setattr(worker.TeacherActor, name, recording_call)
 
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "include_dashboard": False}})
 cluster.add_node(num_cpus=2)
@@ -487,7 +492,7 @@ def test_stats_reports_teacher_kl_that_shrinks_with_k(setup, tmp_path, capsys):
 
 def test_actor_cpu_share_leaves_room_for_audio_reading():
     from asr_kd.errors import AsrKdError
-    from asr_kd.label.pipeline import READ_TASK_CPUS, actor_cpu_share
+    from asr_kd.label.layout import READ_TASK_CPUS, actor_cpu_share
 
     # 2 actors on a 2-CPU machine: reserving 1 CPU each would starve the reading tasks forever
     share = actor_cpu_share(2.0, 2, None)
@@ -504,7 +509,7 @@ def test_actor_cpu_share_leaves_room_for_audio_reading():
 
 def test_layout_defaults_actors_read_on_cpus_and_tasks_feed_gpus():
     from asr_kd.errors import AsrKdError
-    from asr_kd.label.pipeline import actor_layout, reads_in_actors
+    from asr_kd.label.layout import actor_layout, reads_in_actors
 
     assert actor_layout(LabelOptions(), 0, 8.0)[:2] == (8, 0.0)  # one CPU actor per cluster CPU
     assert actor_layout(LabelOptions(), 0, 1.0)[:2] == (1, 0.0)
@@ -542,7 +547,8 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
     cumulative CPU seconds per phase (forward, fbank, decoding, the call, the process) at the start and the end
     of each call; a shard row is decoded and labeled."""
     from asr_kd.data.sources import open_source
-    from asr_kd.label.pipeline import TeacherActor, _shard_rows
+    from asr_kd.label.plan import shard_rows
+    from asr_kd.label.worker import TeacherActor
 
     root, teacher, data = setup
     log = tmp_path / "forward.log"
@@ -552,8 +558,8 @@ def test_actor_reading_its_shard_logs_its_cpu_time_by_phase_for_the_benchmark(se
                          read_options=dict(sample_rate=16000, max_seconds=60.0, allow_pipes=False))
     src = open_source(data)
     shards = plan_shards(src, 7, src.seconds())
-    row = _shard_rows(src, shards, [0], src.seconds(), 4, o.batch_max_frames)[0]
-    out = actor({"shard": np.asarray([0]), "batches": np.asarray([row["batches"]], dtype=object)})
+    row = shard_rows(src, shards, [0], src.seconds(), 4, o.batch_max_frames)[0]
+    out = actor.label_shard(0, row["batches"])
     assert sorted(out["utt_id"]) == sorted(shards[0]) and len(out["utt_id"]) == 7  # the whole shard, each once
     assert all(e == "" for e in out["error"]) and all(len(p) > 0 for p in out["probs"])
     first, last = log.read_text().splitlines()  # at the call's start and at its end

@@ -15,7 +15,8 @@ from asr_kd.data.audio import utterance_seconds
 from asr_kd.data.datadir import read_data_dir
 from asr_kd.data.sources import DataDirSource, IdTable
 from asr_kd.errors import DataDirError
-from asr_kd.label.pipeline import LabelOptions, ShardPlan, _shard_rows, plan_only, plan_shards, unpack_items
+from asr_kd.label.pipeline import LabelOptions
+from asr_kd.label.plan import ShardPlan, plan_only, plan_shards, shard_rows, unpack_items
 
 
 def write_dir(root: Path, n: int = 40, segments: bool = False, utt2dur: bool = True) -> Path:
@@ -53,7 +54,7 @@ def test_compact_source_plans_and_items_like_the_data_dir(tmp_path, segments, ut
     plan = plan_shards(src, 7, src.seconds())
     assert isinstance(plan, ShardPlan)
     assert [list(s) for s in plan] == plan_shards(dd, 7, want)  # (duration, id) order, ties by id
-    rows = _shard_rows(src, plan, range(len(plan)), src.seconds(), 4, 40000)
+    rows = shard_rows(src, plan, range(len(plan)), src.seconds(), 4, 40000)
     items = [item for row in rows for batch in unpack_items(row["batches"]) for item in batch]
     assert sorted(i[0] for i in items) == dd.utt_ids  # every utterance planned once, with its item
 

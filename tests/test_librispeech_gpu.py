@@ -34,7 +34,8 @@ def _config(tmp_path, device="auto"):
 def test_one_actor_and_one_worker_per_gpu_of_the_cluster_cpu_defaults_without_gpus(tmp_path):
     """Mutation caught: deriving from the CPU count, or ignoring --actors/--workers when given."""
     from asr_kd.errors import AsrKdError
-    from asr_kd.label.pipeline import LabelOptions, actor_layout
+    from asr_kd.label.layout import actor_layout
+    from asr_kd.label.pipeline import LabelOptions
     from asr_kd.train.distributed import CPU_WORKERS, worker_layout
 
     assert per_gpu(None, 4, 2, "--actors") == (4, "one per 1 GPU of the Ray cluster's 4 GPU(s); --actors not given")

@@ -30,7 +30,8 @@ from asr_kd.cli import main as cli_main
 from asr_kd.config import load_config
 from asr_kd.data.datadir import read_data_dir
 from asr_kd.errors import StoreError
-from asr_kd.label.pipeline import LabelOptions, label, label_local, plan_shards
+from asr_kd.label.pipeline import LabelOptions, label, label_local
+from asr_kd.label.plan import plan_shards
 from asr_kd.targets.reader import StoreReader
 from asr_kd.targets.verify import verify_store
 from asr_kd.train.config import TrainConfig

@@ -190,7 +190,7 @@ RAY_PROBE = r"""
 import json, os, sys
 import ray
 import psutil  # Ray ships psutil in its thirdparty_files, on sys.path once ray is imported
-from asr_kd.label.pipeline import init_ray
+from asr_kd.label.ray_runtime import init_ray
 captured = {}
 real_init = ray.init
 def recording_init(*args, **kwargs):

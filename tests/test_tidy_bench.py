@@ -98,7 +98,7 @@ def test_gpu_label_script_refuses_clearly_without_a_gpu(tmp_path):
 def test_label_throughput_phase_shares_are_cpu_seconds_per_actor_second_of_the_window(tmp_path):
     """Two actors, each logging cumulative CPU seconds per phase after every call: the shares over a window are
     the increments inside it (interpolated between calls) over actors x window, phase by phase."""
-    from asr_kd.label.pipeline import TeacherActor
+    from asr_kd.label.worker import TeacherActor
     from tools.bench.label_throughput import phase_shares
 
     assert TeacherActor.PHASES == ("forward", "fbank", "read", "call", "process")

@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     if args.dry_run:
-        from asr_kd.label.pipeline import plan_only
+        from asr_kd.label.pipeline import check_options
+        from asr_kd.label.plan import plan_only
 
+        check_options(options)  # the store settings a real run would refuse
         print(plan_only(args.data, args.out, options, gpus_per_actor=args.gpus_per_actor or 0.0).line())
         return 0
     if args.local:

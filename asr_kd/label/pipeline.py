@@ -1,18 +1,26 @@
-"""Label audio with teacher soft targets on Ray (a pool of teacher actors) into a sharded store.
+"""Label audio with teacher soft targets on Ray (a pool of teacher actors) into a sharded store: the run.
 
 Input: a data dir, an audio shard dir (``asr-kd data shard``) or a lhotse CutSet manifest, each a row
 source of ``asr_kd.data.sources`` (ids, durations in seconds, and per utterance a small item saying
 where its audio is). Everything below is the same for all three, so the same audio gives the same store.
 
-Plan: the utterances (in id order) are cut into shards of ``shard_size`` consecutive ids (locality: a
-recording's segments, an audio shard's members stay together), each shard is sorted by duration (ties
-by id) and cut into teacher batches (consecutive utterances, at most ``read_batch_size``
-of them and ``batch_max_frames`` padded frames) — a pure function of the data dir and the options, so
-a rerun plans the same shards and the same batches. A batch never crosses a shard: which shards are
-already done cannot change how the others are batched, and since the teacher's float results depend
-on the batch it runs in (padding, BLAS blocking), a resumed run writes the bytes a clean run writes.
-Shards already complete in the store (their completion marker exists) are skipped: that is the
-resume. The rest flow through one of two layouts (``--audio-read``, ``reads_in_actors``)::
+This module holds the run (``label`` on Ray, ``label_local`` in one process) and its options; the parts
+have a module each:
+
+- ``asr_kd.label.plan``: shards of ``shard_size`` consecutive ids (locality: a recording's segments, an
+  audio shard's members stay together), each sorted by duration (ties by id) and cut into teacher batches
+  (consecutive utterances, at most ``read_batch_size`` of them and ``batch_max_frames`` padded frames) —
+  a pure function of the input and the options, so a rerun plans the same shards and the same batches. A
+  batch never crosses a shard: which shards are already done cannot change how the others are batched,
+  and since the teacher's float results depend on the batch it runs in (padding, BLAS blocking), a
+  resumed run writes the bytes a clean run writes. Also the ``--dry-run`` (``plan_only``).
+- ``asr_kd.label.layout``: how many teacher actors, their CPUs and GPUs, and which layout reads the audio.
+- ``asr_kd.label.worker``: audio reading and ``TeacherActor`` (fbank + teachers, the store's encoding).
+- ``asr_kd.label.collector``: the driver groups result rows by shard and writes a shard (atomically) once
+  all its utterances are back: rejects first, then targets, then its marker.
+
+Shards already complete in the store (their completion marker exists) are skipped: that is the resume.
+The rest flow through one of two layouts (``--audio-read``, ``layout.reads_in_actors``)::
 
   actors (default on CPUs): one row per shard, on plain Ray actors (``asr_kd.label.shard_pool``)
     shards ─▶ ShardActorPool(TeacherActor, size=actors, 2 in flight each; a dead actor's shards requeued)
@@ -22,8 +30,7 @@ resume. The rest flow through one of two layouts (``--audio-read``, ``reads_in_a
                         ─▶ map_batches(TeacherActor, compute=ActorPoolStrategy(size=actors))
                                                  fbank + teachers (num_gpus=1 each when GPUs exist),
                                                  one forward per planned batch, one row out per utterance
-  then  driver: group rows by shard; a shard is written (atomically) once all its utterances are back,
-                rejects first, then targets, then its marker.
+  then  driver: ShardCollector writes each shard once complete.
 
 Actors send a format-2 store's compact columns back (``codec.encode_entries``: ~5 bytes per 40 ms
 frame), not ids and probabilities (96 bytes per frame at top-8); the driver only lays out, compresses
@@ -38,38 +45,32 @@ utterances (unreadable, empty, NaN, too long, NaN teacher output, low confidence
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import time
-import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from collections.abc import Mapping, Sequence
-from typing import Any, Iterable, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from asr_kd.data.audio import utterance_seconds  # noqa: F401  (re-exported)
-from asr_kd.data.datadir import DataDir
-from asr_kd.data.sources import LabelSource, open_source, read_item
-from asr_kd.errors import AsrKdError, AudioError, remote_error_message
-from asr_kd.label.ray_runtime import init_ray  # noqa: F401  (re-exported: train --workers, benchmarks)
-from asr_kd.label.teacher import SoftTargets, TeacherEnsemble
+from asr_kd.data.sources import LabelSource, open_source
+from asr_kd.errors import AsrKdError, remote_error_message
+from asr_kd.label.collector import ShardCollector, encoder_of, finish_store, open_writer
+from asr_kd.label.layout import (ACTOR_START_TIMEOUT_S, READ_TASK_CPUS, actor_cpu_share, actor_layout,
+                                  check_actor_gpus, reads_in_actors)
+from asr_kd.label.plan import batch_rows, plan_shards, shard_rows
+from asr_kd.label.ray_runtime import ray_session
+from asr_kd.label.teacher import TeacherEnsemble
+from asr_kd.label.worker import FORWARD_LOG_ENV, TeacherActor, label_groups, read_audio_group
 from asr_kd.targets.codec import DEFAULT_TOP_P, check_top_p
 
 log = logging.getLogger(__name__)
 
-KILL_ACTOR_ENV = "ASR_KD_TEST_KILL_ACTOR_AFTER_BATCHES"  # test hook: an actor dies once after N batches
-KILL_ACTOR_MARKER_ENV = "ASR_KD_TEST_KILL_ACTOR_MARKER"  # file created by the dying actor (die only once)
-STOP_DRIVER_ENV = "ASR_KD_TEST_STOP_AFTER_SHARDS"  # test hook: the driver stops after writing N shards
-TARGET_COLUMNS = ("counts", "ids", "probs", "codes")  # per-utterance arrays of label_rows' output (lists, not stacked)
-NOTES_LOGGED = 5  # utterance notes (resampling) logged one by one; the rest are counted
-FORWARD_LOG_ENV = "ASR_KD_FORWARD_LOG"  # profiling: actors append cumulative CPU seconds per phase at each call's start and end
-BATCH_LOG_ENV = "ASR_KD_TEST_BATCH_LOG"  # test hook: append the utterance ids of every teacher forward to this file
 
 
 @dataclasses.dataclass
@@ -138,524 +139,6 @@ class LabelSummary:
         return "; by node: " + ", ".join(f"{ip} {n}" for ip, n in sorted(self.nodes.items()))
 
 
-# --------------------------------------------------------------------------------------- planning
-
-
-def plan_shards(data: "DataDir | LabelSource", shard_size: int, seconds: "Mapping[str, float] | None" = None) -> "Sequence[list[str]]":
-    """Shards of ``shard_size`` consecutive utterance ids (the source's sorted order), each sorted by
-    (duration, id) for batching.
-
-    Consecutive ids keep locality: the segments of a recording (Kaldi ids start with the recording's)
-    land in one shard or two neighbours, and the members of a shard come from one or two audio shards
-    (``asr-kd data shard`` packs consecutive ids), so a labeling worker reads forward through a file
-    instead of seeking all over the corpus; nothing is sorted across the whole corpus. With compact
-    durations (``asr_kd.data.sources.Durations``) the plan is a ``ShardPlan`` that orders a shard's ids
-    when asked; otherwise lists."""
-    from asr_kd.data.sources import Durations
-
-    if shard_size < 1:
-        raise AsrKdError(f"label: shard size must be >= 1, got {shard_size}")
-    seconds = seconds if seconds is not None else {u: utterance_seconds(data, u) for u in data.utt_ids}
-    if isinstance(seconds, Durations):
-        return ShardPlan(seconds.ids, np.asarray(seconds.values()), shard_size)
-    ids = sorted(data.utt_ids)
-    return [sorted(ids[i: i + shard_size], key=lambda u: (seconds[u], u)) for i in range(0, len(ids), shard_size)]
-
-
-class ShardPlan(Sequence):
-    """Shards of ``plan_shards`` over compact ids and durations (no per-utterance Python objects): shard
-    ``s`` is ids ``s * shard_size ..`` sorted by (duration, id); ``plan[s]`` lists its ids when asked (the
-    last few are cached)."""
-
-    def __init__(self, ids: Sequence[str], durations: np.ndarray, shard_size: int):
-        self.ids, self.durations, self.shard_size = ids, durations, shard_size
-        self._cache: dict[int, list[str]] = {}
-
-    def __len__(self) -> int:
-        return -(-len(self.durations) // self.shard_size)
-
-    def __getitem__(self, s):  # type: ignore[override]
-        if isinstance(s, slice):
-            return [self[i] for i in range(*s.indices(len(self)))]
-        if s < 0:
-            s += len(self)
-        if not 0 <= s < len(self):
-            raise IndexError(s)
-        shard = self._cache.get(s)  # (the collector asks for a pending shard once per row)
-        if shard is None:
-            if len(self._cache) >= 64:
-                self._cache.pop(next(iter(self._cache)))
-            shard = self._cache[s] = [self.ids[i] for i in self.indices(s).tolist()]
-        return shard
-
-    def indices(self, s: int) -> np.ndarray:
-        """Positions (in the source's sorted ids) of shard ``s``'s utterances, in plan order: by duration,
-        ties by position (= by id)."""
-        start = s * self.shard_size
-        block = self.durations[start: start + self.shard_size]
-        return start + np.lexsort((np.arange(len(block)), block))
-
-
-def plan_batches(shard: list[str], seconds: Mapping[str, float], max_utts: int, max_frames: int) -> list[list[str]]:
-    """Cut one shard (sorted by duration) into teacher batches of consecutive utterances: at most
-    ``max_utts`` utterances and ``max_frames`` padded 10 ms frames (count x longest) per batch.
-
-    Depends only on the shard and the options — never on which other shards are done — so a resumed
-    run forms exactly the batches an uninterrupted one does."""
-    if max_utts < 1 or max_frames < 1:
-        raise AsrKdError(f"label: batch sizes must be >= 1, got {max_utts} utterances / {max_frames} frames")
-    return _pack(shard, [max(int(seconds[utt] * 100), 1) for utt in shard], max_frames, max_utts)
-
-
-def _pack(items: list, frames: list[int], max_frames: int, max_utts: int | None = None) -> list[list]:
-    """Greedy cut of ``items`` (in the given order) into consecutive groups whose count x longest
-    ``frames`` stays within ``max_frames`` (and at most ``max_utts`` items); a lone long item is its own group."""
-    groups: list[list] = []
-    cur: list = []
-    longest = 0
-    for item, n in zip(items, frames):
-        if cur and ((max_utts is not None and len(cur) >= max_utts) or max(longest, n) * (len(cur) + 1) > max_frames):
-            groups.append(cur)
-            cur, longest = [], 0
-        cur.append(item)
-        longest = max(longest, n)
-    if cur:
-        groups.append(cur)
-    return groups
-
-
-def _shard_batches(data: LabelSource, shards: "Sequence[list[str]]", s: int, seconds: Mapping[str, float],
-                   max_utts: int, max_frames: int) -> list[list[list]]:
-    """Shard ``s``'s planned teacher batches (``plan_batches``) as lists of items (``asr_kd.data.sources``:
-    where the audio is, never the audio). Over a ``ShardPlan`` durations and items are looked up by
-    index (no search by id)."""
-    local = _shard_seconds(shards, s, seconds)
-    if isinstance(shards, ShardPlan) and hasattr(data, "item_at"):
-        index = dict(zip(shards[s], shards.indices(s).tolist()))
-        return [[data.item_at(index[u], u) for u in utts] for utts in plan_batches(shards[s], local, max_utts, max_frames)]
-    return [[data.item(u) for u in utts] for utts in plan_batches(shards[s], local, max_utts, max_frames)]
-
-
-def _shard_seconds(shards: "Sequence[list[str]]", s: int, seconds: Mapping[str, float]) -> Mapping[str, float]:
-    """Durations of shard ``s``'s utterances: looked up by index over a ``ShardPlan``, else ``seconds`` itself."""
-    if isinstance(shards, ShardPlan):
-        return dict(zip(shards[s], np.asarray(seconds.values())[shards.indices(s)].tolist()))
-    return seconds
-
-
-def pack_items(obj: list) -> bytes:
-    """A row's planned items as zlib-compressed JSON: the paths, tar names and ids of neighbouring items
-    repeat, so the driver holds ~4x fewer bytes per planned utterance (``asr-kd label --dry-run``)."""
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode("utf-8"), 6)
-
-
-def unpack_items(blob: Any) -> list:
-    """``pack_items`` reversed (a worker reading its row)."""
-    return json.loads(zlib.decompress(bytes(blob)).decode("utf-8"))
-
-
-def _batch_rows(data: LabelSource, shards: "Sequence[list[str]]", todo: Iterable[int], seconds: Mapping[str, float],
-                max_utts: int, max_frames: int) -> list[dict[str, Any]]:
-    """One row per planned teacher batch of the shards in ``todo``: its shard and its utterances' items (``pack_items``)."""
-    return [{"shard": s, "utts": pack_items(items)} for s in todo
-            for items in _shard_batches(data, shards, s, seconds, max_utts, max_frames)]
-
-
-def _shard_rows(data: LabelSource, shards: "Sequence[list[str]]", todo: Iterable[int], seconds: Mapping[str, float],
-                max_utts: int, max_frames: int) -> list[dict[str, Any]]:
-    """One row per shard of ``todo`` (layout "actors"): ``batches`` is the list of its planned teacher batches
-    (``pack_items``), each a list of items — the batches ``_batch_rows`` plans, in the same order."""
-    return [{"shard": s, "batches": pack_items(_shard_batches(data, shards, s, seconds, max_utts, max_frames))} for s in todo]
-
-
-# --------------------------------------------------------------------------------------- workers
-
-
-def read_audio_group(batch: dict[str, np.ndarray], sample_rate: int, max_seconds: float, allow_pipes: bool) -> dict[str, Any]:
-    """Ray task: decode the audio of planned teacher batches (rows); bad files get an ``error``.
-
-    Each output row keeps its batch whole: ``wave`` is the batch's waveforms concatenated and
-    ``meta`` (JSON) holds the utterance ids, their lengths in samples and their errors."""
-    torch.set_num_threads(1)
-    waves, metas = [], []
-    for utts in batch["utts"]:
-        wave, meta = read_planned_batch(unpack_items(utts), sample_rate, max_seconds, allow_pipes)
-        waves.append(wave)
-        metas.append(json.dumps(meta))
-    return {"shard": batch["shard"], "wave": waves, "meta": np.array(metas, dtype=object)}
-
-
-def read_planned_batch(items: list[list], sample_rate: int, max_seconds: float, allow_pipes: bool
-                       ) -> tuple[np.ndarray, dict[str, list]]:
-    """Decode one planned batch: its waveforms concatenated (float32 at ``sample_rate`` Hz) and
-    ``{"utt_ids", "lengths" (samples), "errors", "notes"}``; a bad file gets an error, not an exception."""
-    parts, ids, lengths, errors, notes = [], [], [], [], []
-    for item in items:
-        note = ""
-        try:
-            wave, note = read_item(item, sample_rate, max_seconds, allow_pipes)
-            err = ""
-        except AudioError as exc:
-            wave, err = np.zeros(0, dtype=np.float32), f"{exc.reason}: {exc.detail}"
-        parts.append(wave)
-        ids.append(item[0])
-        lengths.append(int(wave.shape[0]))
-        errors.append(err)
-        notes.append(note)
-    wave = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    return wave, {"utt_ids": ids, "lengths": lengths, "errors": errors, "notes": notes}
-
-
-def label_groups(ensemble: "TeacherEnsemble", batch: dict[str, Any], batch_max_frames: int,
-                 encoder: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Label the planned batches read by ``read_audio_group``: one forward per planned batch (split
-    further only if its decoded audio exceeds ``batch_max_frames``), one output row per utterance."""
-    return _merge_rows([label_batch(ensemble, int(shard), wave, json.loads(str(meta)), batch_max_frames, encoder)
-                        for shard, wave, meta in zip(batch["shard"], batch["wave"], batch["meta"])], ensemble, batch_max_frames,
-                       encoder)
-
-
-def label_batch(ensemble: "TeacherEnsemble", shard: int, wave: np.ndarray, meta: dict[str, list], batch_max_frames: int,
-                encoder: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Label one decoded planned batch (``read_planned_batch``'s output): one output row per utterance."""
-    bounds = np.cumsum([0] + meta["lengths"])
-    wave = np.asarray(wave, dtype=np.float32)
-    waves = [wave[bounds[i]: bounds[i + 1]] for i in range(len(meta["lengths"]))]
-    return label_rows(ensemble, meta["utt_ids"], [shard] * len(waves), waves, meta["errors"], batch_max_frames,
-                      meta.get("notes"), encoder)
-
-
-def _merge_rows(outs: list[dict[str, Any]], ensemble: "TeacherEnsemble", batch_max_frames: int,
-                encoder: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Concatenate ``label_rows`` outputs column by column (an empty output when there are none)."""
-    if not outs:
-        return label_rows(ensemble, [], [], [], [], batch_max_frames, encoder=encoder)
-    merged: dict[str, Any] = {}
-    for key in outs[0]:
-        if key in TARGET_COLUMNS:
-            merged[key] = [a for o in outs for a in o[key]]
-        else:
-            merged[key] = np.concatenate([o[key] for o in outs])
-    return merged
-
-
-def _sub_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
-    """Indices grouped (longest first) so that count x longest stays within ``max_frames`` samples/160."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return _pack(order, [max(lengths[i] // 160, 1) for i in order], max_frames)
-
-
-class TeacherActor:
-    """Teacher actor: fbank + teacher ensemble on batches of decoded audio (rows of ``read_audio_group``, in
-    Ray Data's pool), or, given ``read_options`` (layout "actors", ``ShardActorPool``), on whole shards (rows
-    of ``_shard_rows``) whose planned batches it decodes itself, one after the other."""
-
-    def __init__(self, model_dirs: list[str], ensemble_kwargs: dict[str, Any], batch_max_frames: int, threads: int = 1,
-                 device: str = "auto", read_options: dict[str, Any] | None = None, encoder: dict[str, Any] | None = None):
-        from asr_kd.devices import resolve_device
-        from asr_kd.label.malloc import keep_freed_memory
-
-        torch.set_num_threads(threads)
-        keep_freed_memory()  # batch after batch of the same shapes: reuse freed memory (asr_kd.label.malloc)
-        device = str(resolve_device(device))  # an actor given a GPU it cannot use fails instead of using its CPU
-        self.ensemble = TeacherEnsemble(model_dirs, device=device, **ensemble_kwargs)
-        self.batch_max_frames = batch_max_frames
-        self.read_options = read_options  # sample_rate, max_seconds, allow_pipes: rows are shards this actor decodes
-        self.encoder = encoder  # a format-2 store's encoder_params: rows carry the store's compact columns
-        self.calls = 0
-        self.kill_after = int(os.environ.get(KILL_ACTOR_ENV, "0") or 0)
-        self.kill_marker = os.environ.get(KILL_ACTOR_MARKER_ENV)
-        self.node = _node_ip()
-        self.forward_log = os.environ.get(FORWARD_LOG_ENV)
-        self.read_seconds = 0.0  # CPU seconds of this thread decoding audio (read_options only)
-        self.call_seconds = 0.0  # CPU seconds of this thread inside __call__ (read, fbank, forward and the rest)
-        self.process_start = time.process_time()  # the process's CPU seconds once the teachers are loaded
-
-    def _count_batch(self) -> None:
-        """Count one planned batch; the test hook ``KILL_ACTOR_ENV`` kills this actor once at its N-th."""
-        self.calls += 1
-        if self.kill_after and self.calls == self.kill_after and self.kill_marker and not os.path.exists(self.kill_marker):
-            Path(self.kill_marker).write_text(f"actor {os.getpid()} killed itself after {self.calls} batches\n")
-            os._exit(1)  # simulate a crash mid-run (test hook)
-
-    PHASES = ("forward", "fbank", "read", "call", "process")
-    """Columns of an ``ASR_KD_FORWARD_LOG`` line after ``<pid> <unix time>``: cumulative CPU seconds in the
-    teachers' forward, in fbank, decoding audio, inside ``__call__`` (the three and the rest: top-k, greedy
-    decoding, the store's encoding) -- all of this thread -- and of the whole actor process since the
-    teachers were loaded (Ray's threads, serializing the output). ``tools/bench/label_throughput`` reads them."""
-
-    def ready(self) -> bool:
-        """True once constructed (``ShardActorPool`` waits on it: the teachers are loaded)."""
-        return True
-
-    def label_shard(self, shard: int, batches: bytes) -> dict[str, Any]:
-        """One shard row of ``_shard_rows`` (layout "actors", ``ShardActorPool``)."""
-        return self({"shard": np.asarray([shard]), "batches": np.asarray([batches], dtype=object)})
-
-    def _log_phases(self) -> None:
-        """One ``FORWARD_LOG_ENV`` line: pid, time, cumulative seconds per phase (``PHASES``); one short O_APPEND
-        write, so the lines of concurrent actors do not interleave."""
-        e = self.ensemble
-        with open(self.forward_log, "a", encoding="utf-8") as fh:  # type: ignore[arg-type]
-            fh.write(f"{os.getpid()} {time.time():.3f} {e.forward_seconds:.4f} {e.fbank_seconds:.4f} {self.read_seconds:.4f} "
-                     f"{self.call_seconds:.4f} {time.process_time() - self.process_start:.4f}\n")
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if self.forward_log:  # at the start and the end of each call: a reader interpolates within calls only
-            self._log_phases()
-        call_start = time.thread_time()
-        if self.read_options is None:
-            for _ in batch["shard"]:
-                self._count_batch()
-            out = label_groups(self.ensemble, batch, self.batch_max_frames, self.encoder)
-        else:
-            outs = []
-            for shard, batches in zip(batch["shard"], batch["batches"]):
-                for items in unpack_items(batches):
-                    self._count_batch()
-                    t0 = time.thread_time()
-                    wave, meta = read_planned_batch(items, **self.read_options)
-                    self.read_seconds += time.thread_time() - t0
-                    outs.append(label_batch(self.ensemble, int(shard), wave, meta, self.batch_max_frames, self.encoder))
-            out = _merge_rows(outs, self.ensemble, self.batch_max_frames, self.encoder)
-        out["node"] = np.asarray([self.node] * len(out["utt_id"]), dtype=object)  # which host labeled each row
-        self.call_seconds += time.thread_time() - call_start
-        if self.forward_log:
-            self._log_phases()
-        return out
-
-
-def _node_ip() -> str:
-    """The IP address of the Ray node this process runs on ("" outside Ray)."""
-    try:
-        import ray
-
-        return str(ray.util.get_node_ip_address()) if ray.is_initialized() else ""
-    except Exception:  # pragma: no cover - Ray internals of other versions
-        return ""
-
-
-def label_rows(ensemble: TeacherEnsemble, utt_ids: list, shards: list, waves: list, errors: list, batch_max_frames: int,
-               notes: list | None = None, encoder: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the ensemble over decoded rows; returns one output row per input row (errors and notes kept).
-
-    Targets: ``ids``/``probs`` ``(T, k)`` per utterance, or with ``encoder`` (a format-2 store's
-    ``StoreWriter.encoder_params()``) the store's compact columns ``counts``/``ids``/``codes``
-    (``codec.encode_entries``): the form sent back to the driver, ~5 bytes per frame instead of 96."""
-    n = len(utt_ids)
-    unmapped = np.zeros(n)
-    if encoder is None:
-        out_ids: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.int64)] * n
-        out_probs: list[np.ndarray] = [np.zeros((0, ensemble.top_k), np.float32)] * n
-    else:
-        from asr_kd.targets import quant
-        from asr_kd.targets.codec import encode_entries
-
-        out_counts: list[np.ndarray] = [np.zeros(0, np.uint8)] * n
-        out_ids = [np.zeros(0, quant.id_dtype(encoder["vocab_size"]))] * n
-        out_probs = [np.zeros(0, quant.code_dtype(encoder["quantization"]))] * n  # the kept entries' codes
-    pseudo = [""] * n
-    max_prob = np.full(n, np.nan)
-    entropy = np.full(n, np.nan)
-    errs = [str(e) for e in errors]
-    ok = [i for i in range(n) if not errs[i]]
-    batch_log = os.environ.get(BATCH_LOG_ENV)
-    for group in _sub_batches([len(waves[i]) for i in ok], batch_max_frames):
-        idx = [ok[j] for j in group]
-        if batch_log:  # one short O_APPEND write per line: lines of concurrent actors do not interleave
-            with open(batch_log, "a", encoding="utf-8") as f:
-                f.write(" ".join(str(utt_ids[i]) for i in idx) + "\n")
-        results: list[SoftTargets] = ensemble([str(utt_ids[i]) for i in idx], [torch.from_numpy(np.asarray(waves[i])) for i in idx])
-        for i, r in zip(idx, results):
-            if r.ids.shape[0] == 0:
-                errs[i] = "too_short: fewer samples than one output frame"
-            elif not torch.isfinite(r.probs).all():
-                errs[i] = "nan_output: the teacher produced NaN/inf probabilities"
-            else:
-                if encoder is None:
-                    out_ids[i], out_probs[i] = r.ids.numpy(), r.probs.numpy()
-                else:
-                    out_counts[i], out_ids[i], out_probs[i] = encode_entries(r.ids.numpy(), r.probs.numpy(), **encoder)
-                pseudo[i] = r.pseudo_text
-                max_prob[i] = r.mean_max_prob
-                entropy[i] = r.mean_entropy
-                unmapped[i] = r.unmapped_mass
-    targets = {"ids": out_ids, "probs": out_probs} if encoder is None else {"counts": out_counts, "ids": out_ids, "codes": out_probs}
-    return {"utt_id": np.asarray(utt_ids, dtype=object), "shard": np.asarray(shards), **targets,
-            "pseudo": np.asarray(pseudo, dtype=object), "max_prob": max_prob, "entropy": entropy,
-            "error": np.asarray(errs, dtype=object), "samples": np.asarray([len(w) for w in waves]),
-            "unmapped": unmapped, "note": np.asarray([str(x) for x in (notes or [""] * n)], dtype=object)}
-
-
-# --------------------------------------------------------------------------------------- driver
-
-
-class _Result(NamedTuple):
-    """One utterance's result as the driver keeps it until its shard is complete."""
-
-    targets: tuple  # (counts, ids, codes): a format-2 store's compact columns; or (ids, probs) (T, k)
-    pseudo: str  # the teachers' 1-best transcript
-    max_prob: float  # mean per-frame max probability
-    entropy: float  # mean per-frame entropy, nats
-    error: str  # reject reason ("" = labeled)
-    samples: int  # decoded samples at the teachers' rate
-    unmapped: float  # mean per-frame unmapped teacher mass
-    note: str  # e.g. "resampled"
-    node: str  # IP of the Ray node that labeled it ("" outside Ray)
-
-
-class _ShardCollector:
-    """Groups result rows by shard and writes a shard once all its utterances are back."""
-
-    def __init__(self, writer, shards: list[list[str]], options: LabelOptions, sample_rate: int, record_unmapped: bool = False):
-        self.record_unmapped = record_unmapped
-        self.writer = writer
-        self.shards = shards
-        self.options = options
-        self.sample_rate = sample_rate
-        self.pending: dict[int, dict[str, tuple]] = {}
-        self.written: list[int] = []
-        self._done: set[int] = set()  # shards written by this run (late rows for them are dropped)
-        self.labeled = 0
-        self.rejected = 0
-        self.seconds = 0.0
-        self.stop_after = int(os.environ.get(STOP_DRIVER_ENV, "0") or 0)
-        self.notes = 0  # utterances with a note (e.g. resampled)
-        self.nodes: dict[str, int] = {}  # node IP -> utterances of written shards labeled there (Ray actors)
-
-    def add(self, batch: dict[str, Any]) -> int:
-        n = len(batch["utt_id"])
-        nodes = batch.get("node")
-        encoded = "codes" in batch  # the store's compact columns (format 2) rather than ids and probs
-        for i in range(n):
-            shard = int(batch["shard"][i])
-            if shard in self._done:  # a retried task's rows after their shard was written: already stored
-                continue
-            utt = str(batch["utt_id"][i])
-            targets = (tuple(np.asarray(batch[c][i]) for c in ("counts", "ids", "codes")) if encoded
-                       else (np.asarray(batch["ids"][i]), np.asarray(batch["probs"][i], dtype=np.float32)))
-            row = _Result(targets, str(batch["pseudo"][i]), float(batch["max_prob"][i]), float(batch["entropy"][i]),
-                          str(batch["error"][i]), int(batch["samples"][i]), float(batch["unmapped"][i]),
-                          str(batch["note"][i]), str(nodes[i]) if nodes is not None else "")
-            if row.note:
-                self.notes += 1
-                if self.notes <= NOTES_LOGGED:
-                    log.warning("label: utterance %s: %s", utt, row.note)
-            self.pending.setdefault(shard, {})[utt] = row  # keyed by id: a retried task cannot duplicate
-            if len(self.pending[shard]) == len(self.shards[shard]):
-                self._write(shard)
-        return n
-
-    def _reject_reason(self, row: "_Result") -> str | None:
-        o = self.options
-        if row.error:
-            return row.error
-        if o.min_max_prob is not None and row.max_prob < o.min_max_prob:
-            return f"low_confidence: mean max probability {row.max_prob:.3f} < {o.min_max_prob}"
-        if o.max_entropy is not None and row.entropy > o.max_entropy:
-            return f"low_confidence: mean entropy {row.entropy:.3f} nats > {o.max_entropy}"
-        return None
-
-    def _write(self, shard: int) -> None:
-        rows = self.pending.pop(shard)
-        items, rejects, pseudo, unmapped = [], [], [], []
-        encoded = False
-        for utt in self.shards[shard]:
-            row = rows[utt]
-            if row.node:
-                self.nodes[row.node] = self.nodes.get(row.node, 0) + 1
-            reason = self._reject_reason(row)
-            if reason is not None:
-                rejects.append((utt, reason))
-                continue
-            encoded = len(row.targets) == 3
-            items.append((utt, *row.targets))
-            pseudo.append((utt, row.pseudo))
-            unmapped.append((utt, int(row.targets[0].shape[0]), row.unmapped))
-            self.seconds += row.samples / self.sample_rate
-        self.writer.write_rejects(rejects)
-        write_pseudo_part(self.writer.out_dir, shard, pseudo)
-        if self.record_unmapped:
-            write_unmapped_part(self.writer.out_dir, shard, unmapped)
-        if encoded:
-            self.writer.write_encoded_shard(shard, items)
-        else:
-            self.writer.write_shard(shard, items)
-        self.written.append(shard)
-        self._done.add(shard)
-        self.labeled += len(items)
-        self.rejected += len(rejects)
-        if self.stop_after and len(self.written) >= self.stop_after:
-            raise KeyboardInterrupt(f"test hook {STOP_DRIVER_ENV}={self.stop_after}")
-
-
-def write_pseudo_part(store_dir: Path, shard: int, rows: list[tuple[str, str]]) -> None:
-    """Teacher 1-best transcripts of one shard, ``pseudo/shard-NNNNN.txt`` (written before the shard)."""
-    d = Path(store_dir) / "pseudo"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f"shard-{shard:05d}.txt.tmp"
-    tmp.write_text("".join(f"{u} {t}\n" for u, t in rows), encoding="utf-8")
-    os.replace(tmp, d / f"shard-{shard:05d}.txt")
-
-
-def write_unmapped_part(store_dir: Path, shard: int, rows: list[tuple[str, int, float]]) -> None:
-    """Per utterance of one shard: stored frames and mean per-frame unmapped teacher mass, ``unmapped/shard-NNNNN.tsv``."""
-    d = Path(store_dir) / "unmapped"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f"shard-{shard:05d}.tsv.tmp"
-    tmp.write_text("".join(f"{u}\t{n}\t{m:.6g}\n" for u, n, m in rows), encoding="utf-8")
-    os.replace(tmp, d / f"shard-{shard:05d}.tsv")
-
-
-def merge_unmapped(store_dir: Path) -> float | None:
-    """Frame-weighted mean unmapped mass over the stored utterances (``None`` when nothing was recorded)."""
-    frames = 0
-    mass = 0.0
-    parts = sorted((Path(store_dir) / "unmapped").glob("shard-*.tsv"))
-    if not parts:
-        return None
-    for part in parts:
-        for line in part.read_text(encoding="utf-8").splitlines():
-            _, n, m = line.split("\t")
-            frames += int(n)
-            mass += int(n) * float(m)
-    return mass / frames if frames else 0.0
-
-
-def _finish_store(writer, out_dir: str, n_shards: int, ensemble: TeacherEnsemble) -> None:
-    """Finalize the store, merge text.pseudo and record the measured unmapped mass in its meta."""
-    writer.finalize(expected_shards=n_shards)
-    merge_pseudo(Path(out_dir))
-    if ensemble.has_foreign:
-        mass = merge_unmapped(Path(out_dir))
-        writer.record_measured(unmapped_mass=mass)
-        log.info("label: mean unmapped teacher mass %.4f per frame (rule %s; per utterance in %s/unmapped/)",
-                 mass or 0.0, ensemble.unmapped_rule, out_dir)
-
-
-def merge_pseudo(store_dir: Path) -> Path:
-    """Merge the per-shard 1-best files into ``text.pseudo`` (Kaldi text format, sorted by id)."""
-    lines = []
-    for part in sorted((Path(store_dir) / "pseudo").glob("shard-*.txt")):
-        lines.extend(line for line in part.read_text(encoding="utf-8").splitlines() if line)
-    out = Path(store_dir) / "text.pseudo"
-    out.write_text("".join(line + "\n" for line in sorted(lines)), encoding="utf-8")
-    return out
-
-
-def _encoder_of(writer) -> dict[str, Any] | None:
-    """What the workers need to send a format-2 store its compact columns (None: format 1, ids and probs)."""
-    return writer.encoder_params() if writer.meta.format_version >= 2 else None
-
-
-def _open_writer(out_dir: str, ensemble_meta: dict[str, Any], options: LabelOptions):
-    from asr_kd.targets.meta import StoreMeta
-    from asr_kd.targets.writer import StoreWriter
-
-    meta = StoreMeta(**ensemble_meta)
-    return StoreWriter(out_dir, meta, shard_size_utts=options.shard_size)
-
-
 def check_options(o: LabelOptions) -> None:
     """Refuse bad store settings before any teacher is loaded (errors name the flag and value)."""
     check_top_p(o.top_p, o.top_k, where="label")
@@ -701,284 +184,130 @@ def _resolve_spec(spec: str) -> str:
     return (prefix or "") + str(Path(path).resolve())
 
 
-READ_TASK_CPUS = 0.25  # CPU reserved per audio-reading task
-ACTOR_START_TIMEOUT_S = 600  # the actor pool must be up within this (model loading included)
-
-
-def cpu_actors(cluster_cpus: float) -> int:
-    """Teacher actors when ``--actors`` is not given and they run on CPUs: one per CPU of the Ray cluster
-    (each runs torch with one thread and decodes its own audio, so the CPUs are busy with no oversubscription)."""
-    return max(1, int(cluster_cpus + 1e-9))
-
-
-def actor_layout(o: LabelOptions, cluster_gpus: float, cluster_cpus: float = 2.0) -> tuple[int, float, str]:
-    """Teacher actors, GPUs per actor and the reason, from the options and the Ray cluster's resources: one
-    actor per GPU (``num_gpus=1``) when the cluster has GPUs and ``--actors`` is not given, else one per
-    cluster CPU (``cpu_actors``). A GPU request the cluster cannot meet is an error here, not an actor pool
-    waiting forever for resources."""
-    from asr_kd.devices import per_gpu
-
-    gpus = o.num_gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if cluster_gpus >= 1 else 0.0
-    actors, why = per_gpu(o.actors, cluster_gpus, cpu_actors(cluster_cpus), "--actors", gpus)
-    if actors < 1:
-        raise AsrKdError(f"label: --actors must be >= 1, got {actors}")
-    if gpus > 0 and actors * gpus > cluster_gpus + 1e-9:
-        raise AsrKdError(f"label: {actors} actor(s) x {gpus:g} GPU need {actors * gpus:g} GPU(s) but the Ray cluster has "
-                         f"{cluster_gpus:g}; lower --actors or --gpus-per-actor (0 = CPU actors)")
-    return actors, gpus, why
-
-
-def _cuda_probe() -> str:
-    from asr_kd.devices import resolve_device
-
-    return str(resolve_device("cuda"))
-
-
-def check_actor_gpus(actors: int, gpus: float) -> None:
-    """Before the actor pool starts: ``actors`` Ray tasks holding ``gpus`` GPU(s) each check that CUDA works
-    where the teacher actors will run. A teacher actor whose constructor fails is restarted by Ray Data's
-    pool (the GPU default, layout "tasks") again and again, so the clear error (``asr_kd.devices``) is
-    raised here instead of the stage hanging (``ShardActorPool`` raises an actor's start-up error itself)."""
-    import ray
-
-    probe = ray.remote(_cuda_probe)
-    refs = [probe.options(num_gpus=gpus, num_cpus=0, max_retries=0, scheduling_strategy="SPREAD").remote()
-            for _ in range(actors)]
-    failure = None
-    for ref in refs:  # every result fetched: no "unhandled error" noise from the probes after the first
-        try:
-            ray.get(ref)
-        except Exception as exc:
-            failure = failure or exc
-    if failure is not None:
-        ours = remote_error_message(failure)
-        if ours is None:
-            raise failure
-        raise AsrKdError(f"label: {ours}") from None
-
-
-def reads_in_actors(o: LabelOptions, gpus_per_actor: float) -> bool:
-    """Whether the teacher actors decode their own audio (layout "actors") rather than CPU read tasks.
-
-    Auto: actors on CPUs read their own shards — on a CPU-only machine decoding is a few percent of the
-    teacher's work, and a separate read stage only adds Ray scheduling and object-store copies
-    (BENCHMARKS.md, label_throughput); GPU actors get CPU read tasks, so decoding runs on the node's
-    CPUs in parallel while the GPU computes."""
-    if o.audio_read not in ("auto", "actors", "tasks"):
-        raise AsrKdError(f"label: --audio-read must be auto, actors or tasks, got {o.audio_read!r}")
-    if o.audio_read == "auto":
-        return gpus_per_actor <= 0
-    return o.audio_read == "actors"
-
-
-def actor_cpu_share(cluster_cpus: float, actors: int, requested: float | None, read_tasks: bool = True) -> float:
-    """CPUs to reserve per teacher actor so that audio-reading tasks (if any) can still be scheduled.
-
-    If the actors reserved every CPU, no reading task could start and the pipeline would wait
-    forever (the starvation of ray-project/ray#44687). Auto (``requested=None``): share all CPUs but
-    ``READ_TASK_CPUS`` (all of them without read tasks) among the actors, at most 1 each. An explicit
-    request that leaves no room is an error, not a hang.
-    """
-    if actors < 1:
-        raise AsrKdError(f"label: --actors must be >= 1, got {actors}")
-    room = cluster_cpus - (READ_TASK_CPUS if read_tasks else 0.0)
-    if requested is None:
-        share = min(1.0, room / actors)
-        if share <= 0:
-            raise AsrKdError(f"label: the Ray cluster has {cluster_cpus} CPU(s): not enough for audio reading plus {actors} actor(s)")
-        return share
-    if requested * actors > room + 1e-9 and not read_tasks:
-        raise AsrKdError(f"label: {actors} actor(s) x {requested} CPU need more than the {cluster_cpus} CPU(s) of the Ray "
-                         "cluster (the pool would wait forever); lower --actors or --actor-cpus")
-    if requested * actors > room + 1e-9:
-        raise AsrKdError(f"label: {actors} actor(s) x {requested} CPU leave no CPU for audio reading on a cluster with "
-                         f"{cluster_cpus} CPU(s) (the pipeline would stall); lower --actors or --actor-cpus")
-    return requested
-
-
-@dataclasses.dataclass
-class PlanSummary:
-    """What ``asr-kd label --dry-run`` reports: the plan a run would execute, and what planning cost the driver."""
-
-    utterances: int
-    hours: float  # audio hours of the planned utterances (from the input's durations)
-    shards: int
-    shards_done: int  # complete in the store already (a rerun skips them)
-    batches: int  # teacher batches of the shards to do
-    padding: float  # fraction of padded 10 ms frames in those batches
-    rows: int  # Ray input rows (one per shard with actors reading, one per batch with read tasks)
-    driver_bytes: int  # growth of the driver's peak resident memory while planning
-    wall_s: float
-
-    @property
-    def bytes_per_utterance(self) -> float:
-        return self.driver_bytes / max(self.utterances, 1)
-
-    def line(self) -> str:
-        return (f"dry run: {self.utterances} utterances ({self.hours:.3f} h) in {self.shards} shards ({self.shards_done} done, "
-                f"{self.shards - self.shards_done} to do), {self.batches} teacher batches ({100 * self.padding:.1f} % padding), "
-                f"{self.rows} Ray input rows; planning took {self.wall_s:.1f} s and {self.driver_bytes / 2**20:.1f} MiB of driver "
-                f"memory ({self.bytes_per_utterance:.0f} bytes per utterance); nothing was labeled or written")
-
-
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory so far."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def plan_only(data_dir: str, out_dir: str, options: LabelOptions | None = None, gpus_per_actor: float = 0.0) -> PlanSummary:
-    """``asr-kd label --dry-run``: open the input, plan shards and batches and build the Ray input rows
-    exactly as ``label`` would (the shards complete in ``out_dir``, if it exists, are left out), then
-    report. No teacher is loaded, no Ray is started, nothing is written."""
+@contextlib.contextmanager
+def _new_store_removed_on_failure(out_dir: str) -> Iterator[None]:
+    """Around a run that opens the store ``out_dir``: if the block fails in any way (an error, Ctrl-C) and the
+    dir did not exist before, it is removed unless it holds a finished shard (``completed_shards``: a rerun
+    resumes from those). A store that existed before the run is never removed."""
     from asr_kd.targets.layout import completed_shards
 
-    o = options or LabelOptions()
-    check_options(o)
-    t0 = time.time()
-    rss0 = _rss_bytes()
-    data = open_source(data_dir, allow_pipes=o.allow_pipes)
-    seconds = data.seconds()
-    shards = plan_shards(data, o.shard_size, seconds)
-    done = completed_shards(out_dir) if Path(out_dir).exists() else set()
-    todo = [s for s in range(len(shards)) if s not in done]
-    fused = reads_in_actors(o, gpus_per_actor)
-    make_rows = _shard_rows if fused else _batch_rows
-    rows = make_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-    batches = frames = padded = 0
-    for s in todo:
-        local = _shard_seconds(shards, s, seconds)
-        for utts in plan_batches(shards[s], local, o.read_batch_size, o.batch_max_frames):
-            n = [max(int(local[u] * 100), 1) for u in utts]
-            batches += 1
-            frames += sum(n)
-            padded += max(n) * len(n)
-    grown = max(_peak_rss_bytes() - rss0, 0)
-    summary = PlanSummary(len(data), sum(seconds.values()) / 3600, len(shards), len(done), batches,
-                          1 - frames / padded if padded else 0.0, len(rows), grown, time.time() - t0)
-    del rows
-    return summary
+    created = not Path(out_dir).exists()
+    try:
+        yield
+    except BaseException:
+        if created and Path(out_dir).is_dir() and not completed_shards(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def label(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None) -> LabelSummary:
     """Label ``data_dir`` with the teachers in ``model_dirs`` into the store ``out_dir`` (resumable).
 
     ``data_dir`` is a Kaldi-style data dir, an audio shard dir (``asr-kd data shard``) or a lhotse
-    CutSet manifest (``asr_kd.data.sources.open_source``); the same audio gives the same store."""
-    import ray
-    from ray.data import ActorPoolStrategy
+    CutSet manifest (``asr_kd.data.sources.open_source``); the same audio gives the same store.
 
+    Whatever fails, the cleanup is the same: Ray, if this call started it, is shut down (``ray_session``),
+    and a store dir this call created that holds no finished shard is removed (``_new_store_removed_on_failure``)."""
     o = options or LabelOptions()
     check_options(o)
     t0 = time.time()
     data = open_source(data_dir, allow_pipes=o.allow_pipes)
     # the driver loads the teachers once to check them and to fill the store's meta
     ensemble = TeacherEnsemble(model_dirs, device="cpu", **o.ensemble_kwargs())
-    created_store = not Path(out_dir).exists()
-    writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
-    seconds = data.seconds()
-    shards = plan_shards(data, o.shard_size, seconds)
-    writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
-    done = sorted(writer.completed_shards())
-    todo = [s for s in range(len(shards)) if s not in set(done)]
-    sample_rate = ensemble.sample_rate
-    collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
-    log.info("label: %d utterances in %d shards, %d already done, %d to do", len(data), len(shards), len(done), len(todo))
-    started_ray = False
-    if todo:
-        try:
-            started_ray = init_ray(o.address)
-        except BaseException:
-            if created_store and not done:  # nothing labeled yet: leave no empty store behind a failed connect
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
-        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
-        actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
-        fused = reads_in_actors(o, gpus)
-        actor_cpus = actor_cpu_share(cluster_cpus, actors, o.actor_num_cpus, read_tasks=not fused)
-        from asr_kd.devices import layout_line
-
-        log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu",
-                             {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}.get(o.precision, o.precision), why)
-                 + f", {actor_cpus:g} CPU each; "
-                 + ("each actor decodes its own shards" if fused else "audio decoding on CPU tasks"))
-        if gpus > 0:
-            try:
-                check_actor_gpus(actors, gpus)
-            except Exception:
-                if started_ray:
-                    ray.shutdown()
-                if created_store and not done:  # nothing labeled: no empty store left behind
-                    shutil.rmtree(out_dir, ignore_errors=True)
-                raise
-        read_options = dict(sample_rate=sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
-        n_utts = sum(len(shards[s]) for s in todo)
-        # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
-        hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
-        actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
-                            batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
-                            read_options=read_options if fused else None, encoder=_encoder_of(writer))
-        if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
-            from asr_kd.label.shard_pool import ShardActorPool
-
-            rows = _shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-            pool = ShardActorPool(ray.remote(TeacherActor), actors,
-                                  dict(num_cpus=actor_cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
-                                       runtime_env={"env_vars": hooks} if hooks else None),
-                                  actor_kwargs, in_flight=2, start_timeout_s=ACTOR_START_TIMEOUT_S)
-            results = pool.map(rows)
-        else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = False
-            # start labeling once every actor is up (and Ray Data names a pool that cannot start after this)
-            ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-            rows = _batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-            ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
-            ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
-                                num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
-                                runtime_env={"env_vars": hooks} if hooks else None, fn_constructor_kwargs=actor_kwargs)
-            results = ds.iter_batches(batch_size=None, batch_format="numpy")
-        bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress, dynamic_ncols=True)
-        try:
-            for batch in results:
-                bar.update(collector.add(batch))
-                bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}", shards=f"{len(done) + len(collector.written)}/{len(shards)}")
-        except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
-            ours = remote_error_message(exc)
-            if ours is None:
-                raise
-            raise AsrKdError(f"label: {ours}") from None
-        finally:
-            bar.close()
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # the actor pool kills its actors (on a cluster joined with --address too)
-            if started_ray:
-                ray.shutdown()
-        if collector.pending:
-            missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
-            raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. {next(iter(missing.values()))[:3]} "
-                             "missing); rerun the same command to finish them")
-    _finish_store(writer, out_dir, len(shards), ensemble)
+    with _new_store_removed_on_failure(out_dir):
+        writer = open_writer(out_dir, _meta_for(ensemble, o), o)
+        seconds = data.seconds()
+        shards = plan_shards(data, o.shard_size, seconds)
+        writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
+        done = sorted(writer.completed_shards())
+        todo = [s for s in range(len(shards)) if s not in set(done)]
+        collector = ShardCollector(writer, shards, o, ensemble.sample_rate, record_unmapped=ensemble.has_foreign)
+        log.info("label: %d utterances in %d shards, %d already done, %d to do",
+                 len(data), len(shards), len(done), len(todo))
+        if todo:
+            with ray_session(o.address):
+                _label_on_ray(model_dirs, data, shards, todo, seconds, o, ensemble, writer, collector, out_dir)
+            if collector.pending:
+                missing = {s: sorted(set(shards[s]) - set(r)) for s, r in collector.pending.items()}
+                raise AsrKdError(f"label: Ray returned incomplete shards {sorted(missing)} (e.g. "
+                                 f"{next(iter(missing.values()))[:3]} missing); rerun the same command to finish them")
+        finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done, dict(collector.nodes))
     if collector.nodes:
-        log.info("label: utterances labeled per Ray node: %s", ", ".join(f"{ip} {n}" for ip, n in sorted(collector.nodes.items())))
+        log.info("label: utterances labeled per Ray node: %s",
+                 ", ".join(f"{ip} {n}" for ip, n in sorted(collector.nodes.items())))
     print(summary.line())
     return summary
+
+
+def _label_on_ray(model_dirs: list[str], data: LabelSource, shards: Sequence[list[str]], todo: list[int],
+                  seconds: Mapping[str, float], o: LabelOptions, ensemble: TeacherEnsemble, writer: Any,
+                  collector: ShardCollector, out_dir: str) -> None:
+    """Label the shards ``todo`` on the running Ray (``ray_session``) into ``collector``: the actor layout, the GPU
+    check, the actor pool or the Ray Data stream, the progress bar; the actors are gone when it returns or raises."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from asr_kd.devices import layout_line
+
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    actors, gpus, why = actor_layout(o, ray.cluster_resources().get("GPU", 0), cluster_cpus)
+    fused = reads_in_actors(o, gpus)
+    actor_cpus = actor_cpu_share(cluster_cpus, actors, o.actor_num_cpus, read_tasks=not fused)
+    precision = {"fp32": "float32", "bf16": "bfloat16 autocast",
+                 "fp16": "float16 autocast"}.get(o.precision, o.precision)
+    log.info(layout_line("label", actors, "teacher actor(s)", gpus, "cuda" if gpus > 0 else "cpu", precision, why)
+             + f", {actor_cpus:g} CPU each; "
+             + ("each actor decodes its own shards" if fused else "audio decoding on CPU tasks"))
+    if gpus > 0:
+        check_actor_gpus(actors, gpus)
+    read_options = dict(sample_rate=ensemble.sample_rate, max_seconds=o.max_seconds, allow_pipes=o.allow_pipes)
+    n_utts = sum(len(shards[s]) for s in todo)
+    # test hooks (ASR_KD_TEST_*) and the forward-time log set in the driver reach the actors through their runtime env
+    hooks = {k: v for k, v in os.environ.items() if k.startswith("ASR_KD_TEST_") or k == FORWARD_LOG_ENV}
+    actor_kwargs = dict(model_dirs=[_resolve_spec(m) for m in model_dirs], ensemble_kwargs=o.ensemble_kwargs(),
+                        batch_max_frames=o.batch_max_frames, device="cuda" if gpus > 0 else "cpu",
+                        read_options=read_options if fused else None, encoder=encoder_of(writer))
+    if fused:  # one row per shard on plain actors, two in flight each (asr_kd.label.shard_pool: why not Ray Data)
+        from asr_kd.label.shard_pool import ShardActorPool
+
+        rows = shard_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+        pool = ShardActorPool(ray.remote(TeacherActor), actors,
+                              dict(num_cpus=actor_cpus, num_gpus=gpus, scheduling_strategy="SPREAD",
+                                   runtime_env={"env_vars": hooks} if hooks else None),
+                              actor_kwargs, in_flight=2, start_timeout_s=ACTOR_START_TIMEOUT_S)
+        results = pool.map(rows)
+    else:  # one row per planned teacher batch; Ray Data may bundle rows as it likes, each is labeled on its own
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        # start labeling once every actor is up (and Ray Data names a pool that cannot start after this)
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+        rows = batch_rows(data, shards, todo, seconds, o.read_batch_size, o.batch_max_frames)
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+        ds = ds.map_batches(read_audio_group, batch_size=1, num_cpus=READ_TASK_CPUS, fn_kwargs=read_options)
+        ds = ds.map_batches(TeacherActor, batch_size=1, compute=ActorPoolStrategy(size=actors),
+                            num_cpus=actor_cpus, num_gpus=gpus,  # Ray restarts actors and retries tasks by default
+                            runtime_env={"env_vars": hooks} if hooks else None, fn_constructor_kwargs=actor_kwargs)
+        results = ds.iter_batches(batch_size=None, batch_format="numpy")
+    bar = tqdm(total=n_utts, desc=f"label {Path(out_dir).name}", unit="utt", disable=not o.progress,
+               dynamic_ncols=True)
+    try:
+        for batch in results:
+            bar.update(collector.add(batch))
+            bar.set_postfix(hours=f"{collector.seconds / 3600:.2f}",
+                            shards=f"{len(shards) - len(todo) + len(collector.written)}/{len(shards)}")
+    except Exception as exc:  # an actor's clear error (e.g. a GPU it cannot use) arrives wrapped by Ray
+        ours = remote_error_message(exc)
+        if ours is None:
+            raise
+        raise AsrKdError(f"label: {ours}") from None
+    finally:
+        bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # the actor pool kills its actors (on a cluster joined with --address too)
 
 
 def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: LabelOptions | None = None,
@@ -992,22 +321,22 @@ def label_local(model_dirs: list[str], data_dir: str, out_dir: str, options: Lab
     from asr_kd.devices import resolve_device
 
     ensemble = TeacherEnsemble(model_dirs, device=str(resolve_device("auto")), **o.ensemble_kwargs())
-    writer = _open_writer(out_dir, _meta_for(ensemble, o), o)
+    writer = open_writer(out_dir, _meta_for(ensemble, o), o)
     seconds = data.seconds()
     shards = plan_shards(data, o.shard_size, seconds)
     writer.check_plan(shards, data_dir)  # a store does not grow: clear message if the data changed
     done = sorted(writer.completed_shards())
     sample_rate = ensemble.sample_rate
-    collector = _ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
+    collector = ShardCollector(writer, shards, o, sample_rate, record_unmapped=ensemble.has_foreign)
     todo = [s for s in range(len(shards)) if s not in set(done)]
     # the batches the Ray pipeline plans (one utterance each for the naive baseline)
-    rows = _batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
+    rows = batch_rows(data, shards, todo, seconds, 1 if one_at_a_time else o.read_batch_size,
                        1 if one_at_a_time else o.batch_max_frames)
     for row in tqdm(rows, desc="label (local)", disable=not o.progress):
         read = read_audio_group({"shard": np.asarray([row["shard"]]), "utts": np.asarray([row["utts"]], dtype=object)},
                                 sample_rate, o.max_seconds, o.allow_pipes)
-        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames, _encoder_of(writer)))
-    _finish_store(writer, out_dir, len(shards), ensemble)
+        collector.add(label_groups(ensemble, read, 1 if one_at_a_time else o.batch_max_frames, encoder_of(writer)))
+    finish_store(writer, out_dir, len(shards), ensemble)
     summary = LabelSummary(collector.labeled, collector.rejected, collector.seconds / 3600, time.time() - t0,
                            sorted(collector.written), done)
     log.info(summary.line())

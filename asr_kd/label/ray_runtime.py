@@ -24,11 +24,13 @@ cluster without authentication.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from asr_kd.errors import AsrKdError
@@ -79,6 +81,23 @@ def init_ray(address: str | None) -> bool:
             _pin_to_loopback()  # a cluster on this machine's loopback: join it as a loopback node too
         ray.init(address=gcs, **common)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[bool]:
+    """``init_ray(address)`` for a ``with`` block, yielding whether it started Ray; when the block ends, normally
+    or by any exception (Ctrl-C included), a Ray started here is shut down. A Ray that was already up (a
+    caller's, a test session's) is left running; a start that failed halfway is shut down too."""
+    import ray
+
+    was_up = ray.is_initialized()
+    started = False
+    try:
+        started = init_ray(address)
+        yield started
+    finally:
+        if started or (not was_up and ray.is_initialized()):
+            ray.shutdown()
 
 
 # --------------------------------------------------------------------------------------- local cluster

@@ -159,7 +159,7 @@ def train_distributed(config: TrainConfig, out_dir: str, workers: int | None, re
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from asr_kd.label.pipeline import init_ray
+    from asr_kd.label.ray_runtime import init_ray
     from asr_kd.train.metrics import ProgressWatcher, read_progress
 
     started = init_ray(address)

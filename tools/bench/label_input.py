@@ -42,7 +42,8 @@ def _cuts(data_dir: Path, out: Path) -> Path:
 def read_all(path: Path, sample_rate: int = 16000) -> tuple[float, float, int]:
     """(wall seconds, audio seconds, utterances) of decoding every item of the input at ``path``."""
     from asr_kd.data.sources import open_source, read_item
-    from asr_kd.label.pipeline import LabelOptions, plan_shards
+    from asr_kd.label.pipeline import LabelOptions
+    from asr_kd.label.plan import plan_shards
 
     t0 = time.perf_counter()
     src = open_source(path)
@@ -100,7 +101,8 @@ def main() -> int:
             table(["input", "utterances", "audio h", "wall s", "audio-s per s", "files read"], rows),
         ]
         if args.label:
-            from asr_kd.label.pipeline import LabelOptions, init_ray, label
+            from asr_kd.label.pipeline import LabelOptions, label
+            from asr_kd.label.ray_runtime import init_ray
 
             teacher = random_model_dir(work / "teacher", "demo_teacher")
             init_ray(None)

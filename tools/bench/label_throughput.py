@@ -82,7 +82,7 @@ def phase_shares(log: Path, start: float, end: float, actors: int) -> dict[str, 
     another moment. The cumulative figures are interpolated linearly between an actor's calls."""
     import numpy as np
 
-    from asr_kd.label.pipeline import TeacherActor
+    from asr_kd.label.worker import TeacherActor
 
     per_pid: dict[str, list[list[float]]] = {}
     for line in log.read_text().splitlines() if log.is_file() else []:
@@ -112,15 +112,17 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
     from asr_kd.data.audio import utterance_seconds
     from asr_kd.data.datadir import read_data_dir
     from asr_kd.errors import AudioError
-    from asr_kd.label.pipeline import _shard_seconds, _sub_batches, plan_batches, plan_shards
+    from asr_kd.label.plan import plan_shards, plan_teacher_batches, shard_seconds
     from asr_kd.label.teacher import TeacherEnsemble
+    from asr_kd.label.worker import sub_batches
 
     ens = TeacherEnsemble(model_dirs, device=device)
     data = read_data_dir(data_dir)
     seconds = {u: utterance_seconds(data, u) for u in data.utt_ids}
     shards = plan_shards(data, shard_size, seconds)
     planned = [batch for s in range(len(shards))  # the pipeline's teacher batches (utterance ids)
-               for batch in plan_batches(shards[s], _shard_seconds(shards, s, seconds), read_batch_size, batch_max_frames)]
+               for batch in plan_teacher_batches(shards[s], shard_seconds(shards, s, seconds), read_batch_size,
+                                                 batch_max_frames)]
     groups = []  # this worker's share of them (batches share[0], share[0] + share[1], ...) as lists of waveforms
     for batch in planned[share[0]::share[1]]:
         waves = []
@@ -129,7 +131,7 @@ def ceiling(model_dirs: list[str], data_dir: str, read_batch_size: int, batch_ma
                 waves.append(load_audio(data.source(utt), sample_rate=ens.fbank_config.sample_rate, max_seconds=60.0))
             except AudioError:
                 continue
-        groups += [[waves[j] for j in group] for group in _sub_batches([w.numel() for w in waves], batch_max_frames)]
+        groups += [[waves[j] for j in group] for group in sub_batches([w.numel() for w in waves], batch_max_frames)]
     batches, samples = [], 0
     for ws in groups:
         lens = torch.tensor([w.numel() for w in ws])
@@ -245,7 +247,8 @@ def main() -> int:
             print(f"ceiling, {n} processes at once: {r:.0f} audio-h per wall-h ({r / (n * ceil_1):.2f} of {n} x one)")
 
         # (b) naive loop
-        from asr_kd.label.pipeline import LabelOptions, init_ray, label, label_local
+        from asr_kd.label.pipeline import LabelOptions, label, label_local
+        from asr_kd.label.ray_runtime import init_ray
 
         torch.set_num_threads(args.naive_threads)
         common = dict(read_batch_size=args.read_batch_size, batch_max_frames=args.batch_max_frames, progress=False,

@@ -19,7 +19,8 @@ from asr_kd.config import load_config
 from asr_kd.errors import AsrKdError, StoreError
 from asr_kd.label.pipeline import LabelOptions, label_local
 from asr_kd.train.config import TrainConfig
-from asr_kd.train.loop import Trainer, lr_lambda
+from asr_kd.train.loop import Trainer
+from asr_kd.train.schedule import lr_lambda
 from factories import make_data, make_teacher, tiny_train_config
 
 pytestmark = pytest.mark.timeout(300)

@@ -333,3 +333,15 @@ def find_oov(texts: Mapping[str, str], tokenizer: Tokenizer) -> dict[str, list[s
             if not ch.isspace() and not tokenizer.covers(ch):
                 out.setdefault(ch, set()).add(utt)
     return {ch: sorted(utts) for ch, utts in sorted(out.items())}
+
+
+def build_tokenizer(from_model: str | None, kind: str, bpe_vocab_size: int, texts: dict[str, str],
+                    out_dir: Path) -> Tokenizer:
+    """A training run's units: a model dir's (``units.from_model``), else built from the transcripts
+    ``texts`` (characters, or a sentencepiece BPE of ``bpe_vocab_size`` pieces trained into ``out_dir``)."""
+    if from_model:
+        return load_tokenizer(from_model)
+    normalized = [normalize_text(t) for t in texts.values()]
+    if kind == "bpe":
+        return BpeTokenizer.train(normalized, bpe_vocab_size, out_dir)
+    return CharTokenizer.build(normalized)

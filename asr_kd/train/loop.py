@@ -26,23 +26,22 @@ from asr_kd.config import dump_config
 from asr_kd.data.cmvn import GlobalCMVN, compute_global_cmvn
 from asr_kd.data.datadir import combine_data_dirs, read_data_dir
 from asr_kd.data.specaug import SpecAugment
-from asr_kd.data.units import BpeTokenizer, CharTokenizer, Tokenizer, find_oov, load_tokenizer, normalize_text
-from asr_kd.decode import greedy_ctc
+from asr_kd.data.units import build_tokenizer, find_oov, normalize_text
 from asr_kd.devices import resolve_device
 from asr_kd.errors import AsrKdError, StoreError
 from asr_kd.models import build_model
 from asr_kd.models.model_dir import save_model_dir
 from asr_kd.provenance import environment_info
-from asr_kd.scoring import score
 from asr_kd.train.batching import BatchPlanItem, mix_batches, plan_batches
 from asr_kd.train.checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from asr_kd.train.config import TrainConfig
 from asr_kd.train.data import Batch, UtteranceTable, ctc_min_frames, make_loader, write_rejects
+from asr_kd.train.dev_scoring import DevScorer
+from asr_kd.train.schedule import lr_lambda
 from asr_kd.train.losses import ctc_loss, epoch_loss_weights, kd_loss, pad_targets
 from asr_kd.train.metrics import PROGRESS_FILE, MetricsLog, plot_training_curve, write_progress
 
 log = logging.getLogger(__name__)
-DEV_REJECTS = "rejects_dev.tsv"  # dev utterances that could not be decoded (scored as empty hypotheses)
 
 KILL_HOOK_ENV = "ASR_KD_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL ourselves after this step
 
@@ -55,36 +54,6 @@ class TrainResult:
     dev_wer: float | None
     params: int
     wall_s: float
-
-
-def choose_device(pref: str) -> torch.device:
-    """``train.device``: the GPU or the CPU, never a silent CPU run on a GPU machine (``asr_kd.devices``)."""
-    return resolve_device(pref)
-
-
-def lr_lambda(config: TrainConfig, total_steps: int):
-    o = config.optim
-
-    def f(step: int) -> float:
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        if o.schedule == "noam":
-            return math.sqrt(max(o.warmup_steps, 1) / max(step + 1, 1))
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
-def _build_tokenizer(config: TrainConfig, texts: dict[str, str], out_dir: Path) -> Tokenizer:
-    if config.units.from_model:
-        return load_tokenizer(config.units.from_model)
-    normalized = [normalize_text(t) for t in texts.values()]
-    if config.units.kind == "bpe":
-        return BpeTokenizer.train(normalized, config.units.bpe_vocab_size, out_dir)
-    return CharTokenizer.build(normalized)
 
 
 class Trainer:
@@ -115,7 +84,7 @@ class Trainer:
         random.seed(c.train.seed)
         np.random.seed(c.train.seed)
         torch.manual_seed(c.train.seed)
-        self.device = choose_device(c.train.device)
+        self.device = resolve_device(c.train.device)  # never a silent CPU run on a GPU machine
         self.out.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             dump_config(c, self.out / "config.yaml")
@@ -126,7 +95,7 @@ class Trainer:
         self.table = UtteranceTable()
         labeled_dirs = [read_data_dir(p, allow_pipes=c.data.allow_pipes) for p in c.data.train]
         texts = {u: t for d in labeled_dirs for u, t in (d.text or {}).items()}
-        self.tokenizer = _build_tokenizer(c, texts, self.out)
+        self.tokenizer = build_tokenizer(c.units.from_model, c.units.kind, c.units.bpe_vocab_size, texts, self.out)
         oov = find_oov({u: normalize_text(t) for u, t in texts.items()}, self.tokenizer)
         if oov and self.is_main:
             with open(self.out / "oov.tsv", "w", encoding="utf-8") as fh:
@@ -143,18 +112,10 @@ class Trainer:
         for p in d.unlabeled:
             self.table.add_dir(p, c.fbank, None, False, d.min_seconds, d.max_seconds, d.allow_pipes)
         self.unlabeled_ids = sorted(set(self.table.utts) - set(self.labeled_ids))
-        self.dev_table = None
-        self.dev_refs: dict[str, str] = {}  # every dev utterance's reference: the whole list is scored
         self._pending_rejects: list[tuple[str, str]] = []  # this rank's audio rejects since the last gather
+        self.dev = None
         if d.dev:
-            self.dev_table = UtteranceTable()
-            dev_data = self.dev_table.add_dir(d.dev, c.fbank, self.tokenizer, True, 0.0, 10 * d.max_seconds, d.allow_pipes)
-            self.dev_refs = {u: normalize_text(t) for u, t in (dev_data.text or {}).items()}
-            if self.dev_table.rejects and self.is_main:
-                write_rejects(self.out / DEV_REJECTS, self.dev_table.rejects)
-                log.warning("%d dev utterance(s) cannot be decoded and score as empty hypotheses (all deletions, as "
-                            "asr-kd evaluate scores them); reasons in %s", len(self.dev_table.rejects),
-                            self.out / DEV_REJECTS)
+            self.dev = DevScorer(d.dev, c.fbank, self.tokenizer, 10 * d.max_seconds, d.allow_pipes, self.out, self.is_main)
         if self.is_main:
             write_rejects(self.out / "rejects.tsv", self.table.rejects)
         if self.table.rejects and self.is_main:
@@ -468,32 +429,9 @@ class Trainer:
         return torch.autocast("cpu", enabled=False)
 
     def _evaluate_dev(self) -> tuple[float | None, float | None]:
-        if self.dev_table is None or not self.dev_table.utts:
+        if self.dev is None:
             return None, None
-        c = self.config
-        self.core.eval()
-        plan = [("dev", b) for b in plan_batches(self.dev_table.lengths(), c.batch.max_frames, 0, 0, shuffle=False)]
-        hyps: dict[str, str] = {}
-        dev_rejects: list[tuple[str, str]] = []
-        with torch.no_grad():
-            for batch in make_loader(self.dev_table, plan, c.fbank, 0, c.data.allow_pipes):
-                dev_rejects.extend(batch.rejects)
-                if not batch.utt_ids:
-                    continue
-                feats = self.cmvn(batch.feats.to(self.device))
-                with self._autocast():
-                    log_probs, out_lens = self.core(feats, batch.feat_lens.to(self.device))
-                for utt, ids in zip(batch.utt_ids, greedy_ctc(log_probs.float().cpu(), out_lens.cpu())):
-                    hyps[utt] = self.tokenizer.decode(ids)
-        self.core.train()
-        if dev_rejects and self.is_main:
-            write_rejects(self.out / DEV_REJECTS, dev_rejects)
-        # every dev utterance counts, as in asr-kd evaluate: one that could not be read or featurized
-        # is an empty hypothesis (all deletions), never left out of the score
-        refs = self.dev_refs
-        hyps = {u: hyps.get(u, "") for u in refs}
-        report = score(refs, hyps)
-        return report.wer, report.cer
+        return self.dev.score(self.core, self.cmvn, self.device, self.config.batch.max_frames, self._autocast)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> TrainResult:

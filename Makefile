@@ -1,6 +1,6 @@
 # asr-kd: two commands.
 #   make demo   synthesize the demo corpus, train teacher, label, distill a student, print the results table
-#   make test   run the test suite
+#   make test   lint (ruff, pyproject.toml) and run the test suite
 # Both create/refresh .venv when pyproject.toml changes and install the Debian tools they need
 # (espeak-ng, flite, sox, sctk) when missing and running as root.
 # RAY_AUTH_MODE is left to the user: local Ray runs bind loopback and use a per-run token (README,
@@ -20,6 +20,7 @@ demo: system-tools venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/synth/run.sh
 
 test: system-tools venv
+	$(VENV)/bin/ruff check asr_kd data_prep tools tests recipes
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 system-tools:

@@ -210,7 +210,6 @@ def plot_posteriorgrams(exp: Path, data_root: Path, out: Path, max_rows: int = 4
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import torch
 
     from asr_kd.data.audio import load_audio

@@ -3,7 +3,6 @@ as the in-memory ``DataDir``."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

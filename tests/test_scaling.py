@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from asr_kd.cli import main
 from asr_kd.config import load_config

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from factories import ROOT, cli_env, make_data, make_teacher
 

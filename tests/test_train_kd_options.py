@@ -4,7 +4,6 @@ of optimizer steps for every model, and CTC toward the teacher's 1-best (``kd.ps
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from asr_kd.data.audio import load_audio
-from asr_kd.data.datadir import AudioSource, DataDir, read_data_dir
+from asr_kd.data.datadir import AudioSource, read_data_dir
 from asr_kd.data.features import Fbank, FbankConfig
 from asr_kd.errors import AsrKdError, AudioError
 

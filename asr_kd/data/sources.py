@@ -179,7 +179,7 @@ class DataDirSource:
         if not len(self._recordings):
             raise DataDirError("wav.scp is empty: the data dir has no utterances", str(self._wav_path))
         self._wav_offsets = np.asarray(wav_offsets, dtype=np.int64)
-        del wav_offsets
+        wav_offsets.clear()  # the offsets live on as the array above
         self._seg_path = root / "segments"
         self.has_segments = self._seg_path.is_file()
         durations = None

@@ -47,7 +47,7 @@ class ShardActorPool:
 
     def map(self, rows: Iterable[dict[str, Any]]) -> Iterator[Any]:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import RayActorError
 
         queue = collections.deque(rows)
         actors = [self._start() for _ in range(self.size)]

@@ -140,7 +140,7 @@ def main() -> int:
                   [[w["workers"], w["steps"] - 1, f"{w['wait']:.2f}", f"{w['step']:.2f}", f"{100 * w['share']:.1f} %",
                     f"{w['audio_s'] / w['wall']:.1f}"] for w in waits]),
             "",
-            f"Target: < 10 % of step time waiting for data (measured "
+            "Target: < 10 % of step time waiting for data (measured "
             + ", ".join(f"{100 * w['share']:.1f} % with {w['workers']} worker(s)" for w in waits) + ").",
             "",
             f"Store read speed (page cache): {reads['frames']:,} frames of top-8 log8 in {reads['utts']:,} utterances "

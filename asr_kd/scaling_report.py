@@ -87,10 +87,19 @@ def hours_of(data_dir: Path) -> float | None:
 
 
 def _trained_on(model_dir: Path) -> tuple[list[str], list[str]]:
-    """The labeled and unlabeled data dirs of a model dir's run (its resolved ``config.yaml``)."""
+    """The labeled and unlabeled data dirs of a model dir's run (its resolved ``config.yaml``). A relative
+    path was relative to where training ran (the recipe runs from the repository root): it is looked up
+    from the working directory, then from each folder above the model dir."""
     config = yaml.safe_load((model_dir / "config.yaml").read_text()) if (model_dir / "config.yaml").is_file() else {}
     data = (config or {}).get("data") or {}
-    return list(data.get("train") or []), list(data.get("unlabeled") or [])
+    roots = [Path.cwd(), *model_dir.resolve().parents]
+
+    def locate(d: str) -> str:
+        if Path(d).is_absolute():
+            return d
+        return next((str(r / d) for r in roots if (r / d).is_dir()), d)
+
+    return [locate(d) for d in data.get("train") or []], [locate(d) for d in data.get("unlabeled") or []]
 
 
 def _scores(model_dir: Path, prefix: str, corpus: _Corpus) -> dict | None:

@@ -77,23 +77,31 @@ def wer_by_condition(exp: Path, data_root: Path) -> dict[str, dict[str, float]]:
     utt2spk_path = data_root / "test" / "utt2spk"
     if not conditions or not utt2spk_path.exists():
         return {}
-    utt2spk = dict(line.split(maxsplit=1) for line in utt2spk_path.read_text().splitlines() if line.strip())
+    utt2spk = {u: s.strip() for u, s in (line.split(maxsplit=1) for line in utt2spk_path.read_text().splitlines()
+                                          if line.strip())}
     table: dict[str, dict[str, float]] = {}
     for name in MODELS:
         per_utt = exp / name / "eval_test" / "per_utt.tsv"
-        if not per_utt.exists():
-            continue
-        errors: dict[str, int] = {}
-        words: dict[str, int] = {}
-        for line in per_utt.read_text().splitlines()[1:]:
-            utt, n, sub, dele, ins = line.split("\t")[:5]
-            cond = conditions.get(utt2spk.get(utt, "").strip())
-            if cond is None:
-                continue
-            errors[cond] = errors.get(cond, 0) + int(sub) + int(dele) + int(ins)
-            words[cond] = words.get(cond, 0) + int(n)
-        table[name] = {c: 100.0 * errors[c] / words[c] for c in sorted(words) if words[c]}
+        if per_utt.exists():
+            table[name] = condition_wer(per_utt, conditions, utt2spk)
     return table
+
+
+def condition_wer(per_utt: Path, conditions: dict[str, str], utt2spk: dict[str, str]) -> dict[str, float]:
+    """WER (%) per speaker condition from one ``per_utt.tsv``: errors and reference words summed per
+    condition (utterances of speakers outside ``conditions`` are left out); {} when the file is missing."""
+    errors: dict[str, int] = {}
+    words: dict[str, int] = {}
+    if not per_utt.is_file():
+        return {}
+    for line in per_utt.read_text().splitlines()[1:]:
+        utt, n, sub, dele, ins = line.split("\t")[:5]
+        cond = conditions.get(utt2spk.get(utt, ""))
+        if cond is None:
+            continue
+        errors[cond] = errors.get(cond, 0) + int(sub) + int(dele) + int(ins)
+        words[cond] = words.get(cond, 0) + int(n)
+    return {c: 100.0 * errors[c] / words[c] for c in sorted(words) if words[c]}
 
 
 CONDITION_HELP = {

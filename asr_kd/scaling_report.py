@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from asr_kd.errors import AsrKdError
+from asr_kd.report import condition_wer
 
 SETS = ("dev", "dev_unl", "test")
 STAGES = ("prepare", "subsets", "teacher", "eval_teacher", "label", "students", "eval", "report")
@@ -42,22 +43,6 @@ def _read(path: Path) -> dict | None:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def condition_wer(per_utt: Path, conditions: dict[str, str], utt2spk: dict[str, str]) -> dict[str, float]:
-    """Test WER (%) per speaker condition from one ``per_utt.tsv`` (errors and words summed per condition)."""
-    errors: dict[str, int] = {}
-    words: dict[str, int] = {}
-    if not per_utt.is_file():
-        return {}
-    for line in per_utt.read_text().splitlines()[1:]:
-        utt, n, sub, dele, ins = line.split("\t")[:5]
-        cond = conditions.get(utt2spk.get(utt, ""))
-        if cond is None:
-            continue
-        errors[cond] = errors.get(cond, 0) + int(sub) + int(dele) + int(ins)
-        words[cond] = words.get(cond, 0) + int(n)
-    return {c: 100.0 * errors[c] / words[c] for c in sorted(words) if words[c]}
 
 
 class _Corpus:

@@ -127,27 +127,34 @@ student_list() {
   if [ "$kd0" = true ]; then echo "kd_0x_s$seed0 kd $seed0"; fi
 }
 
+# in_pairs SUFFIX FUNC LINE...: FUNC on the words of each LINE, two at a time side by side when --nj >= 2
+# (one core each; the first of a pair logs to $exp/<its first word><SUFFIX>)
+in_pairs() {
+  local suffix=$1 fn=$2; shift 2
+  local -a a b
+  while [ $# -gt 0 ]; do
+    read -r -a a <<< "$1"
+    if [ "$nj" -ge 2 ] && [ $# -ge 2 ]; then
+      read -r -a b <<< "$2"
+      log "${a[0]} and ${b[0]} side by side; ${a[0]}'s log: $exp/${a[0]}$suffix"
+      start_beside "$exp/${a[0]}$suffix" "$fn" "${a[@]}"
+      "$fn" "${b[@]}"
+      wait_beside "$fn ${a[0]}" "$exp/${a[0]}$suffix"
+      grep -a '^trained ' "$exp/${a[0]}$suffix" || true
+      shift 2
+    else
+      "$fn" "${a[@]}"
+      shift
+    fi
+  done
+}
+
 if run_stage 5 students; then
   after 1:subsets 2:teacher 4:label
   need $exp/teacher/tokens.txt
   for m in $multiples; do need "$data/unl_${m}x/wav.scp"; done
   mapfile -t todo < <(student_list)
-  i=0
-  while [ $i -lt ${#todo[@]} ]; do
-    read -r -a a <<< "${todo[$i]}"
-    if [ "$nj" -ge 2 ] && [ $((i + 1)) -lt ${#todo[@]} ]; then
-      read -r -a b <<< "${todo[$((i + 1))]}"
-      log "students ${a[0]} and ${b[0]} side by side; ${a[0]}'s log: $exp/${a[0]}.log"
-      start_beside "$exp/${a[0]}.log" student "${a[@]}"
-      student "${b[@]}"
-      wait_beside "student ${a[0]}" "$exp/${a[0]}.log"
-      grep -a '^trained ' "$exp/${a[0]}.log" || true
-      i=$((i + 2))
-    else
-      student "${a[@]}"
-      i=$((i + 1))
-    fi
-  done
+  in_pairs .log student "${todo[@]}"
   mark_done students
 fi
 
@@ -168,18 +175,7 @@ if run_stage 6 eval; then
   after 3:eval_teacher 5:students
   mapfile -t names < <(student_list | cut -d' ' -f1)
   for name in "${names[@]}"; do need $exp/$name/model.pt; done
-  i=0
-  while [ $i -lt ${#names[@]} ]; do
-    if [ "$nj" -ge 2 ] && [ $((i + 1)) -lt ${#names[@]} ]; then
-      start_beside "$exp/${names[$i]}_eval.log" evaluate_student "${names[$i]}"
-      evaluate_student "${names[$((i + 1))]}"
-      wait_beside "evaluating ${names[$i]}" "$exp/${names[$i]}_eval.log"
-      i=$((i + 2))
-    else
-      evaluate_student "${names[$i]}"
-      i=$((i + 1))
-    fi
-  done
+  in_pairs _eval.log evaluate_student "${names[@]}"
   mark_done eval
 fi
 
